@@ -2,9 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import sys
+from pathlib import Path
+from typing import Any
 
 import click
+
+from eta.config import POLICIES, ConfigError, ETAConfig, ModelsConfig, ModelSpec
+
+logger = logging.getLogger(__name__)
+
+
+class CommandError(click.ClickException):
+    """A one-line error and exit status 2 (bad input), never a traceback."""
+
+    exit_code = 2
 
 
 @click.group()
@@ -13,7 +27,133 @@ def main(verbose: int) -> None:
     """ETA: Evaluating Then Aligning, inference-time safety for vision-language models."""
     level = logging.WARNING - 10 * min(verbose, 2)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if verbose < 2:
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+# --------------------------------------------------------------------------------------------- models
+@main.group()
+def models() -> None:
+    """Model utilities."""
+
+
+@models.command("build-tiny")
+@click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
+@click.option("--seed", default=0, show_default=True, help="Seeds the random weights.")
+def build_tiny(directory: Path, seed: int) -> None:
+    """Build the tiny VLM, CLIP and reward models (and their tokenizer) into DIRECTORY."""
+    from eta.models.tiny import build_tiny_models
+
+    paths = build_tiny_models(directory, seed=seed)
+    click.echo(f"tiny models written to {paths.root} (vlm/, clip/, reward/)")
+
+
+def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,
+                  reward: str | None, device: str, dtype: str) -> ModelsConfig:
+    """The production models when any model option is given, else the tiny ones (built on first use)."""
+    if not any([vlm, clip, reward]):
+        from eta.models.tiny import ensure_tiny_models
+        from eta.settings import get_settings
+
+        root = tiny_dir or get_settings().tiny_models_dir
+        ensure_tiny_models(root)
+        return ModelsConfig.tiny(str(root)).with_device(device, dtype)  # type: ignore[arg-type]
+    default = ModelsConfig()
+    return ModelsConfig(
+        vlm=ModelSpec(vlm) if vlm else default.vlm,
+        clip=ModelSpec(clip, pretrained=clip_pretrained) if clip else default.clip,
+        reward=ModelSpec(reward, trust_remote_code=True) if reward else default.reward,
+    ).with_device(device, dtype)  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ run
+@main.command()
+@click.option("--image", "image_path", type=click.Path(path_type=Path), help="Image file; omit for text-only.")
+@click.option("--prompt", required=True, help="The user's question.")
+@click.option("--tau-pre", type=float, help="CLIP threshold (default 0.16).")
+@click.option("--tau-post", type=float, help="Reward threshold (default 0.06).")
+@click.option("--policy", type=click.Choice(POLICIES), help="When to align (default both).")
+@click.option("--seed", type=int, help="Sampling seed of deep alignment.")
+@click.option("--max-new-tokens", type=int, help="Token budget of each answer (default 1024).")
+@click.option("--num-candidates", type=int, help="Candidates per sentence (default 5).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
+@click.option("--tiny-dir", type=click.Path(file_okay=False, path_type=Path),
+              help="Where the tiny models are (default: the data directory's cache).")
+@click.option("--vlm", help="VLM hub id or directory (default: tiny models).")
+@click.option("--clip", help="open_clip model name or local-dir:/hf-hub: id.")
+@click.option("--clip-pretrained", help="open_clip pretrained tag or checkpoint path.")
+@click.option("--reward", help="Reward model hub id or directory.")
+@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--dtype", default="auto", show_default=True,
+              type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+def run(image_path: Path | None, prompt: str, tau_pre: float | None, tau_post: float | None,
+        policy: str | None, seed: int | None, max_new_tokens: int | None, num_candidates: int | None,
+        as_json: bool, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,
+        reward: str | None, device: str, dtype: str) -> None:
+    """Run ETA on one image and prompt, and print the decision, the scores and the final answer."""
+    from eta.images import ImageError, decode_image
+
+    overrides = {"tau_pre": tau_pre, "tau_post": tau_post, "policy": policy, "seed": seed,
+                 "max_new_tokens": max_new_tokens, "num_candidates": num_candidates}
+    try:
+        config = ETAConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise CommandError(f"invalid parameter {exc}") from exc
+    if not prompt.strip():
+        raise CommandError("--prompt must not be empty")
+
+    image = None
+    if image_path is not None:
+        try:
+            image = decode_image(image_path.read_bytes()).image
+        except OSError as exc:
+            raise CommandError(f"cannot read {image_path}: {exc.strerror or exc}") from exc
+        except ImageError as exc:
+            raise CommandError(f"{image_path}: {exc}") from exc
+
+    from eta.models import load_models
+    from eta.safety.pipeline import ETAInput, run_eta
+
+    spec = models_config(tiny_dir=tiny_dir, vlm=vlm, clip=clip, clip_pretrained=clip_pretrained,
+                         reward=reward, device=device, dtype=dtype)
+    loaded = load_models(spec, roles=("vlm", "clip", "reward") if image is not None else ("vlm", "reward"))
+    result = run_eta(loaded, [ETAInput(prompt=prompt, image=image)], config)[0]
+    if as_json:
+        click.echo(json.dumps(result.to_dict(), indent=2, ensure_ascii=False))
+        return
+    _print_result(result.to_dict())
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:+.4f}" if isinstance(value, float) else str(value)
+
+
+def _print_result(r: dict[str, Any]) -> None:
+    pre = "n/a (no image)" if r["s_pre"] is None else (
+        f"{_fmt(r['s_pre'])} vs tau_pre {r['tau_pre']:g} -> {'UNSAFE' if r['pre_unsafe'] else 'safe'}")
+    lines = [
+        f"pre-evaluation  s_pre  {pre}",
+        f"post-evaluation s_post {_fmt(r['s_post'])} vs tau_post {r['tau_post']:g} -> "
+        f"{'UNSAFE' if r['post_unsafe'] else 'safe'}",
+        f"decision ({r['policy']}): {'ALIGN' if r['aligned'] else 'keep'} - {r['decision']}",
+        f"final s_post  {_fmt(r['s_post_final'])}   flagged: {r['flagged']} {r['flag_reasons'] or ''}".rstrip(),
+        f"seed {r['seed']}   timings (ms) {json.dumps(r['timings_ms'])}",
+        "",
+        "answer:",
+        r["response"],
+    ]
+    if r["aligned"]:
+        lines += ["", f"(vanilla answer, replaced; {len(r['trace'])} sentences chosen by best-of-N):",
+                  r["vanilla_response"]]
+    click.echo("\n".join(lines))
 
 
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    main(sys.argv[1:])

@@ -1,0 +1,53 @@
+"""Model adapters: the VLM, CLIP and the reward model, loaded once per process through their real loaders."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from eta.config import ModelsConfig
+from eta.models.clip import ClipScorer
+from eta.models.reward import RewardModel
+from eta.models.vlm import Generated, VisionLanguageModel
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("vlm", "clip", "reward")
+
+__all__ = ["ROLES", "ClipScorer", "Generated", "Models", "RewardModel", "VisionLanguageModel", "load_models"]
+
+
+@dataclass
+class Models:
+    """The models a process holds; a role it does not need stays None (a `pre` worker loads CLIP only)."""
+
+    vlm: VisionLanguageModel | None = None
+    clip: ClipScorer | None = None
+    reward: RewardModel | None = None
+
+    def require(self, role: str) -> Any:
+        model = getattr(self, role)
+        if model is None:
+            raise RuntimeError(f"the {role} model is not loaded in this process")
+        return model
+
+    def describe(self) -> dict[str, Any]:
+        return {role: getattr(self, role).describe() for role in ROLES if getattr(self, role) is not None}
+
+
+def load_models(config: ModelsConfig, roles: Iterable[str] = ROLES) -> Models:
+    """Load the requested roles from `config`."""
+    wanted = set(roles)
+    unknown = wanted - set(ROLES)
+    if unknown:
+        raise ValueError(f"unknown model roles: {sorted(unknown)}")
+    models = Models()
+    if "clip" in wanted:
+        models.clip = ClipScorer.load(config.clip)
+    if "reward" in wanted:
+        models.reward = RewardModel.load(config.reward)
+    if "vlm" in wanted:
+        models.vlm = VisionLanguageModel.load(config.vlm)
+    return models

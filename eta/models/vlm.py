@@ -1,0 +1,194 @@
+"""Vision-language model adapter: chat-template prompts, batched greedy generation, KV-cache primitives.
+
+Any Hugging Face image-text-to-text model with a chat template loads here through
+`AutoModelForImageTextToText` + `AutoProcessor` (LLaVA-1.5 is the default). Deep alignment drives the
+model step by step through `prefill`, `step` and `extend`, sharing one prefix KV cache across candidates.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from eta.config import ModelSpec
+from eta.models.common import describe, resolve_device, resolve_dtype
+
+logger = logging.getLogger(__name__)
+
+# Tokens of prompt context used to detokenize a continuation (keeps SentencePiece's leading spaces right).
+_DETOK_CONTEXT = 6
+
+
+@dataclass
+class Generated:
+    """One generated answer: its text and the new token ids (EOS and padding removed)."""
+
+    text: str
+    token_ids: list[int]
+
+
+class VisionLanguageModel:
+    """A chat VLM on one device. Not thread-safe: one per worker process."""
+
+    def __init__(self, model: Any, processor: Any, *, spec: ModelSpec, device: torch.device,
+                 dtype: torch.dtype) -> None:
+        self.model = model
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.spec = spec
+        self.device = device
+        self.dtype = dtype
+        self.tokenizer.padding_side = "left"  # generation appends on the right
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        eos: set[int] = set()
+        for source in (getattr(model.generation_config, "eos_token_id", None), self.tokenizer.eos_token_id):
+            if isinstance(source, int):
+                eos.add(source)
+            elif source:
+                eos.update(int(t) for t in source)
+        self.eos_token_ids: frozenset[int] = frozenset(eos)
+        # transformers 5.x renamed the forward's `past_key_values` argument to `cache`; accept either.
+        params = inspect.signature(model.forward).parameters
+        self._cache_arg = "cache" if "cache" in params else "past_key_values"
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> VisionLanguageModel:
+        from transformers import AutoModelForImageTextToText, AutoProcessor
+
+        device = resolve_device(spec.device)
+        dtype = resolve_dtype(spec.dtype, device)
+        processor = AutoProcessor.from_pretrained(
+            spec.id, revision=spec.revision, trust_remote_code=spec.trust_remote_code
+        )
+        model = AutoModelForImageTextToText.from_pretrained(
+            spec.id, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+        )
+        model.to(device)  # type: ignore[arg-type]
+        model.eval()
+        logger.info("loaded VLM %s on %s as %s", spec.id, device, dtype)
+        return cls(model, processor, spec=spec, device=device, dtype=dtype)
+
+    def describe(self) -> dict[str, Any]:
+        return describe(self.spec, model=self.model, device=self.device, dtype=self.dtype)
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self.model.get_output_embeddings().weight.shape[0])
+
+    # ----------------------------------------------------------------------------------------- prompts
+    def chat_prompt(self, prompt: str, *, has_image: bool, assistant_prefix: str | None = None) -> str:
+        """The model's chat template applied to one user turn, optionally with the answer prefilled."""
+        content: list[dict[str, str]] = [{"type": "image"}] if has_image else []
+        content.append({"type": "text", "text": prompt})
+        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
+        if assistant_prefix:
+            messages.append({"role": "assistant", "content": [{"type": "text", "text": assistant_prefix}]})
+            return self.processor.apply_chat_template(messages, continue_final_message=True, tokenize=False)
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, texts: Sequence[str], images: Sequence[Image.Image] | None) -> dict[str, torch.Tensor]:
+        """Tokenize prompts (left-padded) and preprocess their images, on the model's device."""
+        rgb = [image.convert("RGB") for image in images] if images else None
+        batch = self.processor(text=list(texts), images=rgb, return_tensors="pt", padding=True)
+        out: dict[str, torch.Tensor] = {}
+        for key, value in batch.items():
+            if not isinstance(value, torch.Tensor):
+                continue
+            value = value.to(self.device)
+            if value.is_floating_point():
+                value = value.to(self.dtype)
+            out[key] = value
+        return out
+
+    # --------------------------------------------------------------------------------------- decoding
+    def decode_continuation(self, context_ids: Sequence[int], new_ids: Sequence[int]) -> str:
+        """Text that `new_ids` add after `context_ids` (exact for byte-level BPE and SentencePiece alike)."""
+        context = list(context_ids)[-_DETOK_CONTEXT:]
+        before = self.tokenizer.decode(context, skip_special_tokens=True)
+        after = self.tokenizer.decode(context + list(new_ids), skip_special_tokens=True)
+        if after.startswith(before):
+            return after[len(before):]
+        return self.tokenizer.decode(list(new_ids), skip_special_tokens=True)
+
+    def _trim(self, ids: Sequence[int]) -> list[int]:
+        out: list[int] = []
+        for token in ids:
+            if token in self.eos_token_ids:
+                break
+            out.append(int(token))
+        return out
+
+    # ------------------------------------------------------------------------------ vanilla generation
+    @torch.inference_mode()
+    def generate_greedy(self, prompts: Sequence[str], images: Sequence[Image.Image | None], *,
+                        max_new_tokens: int) -> list[Generated]:
+        """Greedy answers to user prompts; one `generate` call per group (with image / text-only).
+
+        Returns:
+            One `Generated` per prompt, in input order.
+        """
+        if len(prompts) != len(images):
+            raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        results: list[Generated | None] = [None] * len(prompts)
+        with_image = [i for i, image in enumerate(images) if image is not None]
+        text_only = [i for i, image in enumerate(images) if image is None]
+        for group in (with_image, text_only):
+            if not group:
+                continue
+            texts = [self.chat_prompt(prompts[i], has_image=images[i] is not None) for i in group]
+            group_images = [images[i] for i in group if images[i] is not None]
+            batch = self.encode(texts, group_images or None)  # type: ignore[arg-type]
+            out = self.model.generate(
+                **batch,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=sorted(self.eos_token_ids),
+            )
+            prompt_len = batch["input_ids"].shape[1]
+            for row, index in enumerate(group):
+                context = batch["input_ids"][row].tolist()
+                ids = self._trim(out[row, prompt_len:].tolist())
+                results[index] = Generated(self.decode_continuation(context, ids).strip(), ids)
+        return [r for r in results if r is not None]
+
+    # ------------------------------------------------------------------------ step-wise decoding (KV)
+    @torch.inference_mode()
+    def prefill(self, text: str, image: Image.Image | None) -> tuple[Any, torch.Tensor, list[int]]:
+        """Run the prompt once. Returns (KV cache with batch 1, next-token logits (1, V), prompt ids)."""
+        batch = self.encode([text], [image] if image is not None else None)
+        out = self.model(**batch, use_cache=True)
+        cache = getattr(out, "cache", None)
+        if cache is None:
+            cache = out.past_key_values
+        return cache, out.logits[:, -1, :].float(), batch["input_ids"][0].tolist()
+
+    @torch.inference_mode()
+    def step(self, token_ids: torch.Tensor, cache: Any) -> torch.Tensor:
+        """Feed one token per row (shape (B,)) into the cache. Returns next-token logits (B, V)."""
+        ids = token_ids.view(-1, 1).to(self.device)
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+        return out.logits[:, -1, :].float()
+
+    @torch.inference_mode()
+    def extend(self, token_ids: Sequence[int], cache: Any) -> torch.Tensor:
+        """Feed several tokens into a batch-1 cache in one forward. Returns next-token logits (1, V)."""
+        ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
+        out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
+        return out.logits[:, -1, :].float()
+
+    @staticmethod
+    def crop(cache: Any, length: int) -> None:
+        """Shorten a cache to its first `length` positions (a negative crop works across transformers versions)."""
+        excess = cache.get_seq_length() - length
+        if excess < 0:
+            raise ValueError(f"cannot crop a cache of {cache.get_seq_length()} positions to {length}")
+        if excess:
+            cache.crop(-excess)
