@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 import platformdirs
 from pydantic import Field
@@ -25,10 +26,18 @@ class Settings(BaseSettings):
     database_url: str | None = None
     # Redis URL of the broker; empty means the embedded broker (no server needed).
     redis_url: str | None = None
+    # Where image bytes live: rows of the database (default, one backup covers everything) or files.
+    blob_backend: Literal["database", "filesystem"] = "database"
+    # Root of the filesystem blob backend; empty means eta_data_dir/blobs.
+    blob_dir: Path | None = None
 
     @property
     def tiny_models_dir(self) -> Path:
         return self.eta_data_dir / "tiny-models"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.blob_dir or self.eta_data_dir / "blobs"
 
 
 @lru_cache(maxsize=1)

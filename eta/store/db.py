@@ -1,0 +1,82 @@
+"""Engines and sessions: Postgres when `DATABASE_URL` is set, otherwise an embedded SQLite file."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.orm import Session, sessionmaker
+
+from eta.settings import Settings, get_settings
+
+logger = logging.getLogger(__name__)
+
+# Seconds a SQLite connection waits for another writer before giving up with "database is locked".
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def default_database_url(settings: Settings | None = None) -> str:
+    """`DATABASE_URL` when set, else a SQLite file under `ETA_DATA_DIR` (the directory is created)."""
+    settings = settings or get_settings()
+    if settings.database_url:
+        return settings.database_url
+    data_dir = Path(settings.eta_data_dir).expanduser()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'eta.sqlite3'}"
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Parse a database URL; a bare `postgres://` or `postgresql://` gets the psycopg 3 driver."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
+    """Create the engine for `url` (default: `default_database_url()`).
+
+    On SQLite every connection runs in WAL mode with foreign keys enforced, and every transaction is
+    `BEGIN IMMEDIATE`: it takes the write lock up front, so two writers queue on the busy timeout
+    instead of one failing with SQLITE_BUSY when it upgrades a read into a write. Savepoints and
+    transactional DDL work as on Postgres.
+    """
+    parsed = normalize_url(url if url is not None else default_database_url())
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database in (None, "", ":memory:"):
+            raise ValueError("the store needs a SQLite file (an in-memory database is one per connection)")
+        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        connect_args = {"timeout": SQLITE_BUSY_TIMEOUT_S, **engine_kwargs.pop("connect_args", {})}
+        engine = sa.create_engine(parsed, connect_args=connect_args, **engine_kwargs)
+        _configure_sqlite(engine)
+    else:
+        engine_kwargs.setdefault("pool_pre_ping", True)
+        engine = sa.create_engine(parsed, **engine_kwargs)
+    logger.debug("engine for %s", parsed.render_as_string(hide_password=True))
+    return engine
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Take BEGIN away from the sqlite3 module (it skips it before SELECT and DDL); see below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: sa.Connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to `engine`. Objects stay readable after commit (no reload per attribute)."""
+    return sessionmaker(bind=engine, expire_on_commit=False)
