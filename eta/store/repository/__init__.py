@@ -1,0 +1,88 @@
+"""Data access for the API and the workers: small functions with keyword-only arguments.
+
+    from eta.store import repository as repo
+    with Session() as session, session.begin():
+        job = repo.get_job(session=session, tenant_id=tenant.id, job_id=job_id)
+
+No function commits; the caller's transaction decides what is written together. Tenant-facing reads
+take `tenant_id` and find nothing for another tenant's ids.
+"""
+
+from __future__ import annotations
+
+from eta.store.repository.audit import AuditFilter, FlaggedJob, add_review, list_flagged_jobs, list_reviews
+from eta.store.repository.images import get_image, store_image
+from eta.store.repository.jobs import (
+    NewJob,
+    StalledJob,
+    SubmittedBatch,
+    cancel_batch,
+    cancel_job,
+    complete_batch_if_finished,
+    count_jobs_by_status,
+    create_batch_with_jobs,
+    create_job,
+    find_stalled_jobs,
+    get_batch,
+    get_job,
+    get_job_any_tenant,
+    list_batch_jobs,
+    mark_batch_callback_sent,
+    requeue_stalled_job,
+    transition_job,
+)
+from eta.store.repository.pagination import Page
+from eta.store.repository.results import (
+    get_job_result,
+    record_generation,
+    record_post_evaluation,
+    record_pre_evaluation,
+)
+from eta.store.repository.tenants import (
+    authenticate_api_key,
+    create_api_key,
+    create_tenant,
+    get_tenant,
+    hash_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
+
+__all__ = [
+    "AuditFilter",
+    "FlaggedJob",
+    "NewJob",
+    "Page",
+    "StalledJob",
+    "SubmittedBatch",
+    "add_review",
+    "authenticate_api_key",
+    "cancel_batch",
+    "cancel_job",
+    "complete_batch_if_finished",
+    "count_jobs_by_status",
+    "create_api_key",
+    "create_batch_with_jobs",
+    "create_job",
+    "create_tenant",
+    "find_stalled_jobs",
+    "get_batch",
+    "get_image",
+    "get_job",
+    "get_job_any_tenant",
+    "get_job_result",
+    "get_tenant",
+    "hash_api_key",
+    "list_api_keys",
+    "list_batch_jobs",
+    "list_flagged_jobs",
+    "list_reviews",
+    "mark_batch_callback_sent",
+    "record_generation",
+    "record_post_evaluation",
+    "record_pre_evaluation",
+    "requeue_stalled_job",
+    "revoke_api_key",
+    "store_image",
+    "transition_job",
+]

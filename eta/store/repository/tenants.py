@@ -1,0 +1,74 @@
+"""Tenants and their API keys (only a hash of each key is stored)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import secrets
+import uuid
+from collections.abc import Sequence
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from eta.store.models import ApiKey, ApiKeyRole, Tenant, utcnow
+from eta.store.sql import affected_rows
+
+logger = logging.getLogger(__name__)
+
+API_KEY_MARKER = "eta"
+
+
+def hash_api_key(token: str) -> str:
+    """sha256 of a presented key. Keys carry 256 random bits, so a fast unsalted hash is enough."""
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_tenant(*, session: Session, name: str) -> Tenant:
+    tenant = Tenant(name=name)
+    session.add(tenant)
+    session.flush()
+    logger.info("created tenant %s (%s)", tenant.id, name)
+    return tenant
+
+
+def get_tenant(*, session: Session, tenant_id: uuid.UUID) -> Tenant | None:
+    return session.get(Tenant, tenant_id)
+
+
+def create_api_key(
+    *, session: Session, tenant_id: uuid.UUID, role: ApiKeyRole, name: str | None = None
+) -> tuple[ApiKey, str]:
+    """Create a key; returns the row and the secret token, which is never retrievable again.
+
+    The token looks like `eta_<8 chars>_<43 chars>`; its first part (`eta_<8 chars>`) is the prefix that
+    listings and logs may show.
+    """
+    prefix = f"{API_KEY_MARKER}_{secrets.token_hex(4)}"
+    token = f"{prefix}_{secrets.token_urlsafe(32)}"
+    key = ApiKey(tenant_id=tenant_id, role=ApiKeyRole(role), name=name, prefix=prefix, key_hash=hash_api_key(token))
+    session.add(key)
+    session.flush()
+    logger.info("created %s key %s for tenant %s", key.role, prefix, tenant_id)
+    return key, token
+
+
+def authenticate_api_key(*, session: Session, token: str) -> ApiKey | None:
+    """The live (not revoked) key matching `token`, or None."""
+    return session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None)))
+
+
+def list_api_keys(*, session: Session, tenant_id: uuid.UUID) -> Sequence[ApiKey]:
+    return session.scalars(
+        sa.select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)
+    ).all()
+
+
+def revoke_api_key(*, session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID) -> bool:
+    """Revoke a key of this tenant; False if it does not exist here or was already revoked."""
+    result = session.execute(
+        sa.update(ApiKey)
+        .where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=utcnow())
+    )
+    return affected_rows(result) > 0
