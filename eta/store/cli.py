@@ -8,7 +8,7 @@ import click
 from sqlalchemy.engine import Engine
 
 from eta.store import schema
-from eta.store.db import default_database_url, make_engine
+from eta.store.db import make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +20,7 @@ _database_url_option = click.option(
 
 
 def _engine(database_url: str | None) -> Engine:
-    return make_engine(database_url or default_database_url())
+    return make_engine(database_url or None)
 
 
 @click.group("db")

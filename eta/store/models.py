@@ -16,7 +16,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from eta.store.lifecycle import BatchStatus, JobStatus
 
@@ -204,8 +204,6 @@ class Job(Base):
     post_evaluating_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
-    result: Mapped[JobResult | None] = relationship(back_populates="job", lazy="raise_on_sql")
-
 
 class JobResult(Base):
     """Everything the three stages computed for one job: enough to audit and reproduce the answer.
@@ -240,8 +238,6 @@ class JobResult(Base):
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
-
-    job: Mapped[Job] = relationship(back_populates="result", lazy="raise_on_sql")
 
 
 class Review(Base):
