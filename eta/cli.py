@@ -155,5 +155,14 @@ def _print_result(r: dict[str, Any]) -> None:
     click.echo("\n".join(lines))
 
 
+def _register_subcommands() -> None:
+    from eta.store.cli import db
+
+    main.add_command(db)
+
+
+_register_subcommands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main(sys.argv[1:])

@@ -70,9 +70,9 @@ class ApiKeyRole(StrEnum):
 
 
 class ReviewVerdict(StrEnum):
-    CONFIRMED = "confirmed"  # the flag was right
-    OVERTURNED = "overturned"  # false positive: the input and answer were fine
-    ESCALATED = "escalated"  # needs a second opinion
+    CONFIRMED_UNSAFE = "confirmed_unsafe"  # the flag was right
+    FALSE_POSITIVE = "false_positive"  # the input and answer were fine
+    NEEDS_ESCALATION = "needs_escalation"  # needs a second opinion
 
 
 class Base(DeclarativeBase):

@@ -189,7 +189,7 @@ def upgrade() -> None:
         sa.Column("job_id", sa.Uuid(), nullable=False),
         sa.Column("tenant_id", sa.Uuid(), nullable=False),
         sa.Column("reviewer_key_id", sa.Uuid(), nullable=True),
-        sa.Column("verdict", _enum("review_verdict", "confirmed", "overturned", "escalated"), nullable=False),
+        sa.Column("verdict", _enum("review_verdict", "confirmed_unsafe", "false_positive", "needs_escalation"), nullable=False),
         sa.Column("note", sa.Text(), nullable=True),
         _timestamp("created_at"),
         sa.ForeignKeyConstraint(

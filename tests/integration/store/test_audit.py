@@ -64,15 +64,15 @@ def test_filters(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
             s_post=0.02,
             s_post_final=0.7,
         )
-        repo.add_review(session=session, tenant_id=tenant_id, job_id=aligned, verdict=ReviewVerdict.ESCALATED)
+        repo.add_review(session=session, tenant_id=tenant_id, job_id=aligned, verdict=ReviewVerdict.NEEDS_ESCALATION)
         repo.add_review(
             session=session,
             tenant_id=tenant_id,
             job_id=aligned,
-            verdict=ReviewVerdict.CONFIRMED,
+            verdict=ReviewVerdict.CONFIRMED_UNSAFE,
             now=datetime.now(UTC) + timedelta(seconds=1),
         )
-        repo.add_review(session=session, tenant_id=tenant_id, job_id=in_batch, verdict=ReviewVerdict.OVERTURNED)
+        repo.add_review(session=session, tenant_id=tenant_id, job_id=in_batch, verdict=ReviewVerdict.FALSE_POSITIVE)
 
     def ids(**filters: object) -> list[uuid.UUID]:
         with sessions() as session:
@@ -84,8 +84,8 @@ def test_filters(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
     assert ids(aligned=False) == [old]
     assert ids(reviewed=False) == [old]
     assert ids(reviewed=True) == [in_batch, aligned]
-    assert ids(verdict=ReviewVerdict.CONFIRMED) == [aligned]  # the newest verdict counts
-    assert ids(verdict=ReviewVerdict.ESCALATED) == []
+    assert ids(verdict=ReviewVerdict.CONFIRMED_UNSAFE) == [aligned]  # the newest verdict counts
+    assert ids(verdict=ReviewVerdict.NEEDS_ESCALATION) == []
     assert ids(created_from=T0 + timedelta(hours=1), created_before=T0 + timedelta(hours=2)) == [aligned]
     assert ids(s_pre_min=0.15) == [in_batch, aligned]
     assert ids(s_pre_min=0.15, s_pre_max=0.25) == [in_batch]
@@ -94,10 +94,10 @@ def test_filters(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
 
     with sessions() as session:
         items = repo.list_flagged_jobs(session=session, tenant_id=tenant_id).items
-        assert [item.latest_verdict for item in items] == [ReviewVerdict.OVERTURNED, ReviewVerdict.CONFIRMED, None]
+        assert [item.latest_verdict for item in items] == [ReviewVerdict.FALSE_POSITIVE, ReviewVerdict.CONFIRMED_UNSAFE, None]
         assert items[0].result.s_post_final == 0.7
         reviews = repo.list_reviews(session=session, tenant_id=tenant_id, job_id=aligned)
-        assert [review.verdict for review in reviews] == [ReviewVerdict.ESCALATED, ReviewVerdict.CONFIRMED]
+        assert [review.verdict for review in reviews] == [ReviewVerdict.NEEDS_ESCALATION, ReviewVerdict.CONFIRMED_UNSAFE]
 
 
 def test_pagination_is_stable_under_concurrent_inserts(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:

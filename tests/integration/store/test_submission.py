@@ -127,7 +127,7 @@ def test_another_tenants_ids_find_nothing(
         assert not repo.cancel_job(session=session, tenant_id=intruder, job_id=job_id)
         assert not repo.cancel_batch(session=session, tenant_id=intruder, batch_id=batch_id)
         assert (
-            repo.add_review(session=session, tenant_id=intruder, job_id=job_id, verdict=ReviewVerdict.CONFIRMED) is None
+            repo.add_review(session=session, tenant_id=intruder, job_id=job_id, verdict=ReviewVerdict.CONFIRMED_UNSAFE) is None
         )
         assert repo.list_reviews(session=session, tenant_id=intruder, job_id=job_id) == []
         # The owner still sees everything, untouched.
