@@ -31,6 +31,23 @@ class Settings(BaseSettings):
     # Root of the filesystem blob backend; empty means eta_data_dir/blobs.
     blob_dir: Path | None = None
 
+    # ---- intake API
+    # "production" refuses to start without a real secret_key; "development" makes up one per process.
+    eta_env: Literal["development", "production"] = "development"
+    # Signs session cookies (review page) and is the default HMAC key of batch callbacks.
+    secret_key: str | None = None
+    # Largest request body accepted (a 10,000-item batch with images needs room); larger gets 413.
+    max_request_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
+    # Per image: encoded bytes, and width x height checked from the header before decoding.
+    max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
+    max_image_pixels: int = Field(default=40_000_000, gt=0)
+    # Image formats accepted (Pillow format names).
+    image_formats: frozenset[str] = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF"})
+    # Longest prompt, in characters.
+    max_prompt_chars: int = Field(default=8000, gt=0)
+    # Items per batch.
+    max_batch_items: int = Field(default=10_000, gt=0)
+
     @property
     def tiny_models_dir(self) -> Path:
         return self.eta_data_dir / "tiny-models"
@@ -38,6 +55,18 @@ class Settings(BaseSettings):
     @property
     def blobs_dir(self) -> Path:
         return self.blob_dir or self.eta_data_dir / "blobs"
+
+    def require_production_secrets(self) -> None:
+        """Fail at start-up when production runs without a real secret (placeholders count as missing)."""
+        if self.eta_env != "production":
+            return
+        if not self.secret_key or self.secret_key.lower() in _PLACEHOLDERS or len(self.secret_key) < 16:
+            raise ValueError(
+                "SECRET_KEY must be set to a random value of at least 16 characters when ETA_ENV=production"
+            )
+
+
+_PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "dev", "development", "xxx", "todo"})
 
 
 @lru_cache(maxsize=1)
