@@ -34,6 +34,7 @@ from eta.store.repository.jobs import (
 from eta.store.repository.pagination import Page
 from eta.store.repository.results import (
     get_job_result,
+    get_job_results,
     record_generation,
     record_post_evaluation,
     record_pre_evaluation,
@@ -71,6 +72,7 @@ __all__ = [
     "get_job",
     "get_job_any_tenant",
     "get_job_result",
+    "get_job_results",
     "get_tenant",
     "hash_api_key",
     "list_api_keys",

@@ -161,3 +161,15 @@ def get_job_result(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID)
         .join(Job, Job.id == JobResult.job_id)
         .where(JobResult.job_id == job_id, Job.tenant_id == tenant_id)
     )
+
+
+def get_job_results(*, session: Session, tenant_id: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobResult]:
+    """Result rows of several of the tenant's jobs in one query, keyed by job id (jobs without one are absent)."""
+    if not job_ids:
+        return {}
+    rows = session.scalars(
+        sa.select(JobResult)
+        .join(Job, Job.id == JobResult.job_id)
+        .where(JobResult.job_id.in_(list(job_ids)), Job.tenant_id == tenant_id)
+    )
+    return {row.job_id: row for row in rows}

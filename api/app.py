@@ -1,0 +1,58 @@
+"""The Flask application factory of the intake API."""
+
+from __future__ import annotations
+
+import logging
+import secrets
+
+from flask import Flask
+from sqlalchemy.engine import Engine
+
+from api.metrics import ApiMetrics
+from api.problems import install_problem_handlers
+from api.spec import spec
+from api.state import ApiState, Enqueue, default_enqueue
+from eta.settings import Settings, get_settings
+from eta.store import check_schema_current, make_engine, session_factory
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, engine: Engine | None = None,
+               enqueue: Enqueue | None = None) -> Flask:
+    """Build the API.
+
+    Args:
+        settings: defaults to the environment's (`eta.settings.get_settings()`).
+        engine: defaults to one built from `settings.database_url` (embedded SQLite when unset).
+        enqueue: sends committed jobs to the workers; defaults to `workers.enqueue.enqueue_jobs`.
+    Raises:
+        ValueError: production mode without a real SECRET_KEY.
+        SchemaNotCurrentError: the database schema is not at the head revision (run `eta db upgrade`).
+    """
+    from api.routes import batches, health, jobs
+
+    settings = settings or get_settings()
+    settings.require_production_secrets()
+    engine = engine or make_engine(settings.database_url or None)
+    check_schema_current(engine)
+
+    app = Flask("eta-api")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    # Multipart forms: Werkzeug's own per-part caps sit far below our image limit; lift them to the body cap.
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes
+    app.config["MAX_FORM_PARTS"] = 4 * settings.max_batch_items + 100
+    app.config["SECRET_KEY"] = settings.secret_key or secrets.token_hex(32)
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+
+    metrics = ApiMetrics()
+    app.extensions["eta"] = ApiState(settings=settings, engine=engine, sessions=session_factory(engine),
+                                     enqueue=enqueue or default_enqueue, metrics=metrics)
+    metrics.install(app)
+    install_problem_handlers(app)
+    app.register_blueprint(health.bp)
+    app.register_blueprint(jobs.bp)
+    app.register_blueprint(batches.bp)
+    spec.register(app)
+    logger.info("API ready (database %s)", engine.url.render_as_string(hide_password=True))
+    return app

@@ -1,0 +1,246 @@
+"""Validating submissions, all or nothing, before anything is written.
+
+Every item is checked (prompt, image, parameters, custom_id) and every problem is collected, so one 422
+names every bad item at once. Images are decoded fully with Pillow under the configured limits, once per
+distinct content (sha256). Only a fully valid submission reaches the database.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from eta.config import ConfigError, ETAConfig
+from eta.images import ImageError, ImageLimits, decode_image
+from eta.settings import Settings
+from eta.store import repository as repo
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ItemError:
+    index: int  # 0-based position in the request (for a manifest: the line number minus one)
+    field: str
+    code: str
+    message: str
+    custom_id: str | None = None
+
+    def to_dict(self, *, line_numbers: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {"line": self.index + 1} if line_numbers else {"index": self.index}
+        out.update({"custom_id": self.custom_id, "field": self.field, "code": self.code, "message": self.message})
+        return out
+
+
+@dataclass
+class RawItem:
+    """One submitted item before validation (from JSON, a form or a manifest line)."""
+
+    prompt: Any
+    image: bytes | None = None
+    image_error: ItemError | None = None  # the image could not even be read (bad base64, missing file)
+    params: Any = None
+    custom_id: Any = None
+    line: int | None = None  # 0-based manifest line, reported in errors instead of the item's index
+
+
+@dataclass
+class ValidImage:
+    data: bytes
+    sha256: str
+    mime: str
+    width: int
+    height: int
+
+
+@dataclass
+class ValidSubmission:
+    jobs: list[repo.NewJob]
+    images: dict[str, ValidImage] = field(default_factory=dict)
+    batch_params: dict[str, Any] = field(default_factory=dict)
+
+    def request_hash(self, *, callback_url: str | None) -> str:
+        """sha256 of the validated request in canonical form: what an idempotent replay must match."""
+        canonical = {
+            "callback_url": callback_url,
+            "params": self.batch_params,
+            "items": [[j.custom_id, j.prompt, j.image_sha256, dict(j.params), j.seed] for j in self.jobs],
+        }
+        blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+class SubmissionInvalid(Exception):
+    def __init__(self, errors: list[ItemError]) -> None:
+        super().__init__(f"{len(errors)} invalid item(s)")
+        self.errors = errors
+
+
+def decode_base64_image(value: str) -> bytes:
+    """Strict base64 (a `data:<mime>;base64,` prefix is allowed). Raises ValueError."""
+    if value.startswith("data:"):
+        header, _, value = value.partition(",")
+        if not header.endswith(";base64"):
+            raise ValueError("a data: URL must be base64-encoded")
+    try:
+        return base64.b64decode("".join(value.split()), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ValueError(f"not valid base64: {exc}") from exc
+
+
+def parse_params(value: Any, *, where: str) -> dict[str, Any]:
+    """A params value from JSON (object) or a form (JSON text). Raises ConfigError naming `where`."""
+    if value is None or value == "":
+        return {}
+    if isinstance(value, str):
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(where, f"not valid JSON: {exc.msg}") from exc
+    if not isinstance(value, dict):
+        raise ConfigError(where, "must be a JSON object")
+    return value
+
+
+def _check_text(value: Any, *, name: str, limit: int, required: bool) -> str | None:
+    """Returns an error message, or None when the text is acceptable."""
+    if value is None:
+        return f"{name} is required" if required else None
+    if not isinstance(value, str):
+        return f"{name} must be a string"
+    if required and not value.strip():
+        return f"{name} must not be empty"
+    if len(value) > limit:
+        return f"{name} has {len(value)} characters; the limit is {limit}"
+    if "\x00" in value:
+        return f"{name} contains a NUL character"
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"{name} is not valid Unicode (lone surrogate)"
+    return None
+
+
+def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] | None, settings: Settings,
+                   max_items: int | None = None) -> ValidSubmission:
+    """Validate every item; raise `SubmissionInvalid` listing all problems, or return what to store.
+
+    Item params override batch params; the merged set is checked by `ETAConfig` and frozen in full (the
+    defaults of today are stored, so a later change of defaults never alters a queued job). A `seed` param
+    becomes the job's seed; otherwise one is drawn at submission.
+    """
+    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
+                         formats=frozenset(settings.image_formats))
+    items = list(items)
+    errors: list[ItemError] = []
+    max_items = max_items or settings.max_batch_items
+    if len(items) > max_items:
+        raise SubmissionInvalid([ItemError(max_items, "items", "too_many_items",
+                                           f"{len(items)} items; the limit is {max_items}")])
+    base = dict(batch_params or {})
+    decoded: dict[str, ValidImage | ImageError] = {}
+    seen_custom_ids: dict[str, int] = {}
+    jobs: list[repo.NewJob] = []
+    for position, item in enumerate(items):
+        index = item.line if item.line is not None else position
+        custom_id = item.custom_id if isinstance(item.custom_id, str) else None
+        item_errors: list[ItemError] = []
+
+        def bad(field_name: str, code: str, message: str, _index: int = index, _cid: str | None = custom_id) -> None:
+            item_errors.append(ItemError(_index, field_name, code, message, _cid))  # noqa: B023
+
+        if (message := _check_text(item.prompt, name="prompt", limit=settings.max_prompt_chars, required=True)):
+            bad("prompt", "prompt_invalid", message)
+        if (message := _check_text(item.custom_id, name="custom_id", limit=255, required=False)):
+            bad("custom_id", "custom_id_invalid", message)
+        elif custom_id is not None:
+            if custom_id in seen_custom_ids:
+                bad("custom_id", "custom_id_duplicate", f"custom_id {custom_id!r} is used by an earlier item too")
+            else:
+                seen_custom_ids[custom_id] = index
+
+        config: ETAConfig | None = None
+        try:
+            merged = {**base, **parse_params(item.params, where="params")}
+            config = ETAConfig.from_dict(merged)
+        except ConfigError as exc:
+            bad("params", "params_invalid", str(exc))
+        except TypeError as exc:
+            bad("params", "params_invalid", str(exc))
+
+        sha256: str | None = None
+        if item.image_error is not None:
+            item_errors.append(ItemError(index, item.image_error.field, item.image_error.code,
+                                         item.image_error.message, custom_id))
+        elif item.image is not None:
+            sha256 = hashlib.sha256(item.image).hexdigest()
+            if sha256 not in decoded:
+                try:
+                    d = decode_image(item.image, limits=limits)
+                    decoded[sha256] = ValidImage(item.image, sha256, d.mime, d.width, d.height)
+                except ImageError as exc:
+                    decoded[sha256] = exc
+            outcome = decoded[sha256]
+            if isinstance(outcome, ImageError):
+                bad("image", outcome.code, str(outcome))
+
+        errors.extend(item_errors)
+        if not item_errors and config is not None:
+            params = config.to_dict()
+            seed = params.pop("seed")
+            jobs.append(repo.NewJob(prompt=item.prompt, image_sha256=sha256, custom_id=custom_id, params=params,
+                                    seed=seed))
+    if errors:
+        raise SubmissionInvalid(errors)
+    images = {k: v for k, v in decoded.items() if isinstance(v, ValidImage)}
+    return ValidSubmission(jobs=jobs, images=images, batch_params=base)
+
+
+def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawItem], list[ItemError]]:
+    """Read a JSONL manifest. Each line: {"custom_id", "prompt", "image": file name | null, "params"}.
+
+    Returns the items and the errors of lines that could not be read at all (their line numbers).
+    Blank lines are skipped.
+    """
+    items: list[RawItem] = []
+    errors: list[ItemError] = []
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        return [], [ItemError(0, "manifest", "manifest_invalid", f"the manifest is not UTF-8: {exc}")]
+    allowed = {"custom_id", "prompt", "image", "params"}
+    for number, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        index = number
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            errors.append(ItemError(index, "line", "manifest_line_invalid", f"not valid JSON: {exc.msg}"))
+            continue
+        if not isinstance(obj, dict):
+            errors.append(ItemError(index, "line", "manifest_line_invalid", "each line must be a JSON object"))
+            continue
+        unknown = sorted(set(obj) - allowed)
+        if unknown:
+            errors.append(ItemError(index, unknown[0], "manifest_line_invalid",
+                                    f"unknown field {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})",
+                                    obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None))
+            continue
+        item = RawItem(prompt=obj.get("prompt"), params=obj.get("params"), custom_id=obj.get("custom_id"),
+                       line=index)
+        name = obj.get("image")
+        if name is not None:
+            if not isinstance(name, str) or name not in files:
+                item.image_error = ItemError(index, "image", "image_missing",
+                                             f"no uploaded file named {name!r} (upload it in the `files` field)")
+            else:
+                item.image = files[name]
+        items.append(item)
+    return items, errors

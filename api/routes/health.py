@@ -1,0 +1,69 @@
+"""Liveness, readiness and metrics (no authentication)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import sqlalchemy as sa
+from flask import Blueprint, Response, jsonify
+
+from api.problems import problem_response
+from api.state import state
+from eta.store import check_schema_current
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/healthz")
+def healthz() -> Response:
+    """The process is up."""
+    return jsonify(status="ok")
+
+
+def _check_database() -> str | None:
+    try:
+        with state().engine.connect() as connection:
+            connection.execute(sa.text("SELECT 1"))
+        check_schema_current(state().engine)
+    except Exception as exc:  # any failure means not ready; say which
+        return str(exc).splitlines()[0]
+    return None
+
+
+def _check_broker() -> str | None:
+    try:
+        from workers.enqueue import ping_broker
+
+        ping_broker()
+    except Exception as exc:
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreachable'}"
+    return None
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Database reachable with the schema at head, and broker reachable."""
+    checks: dict[str, Any] = {}
+    for name, check in (("database", _check_database), ("broker", _check_broker)):
+        problem = check()
+        checks[name] = {"ok": problem is None, **({"error": problem} if problem else {})}
+    if all(c["ok"] for c in checks.values()):
+        return jsonify(status="ready", checks=checks), 200
+    failing = ", ".join(name for name, c in checks.items() if not c["ok"])
+    return problem_response(503, "not_ready", "Service Unavailable", f"not ready: {failing}", checks=checks), 503
+
+
+@bp.get("/v1/openapi.json")
+def openapi_document() -> Response:
+    """The OpenAPI 3.1 document of this API."""
+    from api.spec import spec
+
+    return jsonify(spec.spec)
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    return state().metrics.render()

@@ -1,0 +1,102 @@
+"""Single jobs: submit (JSON or multipart), read, cancel."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from typing import Any
+
+from flask import Blueprint, request
+from spectree import Response as Responses
+
+from api.auth import READ, SUBMIT, current_principal, requires
+from api.intake import RawItem, SubmissionInvalid, decode_base64_image, validate_items
+from api.problems import Problem
+from api.routes.submit import dispatch, invalid, single_error, store_images
+from api.schemas import JobCreate, JobCreateForm, JobOut, JobSubmitted, ProblemOut
+from api.serialize import job_doc
+from api.spec import spec, validated
+from api.state import state
+from eta.store import repository as repo
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("jobs", __name__, url_prefix="/v1/jobs")
+
+_ERRORS = {"HTTP_401": ProblemOut, "HTTP_403": ProblemOut, "HTTP_404": ProblemOut}
+
+
+def _raw_item_from_request(json: JobCreate | None, form: JobCreateForm | None) -> RawItem:
+    if json is not None:
+        item = RawItem(prompt=json.prompt, params=json.params, custom_id=json.custom_id)
+        if json.image_base64 is not None:
+            try:
+                item.image = decode_base64_image(json.image_base64)
+            except ValueError as exc:
+                raise invalid(single_error("image_base64", "image_base64_invalid", str(exc)), what="job") from exc
+        return item
+    if form is not None:
+        upload = request.files.get("image")
+        return RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id,
+                       image=upload.read() if upload is not None else None)
+    raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
+                  "send application/json or multipart/form-data")
+
+
+def not_found(kind: str, ident: uuid.UUID) -> Problem:
+    return Problem(404, f"{kind}_not_found", "Not Found", f"no {kind} {ident}")
+
+
+@bp.post("")
+@requires(SUBMIT)
+@spec.validate(json=JobCreate, form=JobCreateForm,
+               resp=Responses(HTTP_202=JobSubmitted, HTTP_422=ProblemOut, HTTP_413=ProblemOut, **_ERRORS),
+               tags=["jobs"])
+def submit_job() -> Any:
+    """Submit one job: a prompt and an optional image. Answers 202 with the queued job."""
+    principal = current_principal()
+    item = _raw_item_from_request(validated("json"), validated("form"))
+    try:
+        submission = validate_items([item], batch_params=None, settings=state().settings)
+    except SubmissionInvalid as exc:
+        raise invalid(exc, what="job") from exc
+    with state().transaction() as session:
+        store_images(session, submission)
+        job = repo.create_job(session=session, tenant_id=principal.tenant_id, job=submission.jobs[0])
+        doc = job_doc(job, None, show_vanilla=False)
+    state().metrics.jobs_submitted.labels("job").inc()
+    doc["submission"] = {"dispatch": dispatch([uuid.UUID(doc["id"])])}
+    return doc, 202, {"Location": f"/v1/jobs/{doc['id']}"}
+
+
+def load_job_doc(job_id: uuid.UUID) -> dict[str, Any]:
+    principal = current_principal()
+    with state().read() as session:
+        job = repo.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        result = repo.get_job_result(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        return job_doc(job, result, show_vanilla=principal.can("review"))
+
+
+@bp.get("/<uuid:job_id>")
+@requires(READ)
+@spec.validate(resp=Responses(HTTP_200=JobOut, **_ERRORS), tags=["jobs"])
+def get_job(job_id: uuid.UUID) -> Any:
+    """A job with its status and, once stages have run, its scores and answer."""
+    return load_job_doc(job_id)
+
+
+@bp.post("/<uuid:job_id>/cancel")
+@requires(SUBMIT)
+@spec.validate(resp=Responses(HTTP_200=JobOut, HTTP_409=ProblemOut, **_ERRORS), tags=["jobs"])
+def cancel_job(job_id: uuid.UUID) -> Any:
+    """Cancel a job that has not ended. A job already ended answers 409."""
+    principal = current_principal()
+    with state().transaction() as session:
+        job = repo.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        if job is None:
+            raise not_found("job", job_id)
+        if not repo.cancel_job(session=session, tenant_id=principal.tenant_id, job_id=job_id):
+            raise Problem(409, "job_not_cancellable", "Conflict", f"job {job_id} already ended ({job.status.value})")
+    return load_job_doc(job_id)

@@ -1,0 +1,46 @@
+"""Shared by job and batch submission: store a validated submission, then enqueue after the commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from api.intake import ItemError, SubmissionInvalid, ValidSubmission
+from api.problems import Problem
+from api.state import state
+from eta.store import make_blob_store
+from eta.store import repository as repo
+
+logger = logging.getLogger(__name__)
+
+
+def invalid(exc: SubmissionInvalid, *, what: str, line_numbers: bool = False) -> Problem:
+    errors = [e.to_dict(line_numbers=line_numbers) for e in exc.errors]
+    first = exc.errors[0]
+    where = f"line {first.index + 1}" if line_numbers else f"item {first.index}"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return Problem(422, f"{what}_invalid", f"Invalid {what}", f"{where}: {first.message}{more}", errors=errors)
+
+
+def single_error(field: str, code: str, message: str) -> SubmissionInvalid:
+    return SubmissionInvalid([ItemError(0, field, code, message)])
+
+
+def store_images(session: Any, submission: ValidSubmission) -> None:
+    """Write each distinct image once (content-addressed), in the submission's transaction."""
+    blobs = make_blob_store(session=session, settings=state().settings)
+    for image in submission.images.values():
+        repo.store_image(session=session, blobs=blobs, data=image.data, mime=image.mime, width=image.width,
+                         height=image.height)
+
+
+def dispatch(job_ids: Sequence[uuid.UUID]) -> str:
+    """Enqueue committed jobs. A broker failure is not the client's: the jobs stay `queued` for the sweeper."""
+    try:
+        state().enqueue(job_ids)
+    except Exception as exc:
+        logger.warning("broker unreachable, %d job(s) left queued for the sweeper: %s", len(job_ids), exc)
+        return "deferred"
+    return "dispatched"

@@ -1,0 +1,170 @@
+"""Request and response schemas. The same pydantic models validate requests and generate the OpenAPI
+document (through spectree), so the document cannot drift from what the API accepts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_core import core_schema
+from spectree.model_adapter.pydantic_adapter import BaseFile
+
+JobStatusName = Literal["queued", "pre_evaluating", "generating", "post_evaluating", "succeeded", "failed",
+                        "cancelled"]
+BatchStatusName = Literal["validating", "in_progress", "completed", "failed", "cancelled"]
+
+
+class UploadedFiles:
+    """One or more uploaded files under one form field. Validated as-is: a single werkzeug FileStorage is
+    iterable (by lines), so a plain `list[...]` would consume it while validating."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _core_schema: Any, _handler: Any) -> dict[str, Any]:
+        return {"type": "array", "items": {"type": "string", "format": "binary"}}
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source_type: Any, _handler: Any) -> Any:
+        return core_schema.no_info_plain_validator_function(lambda value: value)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ------------------------------------------------------------------------------------------ requests
+class JobCreate(_Strict):
+    """One job as JSON. `params` override the ETA defaults (tau_pre, tau_post, policy, seed, ...)."""
+
+    prompt: str = Field(description="The user's question to the VLM.")
+    image_base64: str | None = Field(default=None, description="The image, base64 (a data: URL is accepted).")
+    params: dict[str, Any] | None = Field(default=None, description="ETA parameters for this job.")
+    custom_id: str | None = Field(default=None, max_length=255, description="Your own id, echoed back.")
+
+
+class JobCreateForm(BaseModel):
+    """One job as multipart/form-data."""
+
+    prompt: str
+    image: BaseFile | None = None
+    params: str | None = Field(default=None, description="ETA parameters as a JSON object.")
+    custom_id: str | None = None
+
+
+class BatchItem(_Strict):
+    custom_id: str | None = Field(default=None, max_length=255)
+    prompt: str
+    image_base64: str | None = None
+    params: dict[str, Any] | None = None
+
+
+class BatchCreate(_Strict):
+    """A batch as JSON. Validation is all-or-nothing: one bad item rejects the whole batch."""
+
+    items: list[BatchItem] = Field(min_length=1)
+    params: dict[str, Any] | None = Field(default=None, description="ETA parameters for every item.")
+    callback_url: str | None = Field(default=None, description="POSTed a signed summary when the batch ends.")
+
+
+class BatchCreateForm(BaseModel):
+    """A batch as multipart/form-data: a JSONL manifest plus the image files it names.
+
+    Each manifest line is `{"custom_id", "prompt", "image": <uploaded file name> | null, "params"}`.
+    """
+
+    manifest: BaseFile
+    files: UploadedFiles | None = Field(default=None, description="Images, matched to `image` by file name.")
+    params: str | None = Field(default=None, description="ETA parameters for every item, as a JSON object.")
+    callback_url: str | None = None
+
+
+class PageQuery(_Strict):
+    limit: int = Field(default=100, ge=1, le=1000)
+    cursor: str | None = None
+
+
+# ----------------------------------------------------------------------------------------- responses
+class JobError(BaseModel):
+    code: str
+    message: str | None
+
+
+class JobResultOut(BaseModel):
+    s_pre: float | None = Field(description="CLIP cosine of the image and the safety prompt (null: no image).")
+    pre_unsafe: bool | None
+    tau_pre: float | None
+    s_post: float | None = Field(description="Reward of the vanilla answer.")
+    post_unsafe: bool | None
+    tau_post: float | None
+    policy: str | None
+    aligned: bool | None
+    response: str | None = Field(description="The final answer.")
+    s_post_final: float | None = Field(description="Reward of the final answer.")
+    flagged: bool
+    flag_reasons: list[str] | None
+    trace: list[dict[str, Any]] | None = Field(description="Per-sentence alignment: candidates, scores, choice.")
+    fingerprint: dict[str, Any] | None
+    timings_ms: dict[str, Any]
+    vanilla_response: str | None = Field(default=None, description="Reviewers and admins only.")
+
+
+class JobOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["job"] = "job"
+    batch_id: uuid.UUID | None
+    custom_id: str | None
+    status: JobStatusName
+    prompt: str
+    image_sha256: str | None
+    seed: int
+    params: dict[str, Any]
+    attempts: int
+    error: JobError | None
+    created_at: datetime
+    finished_at: datetime | None
+    result: JobResultOut | None
+
+
+class BatchOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["batch"] = "batch"
+    status: BatchStatusName
+    total: int
+    counts: dict[str, int] = Field(description="Jobs per status.")
+    finished: int = Field(description="Jobs in a terminal status.")
+    progress: float = Field(description="finished / total.")
+    params: dict[str, Any]
+    callback_url: str | None
+    idempotency_key: str | None
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class SubmitInfo(BaseModel):
+    dispatch: Literal["dispatched", "deferred", "replayed"] = Field(
+        description="deferred: the broker was unreachable; the jobs are stored and the sweeper will enqueue them.")
+
+
+class JobSubmitted(JobOut):
+    submission: SubmitInfo
+
+
+class BatchSubmitted(BatchOut):
+    submission: SubmitInfo
+
+
+class ResultsPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[JobOut]
+    next_cursor: str | None
+
+
+class ProblemOut(BaseModel):
+    type: str
+    title: str
+    status: int
+    code: str
+    detail: str | None = None
+    instance: str | None = None
+    errors: list[dict[str, Any]] | None = None
