@@ -29,6 +29,18 @@ class UploadedFiles:
         return core_schema.no_info_plain_validator_function(lambda value: value)
 
 
+class FormText:
+    """A text field of a multipart form, accepted as sent and checked by the view (see `JobCreateForm`)."""
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, _core_schema: Any, _handler: Any) -> dict[str, Any]:
+        return {"type": "string"}
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, _source_type: Any, _handler: Any) -> Any:
+        return core_schema.no_info_plain_validator_function(lambda value: value)
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -44,12 +56,16 @@ class JobCreate(_Strict):
 
 
 class JobCreateForm(BaseModel):
-    """One job as multipart/form-data."""
+    """One job as multipart/form-data.
 
-    prompt: str
+    Form fields are typed permissively on purpose: the intake validation checks them and names every
+    problem, and a form whose validation failed here would carry file objects into the error report.
+    """
+
+    prompt: FormText = Field(description="The user's question to the VLM (required).")
     image: BaseFile | None = None
-    params: str | None = Field(default=None, description="ETA parameters as a JSON object.")
-    custom_id: str | None = None
+    params: FormText | None = Field(default=None, description="ETA parameters as a JSON object.")
+    custom_id: FormText | None = None
 
 
 class BatchItem(_Strict):
@@ -73,10 +89,10 @@ class BatchCreateForm(BaseModel):
     Each manifest line is `{"custom_id", "prompt", "image": <uploaded file name> | null, "params"}`.
     """
 
-    manifest: BaseFile
+    manifest: BaseFile | None = Field(default=None, description="The JSONL manifest (required).")
     files: UploadedFiles | None = Field(default=None, description="Images, matched to `image` by file name.")
-    params: str | None = Field(default=None, description="ETA parameters for every item, as a JSON object.")
-    callback_url: str | None = None
+    params: FormText | None = Field(default=None, description="ETA parameters for every item, as a JSON object.")
+    callback_url: FormText | None = None
 
 
 class PageQuery(_Strict):

@@ -23,10 +23,16 @@ def validated(part: str) -> Any:
     return getattr(context, part, None) if context is not None else None
 
 
+_BODY_TYPES = frozenset({"application/json", "multipart/form-data"})
+
+
 def problem_on_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:
     """spectree `before` hook: answer a request that failed validation with a 422 (or 400) problem."""
     if req_validation_error is None:
         return
+    if request.method == "POST" and request.mimetype not in _BODY_TYPES:
+        raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
+                      f"send {' or '.join(sorted(_BODY_TYPES))}, not {request.mimetype or 'no content type'}")
     if request.mimetype == "application/json" and request.get_json(silent=True) is None and request.get_data():
         raise Problem(400, "invalid_json", "Malformed JSON", "the request body is not valid JSON")
     errors = [

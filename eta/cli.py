@@ -156,9 +156,13 @@ def _print_result(r: dict[str, Any]) -> None:
 
 
 def _register_subcommands() -> None:
+    from eta.commands.keys import keys
+    from eta.commands.serve import serve
     from eta.store.cli import db
 
     main.add_command(db)
+    main.add_command(keys)
+    main.add_command(serve)
 
 
 _register_subcommands()

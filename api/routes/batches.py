@@ -32,11 +32,11 @@ _ERRORS = {"HTTP_401": ProblemOut, "HTTP_403": ProblemOut, "HTTP_404": ProblemOu
 MAX_IDEMPOTENCY_KEY = 255
 
 
-def _check_callback_url(url: str | None) -> str | None:
+def _check_callback_url(url: Any) -> str | None:
     if url is None or url == "":
         return None
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
+    parts = urlsplit(url) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
         raise invalid(single_error("callback_url", "callback_url_invalid",
                                    "callback_url must be an absolute http(s) URL of at most 2000 characters"),
                       what="batch")

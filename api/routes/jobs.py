@@ -37,6 +37,8 @@ def _raw_item_from_request(json: JobCreate | None, form: JobCreateForm | None) -
         return item
     if form is not None:
         upload = request.files.get("image")
+        if upload is None and "image" in request.form:
+            raise invalid(single_error("image", "image_not_a_file", "upload the image as a file part"), what="job")
         return RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id,
                        image=upload.read() if upload is not None else None)
     raise Problem(415, "unsupported_media_type", "Unsupported Media Type",

@@ -43,10 +43,12 @@ from eta.store.repository.tenants import (
     authenticate_api_key,
     create_api_key,
     create_tenant,
+    get_or_create_tenant,
     get_tenant,
     hash_api_key,
     list_api_keys,
     revoke_api_key,
+    revoke_api_key_by_prefix,
 )
 
 __all__ = [
@@ -73,6 +75,7 @@ __all__ = [
     "get_job_any_tenant",
     "get_job_result",
     "get_job_results",
+    "get_or_create_tenant",
     "get_tenant",
     "hash_api_key",
     "list_api_keys",
@@ -85,6 +88,7 @@ __all__ = [
     "record_pre_evaluation",
     "requeue_stalled_job",
     "revoke_api_key",
+    "revoke_api_key_by_prefix",
     "store_image",
     "transition_job",
 ]

@@ -163,7 +163,9 @@ def get_job_result(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID)
     )
 
 
-def get_job_results(*, session: Session, tenant_id: uuid.UUID, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobResult]:
+def get_job_results(
+    *, session: Session, tenant_id: uuid.UUID, job_ids: Sequence[uuid.UUID]
+) -> dict[uuid.UUID, JobResult]:
     """Result rows of several of the tenant's jobs in one query, keyed by job id (jobs without one are absent)."""
     if not job_ids:
         return {}

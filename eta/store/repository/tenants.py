@@ -9,6 +9,7 @@ import uuid
 from collections.abc import Sequence
 
 import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from eta.store.models import ApiKey, ApiKeyRole, Tenant, utcnow
@@ -72,3 +73,29 @@ def revoke_api_key(*, session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID)
         .values(revoked_at=utcnow())
     )
     return affected_rows(result) > 0
+
+
+def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
+    """The tenant called `name`, created if there is none (race-safe on the unique name)."""
+    tenant = session.scalar(sa.select(Tenant).where(Tenant.name == name))
+    if tenant is not None:
+        return tenant
+    try:
+        with session.begin_nested():
+            return create_tenant(session=session, name=name)
+    except IntegrityError:
+        found = session.scalar(sa.select(Tenant).where(Tenant.name == name))
+        if found is None:
+            raise
+        return found
+
+
+def revoke_api_key_by_prefix(*, session: Session, prefix: str) -> ApiKey | None:
+    """Revoke the live key with this visible prefix (operator tooling); None if there is none."""
+    key = session.scalar(sa.select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
+    if key is None:
+        return None
+    key.revoked_at = utcnow()
+    session.flush()
+    logger.info("revoked key %s of tenant %s", prefix, key.tenant_id)
+    return key

@@ -1,0 +1,122 @@
+"""Authentication, roles, tenant isolation on every route, HTTP errors as problems, health, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from eta.store import repository as repo
+from eta.store import session_factory
+from eta.store.lifecycle import JobStatus
+
+pytestmark = pytest.mark.postgres
+
+PROBLEM = "application/problem+json"
+
+
+def _routes(job_id: str, batch_id: str) -> list[tuple[str, str]]:
+    return [
+        ("GET", f"/v1/jobs/{job_id}"),
+        ("POST", f"/v1/jobs/{job_id}/cancel"),
+        ("GET", f"/v1/batches/{batch_id}"),
+        ("GET", f"/v1/batches/{batch_id}/results"),
+        ("POST", f"/v1/batches/{batch_id}/cancel"),
+    ]
+
+
+@pytest.fixture
+def owned(client, tenant):
+    job = client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "mine"}).json
+    batch = client.post("/v1/batches", headers=tenant.auth(), json={"items": [{"prompt": "mine too"}]}).json
+    return job["id"], batch["id"]
+
+
+@pytest.mark.parametrize("header", [None, "Bearer", "Basic abc", "Bearer not-a-key"])
+def test_missing_or_invalid_key_is_401(client, owned, header):
+    headers = {"Authorization": header} if header is not None else {}
+    for method, path in _routes(*owned) + [("POST", "/v1/jobs"), ("POST", "/v1/batches")]:
+        r = client.open(path, method=method, headers=headers, json={"prompt": "x"})
+        assert r.status_code == 401, (method, path)
+        assert r.mimetype == PROBLEM and r.json["code"] == "unauthorized"
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_revoked_key_is_401(client, tenant, postgres_engine):
+    prefix = tenant.keys["submit"].rsplit("_", 1)[0]
+    assert client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"}).status_code == 202
+    with session_factory(postgres_engine)() as session, session.begin():
+        assert repo.revoke_api_key_by_prefix(session=session, prefix=prefix) is not None
+    r = client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"})
+    assert r.status_code == 401 and "revoked" in r.json["detail"]
+
+
+def test_roles(client, tenant, owned):
+    job_id, batch_id = owned
+    review = tenant.auth("review")
+    assert client.post("/v1/jobs", headers=review, json={"prompt": "x"}).status_code == 403
+    assert client.post("/v1/batches", headers=review, json={"items": [{"prompt": "x"}]}).status_code == 403
+    forbidden = client.post(f"/v1/jobs/{job_id}/cancel", headers=review)
+    assert forbidden.status_code == 403 and forbidden.json["code"] == "forbidden"
+    assert client.get(f"/v1/jobs/{job_id}", headers=review).status_code == 200
+    assert client.get(f"/v1/batches/{batch_id}", headers=tenant.auth("admin")).status_code == 200
+    assert client.post("/v1/jobs", headers=tenant.auth("admin"), json={"prompt": "x"}).status_code == 202
+
+
+def test_another_tenants_ids_are_404_like_unknown_ones(client, make_tenant, owned):
+    other = make_tenant()
+    for method, path in _routes(*owned):
+        for role in ("submit", "admin"):
+            theirs = client.open(path, method=method, headers=other.auth(role))
+            assert theirs.status_code == 404, (method, path, role)
+            assert theirs.mimetype == PROBLEM
+            unknown_path = path.replace(owned[0], str(uuid.uuid4())).replace(owned[1], str(uuid.uuid4()))
+            unknown = client.open(unknown_path, method=method, headers=other.auth(role))
+            # Same answer, no hint that the id exists elsewhere (only the id in the text differs).
+            assert unknown.status_code == 404 and unknown.json["code"] == theirs.json["code"]
+
+
+def test_vanilla_answer_only_for_reviewers(client, tenant, postgres_engine):
+    job_id = uuid.UUID(client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"}).json["id"])
+    with session_factory(postgres_engine)() as session, session.begin():
+        assert repo.transition_job(session=session, job_id=job_id, expected=JobStatus.QUEUED, to=JobStatus.GENERATING)
+        assert repo.record_generation(
+            session=session, job_id=job_id, vanilla_response="the unsafe original", s_post=-1.0, post_unsafe=True,
+            tau_post=0.06, policy="both", aligned=True, response="As an AI assistant, no.", trace=[],
+            fingerprint={"models": {}}, fingerprint_sha256="0" * 64, elapsed_ms=5.0)
+    submit_view = client.get(f"/v1/jobs/{job_id}", headers=tenant.auth()).json
+    review_view = client.get(f"/v1/jobs/{job_id}", headers=tenant.auth("review")).json
+    assert submit_view["result"]["response"] == "As an AI assistant, no."
+    assert "vanilla_response" not in submit_view["result"]
+    assert review_view["result"]["vanilla_response"] == "the unsafe original"
+    assert review_view["status"] == "generating" and review_view["result"]["s_post"] == -1.0
+
+
+def test_flask_errors_are_problems(client, tenant):
+    missing = client.get("/v1/nothing-here")
+    assert missing.status_code == 404 and missing.mimetype == PROBLEM and missing.json["code"] == "not_found"
+    wrong = client.delete("/v1/jobs", headers=tenant.auth())
+    assert wrong.status_code == 405 and wrong.mimetype == PROBLEM and wrong.json["code"] == "method_not_allowed"
+    assert "POST" in wrong.headers["Allow"]
+    not_uuid = client.get("/v1/jobs/123", headers=tenant.auth())
+    assert not_uuid.status_code == 404 and not_uuid.mimetype == PROBLEM
+
+
+def test_health_metrics_and_openapi(client, tenant):
+    assert client.get("/healthz").json == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.json["checks"]["database"] == {"ok": True}
+    client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "count me"})
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert 'eta_jobs_submitted_total{kind="job"}' in metrics
+    assert 'eta_http_requests_total{method="POST",route="/v1/jobs",status="202"}' in metrics
+    assert "eta_http_request_duration_seconds_bucket" in metrics
+
+    doc = client.get("/v1/openapi.json").json
+    assert doc["openapi"].startswith("3.1")
+    for path in ("/v1/jobs", "/v1/jobs/{job_id}", "/v1/jobs/{job_id}/cancel", "/v1/batches",
+                 "/v1/batches/{batch_id}", "/v1/batches/{batch_id}/results", "/v1/batches/{batch_id}/cancel"):
+        assert path in doc["paths"], path
+    content = doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]
+    assert {"application/json", "multipart/form-data"} <= set(content)
+    assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
