@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, cast
 
 from flask import Flask, Response, json, request
 from werkzeug.exceptions import HTTPException
@@ -76,7 +76,7 @@ def install_problem_handlers(app: Flask) -> None:
         status = exc.code or 500
         # A response built by an extension (e.g. validation) that is already a problem passes through.
         if exc.response is not None and exc.response.mimetype == PROBLEM_MIMETYPE:
-            return exc.response
+            return cast(Response, exc.response)
         headers = {}
         if status == 405 and exc.get_headers():
             headers = {k: v for k, v in exc.get_headers() if k.lower() == "allow"}

@@ -94,8 +94,10 @@ def submit_batch() -> Any:
     form: BatchCreateForm | None = validated("form")
     key = _idempotency_key()
     line_numbers = form is not None
+    read_errors: list[ItemError] = []
+    callback_url: Any
     if json is not None:
-        raw_items, read_errors = _items_from_json(json), []
+        raw_items = _items_from_json(json)
         params, callback_url = json.params, json.callback_url
     elif form is not None:
         raw_items, read_errors = _items_from_form()

@@ -88,8 +88,8 @@ def test_manifest_batch_with_files(client, tenant, samples_dir):
 
 def test_manifest_errors_name_lines(client, tenant, samples_dir, postgres_engine):
     before = _stored(postgres_engine, tenant.id)
-    manifest = b'{"custom_id": "a", "prompt": "ok", "image": "w.jpg"}\n\n{broken\n{"prompt": "x", "image": "gone.png"}\n' \
-               b'{"prompt": "x", "colour": 1}\n'
+    manifest = (b'{"custom_id": "a", "prompt": "ok", "image": "w.jpg"}\n\n{broken\n'
+                b'{"prompt": "x", "image": "gone.png"}\n{"prompt": "x", "colour": 1}\n')
     with open(samples_dir / "waterview.jpg", "rb") as w:
         r = client.post("/v1/batches", headers=tenant.auth(), content_type="multipart/form-data",
                         data={"manifest": (io.BytesIO(manifest), "m.jsonl"), "files": [(w, "w.jpg")]})

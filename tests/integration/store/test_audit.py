@@ -94,10 +94,12 @@ def test_filters(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
 
     with sessions() as session:
         items = repo.list_flagged_jobs(session=session, tenant_id=tenant_id).items
-        assert [item.latest_verdict for item in items] == [ReviewVerdict.FALSE_POSITIVE, ReviewVerdict.CONFIRMED_UNSAFE, None]
+        assert [item.latest_verdict for item in items] == [
+            ReviewVerdict.FALSE_POSITIVE, ReviewVerdict.CONFIRMED_UNSAFE, None]
         assert items[0].result.s_post_final == 0.7
         reviews = repo.list_reviews(session=session, tenant_id=tenant_id, job_id=aligned)
-        assert [review.verdict for review in reviews] == [ReviewVerdict.NEEDS_ESCALATION, ReviewVerdict.CONFIRMED_UNSAFE]
+        assert [review.verdict for review in reviews] == [
+            ReviewVerdict.NEEDS_ESCALATION, ReviewVerdict.CONFIRMED_UNSAFE]
 
 
 def test_pagination_is_stable_under_concurrent_inserts(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:

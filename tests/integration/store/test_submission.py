@@ -126,9 +126,8 @@ def test_another_tenants_ids_find_nothing(
         assert set(repo.count_jobs_by_status(session=session, tenant_id=intruder, batch_id=batch_id).values()) == {0}
         assert not repo.cancel_job(session=session, tenant_id=intruder, job_id=job_id)
         assert not repo.cancel_batch(session=session, tenant_id=intruder, batch_id=batch_id)
-        assert (
-            repo.add_review(session=session, tenant_id=intruder, job_id=job_id, verdict=ReviewVerdict.CONFIRMED_UNSAFE) is None
-        )
+        verdict = ReviewVerdict.CONFIRMED_UNSAFE
+        assert repo.add_review(session=session, tenant_id=intruder, job_id=job_id, verdict=verdict) is None
         assert repo.list_reviews(session=session, tenant_id=intruder, job_id=job_id) == []
         # The owner still sees everything, untouched.
         job = repo.get_job(session=session, tenant_id=owner, job_id=job_id)
