@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
-from flask import current_app
+from flask import current_app, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -35,16 +35,34 @@ class ApiState:
     enqueue: Enqueue
     metrics: ApiMetrics
 
+    def session(self) -> Session:
+        """This request's session (one connection checkout per request, shared by auth and the view);
+        closed when the request ends."""
+        session = g.get("db_session")
+        if session is None:
+            session = g.db_session = self.sessions()
+        return session
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
-        """A session in a transaction that commits on success and rolls back on any error."""
-        with self.sessions() as session, session.begin():
+        """This request's session; commits what the block wrote on success, rolls back on any error."""
+        session = self.session()
+        try:
             yield session
+            session.commit()
+        except BaseException:
+            session.rollback()
+            raise
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        with self.sessions() as session:
-            yield session
+        yield self.session()
+
+
+def close_request_session(_exc: BaseException | None = None) -> None:
+    session = g.pop("db_session", None)
+    if session is not None:
+        session.close()
 
 
 def state() -> ApiState:

@@ -74,11 +74,10 @@ def submit_job() -> Any:
 def load_job_doc(job_id: uuid.UUID) -> dict[str, Any]:
     principal = current_principal()
     with state().read() as session:
-        job = repo.get_job(session=session, tenant_id=principal.tenant_id, job_id=job_id)
-        if job is None:
+        found = repo.get_job_with_result(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        if found is None:
             raise not_found("job", job_id)
-        result = repo.get_job_result(session=session, tenant_id=principal.tenant_id, job_id=job_id)
-        return job_doc(job, result, show_vanilla=principal.can("review"))
+        return job_doc(*found, show_vanilla=principal.can("review"))
 
 
 @bp.get("/<uuid:job_id>")

@@ -35,6 +35,7 @@ from eta.store.repository.pagination import Page
 from eta.store.repository.results import (
     get_job_result,
     get_job_results,
+    get_job_with_result,
     record_generation,
     record_post_evaluation,
     record_pre_evaluation,
@@ -75,6 +76,7 @@ __all__ = [
     "get_job_any_tenant",
     "get_job_result",
     "get_job_results",
+    "get_job_with_result",
     "get_or_create_tenant",
     "get_tenant",
     "hash_api_key",

@@ -175,3 +175,16 @@ def get_job_results(
         .where(JobResult.job_id.in_(list(job_ids)), Job.tenant_id == tenant_id)
     )
     return {row.job_id: row for row in rows}
+
+
+def get_job_with_result(
+    *, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID
+) -> tuple[Job, JobResult | None] | None:
+    """The tenant's job and its result row (None before any stage finished) in one query; None if the job is
+    not theirs."""
+    row = session.execute(
+        sa.select(Job, JobResult)
+        .outerjoin(JobResult, JobResult.job_id == Job.id)
+        .where(Job.id == job_id, Job.tenant_id == tenant_id)
+    ).first()
+    return (row[0], row[1]) if row is not None else None
