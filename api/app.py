@@ -11,7 +11,7 @@ from sqlalchemy.engine import Engine
 from api.metrics import ApiMetrics
 from api.problems import install_problem_handlers
 from api.spec import spec
-from api.state import ApiState, Enqueue, close_request_session, default_enqueue
+from api.state import ApiState, Enqueue, close_request_session
 from eta.settings import Settings, get_settings
 from eta.store import check_schema_current, make_engine, session_factory
 
@@ -47,7 +47,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     metrics = ApiMetrics()
     app.extensions["eta"] = ApiState(settings=settings, engine=engine, sessions=session_factory(engine),
-                                     enqueue=enqueue or default_enqueue, metrics=metrics)
+                                     metrics=metrics, enqueue_override=enqueue)
     metrics.install(app)
     app.teardown_appcontext(close_request_session)
     install_problem_handlers(app)

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from flask import current_app, g
 from sqlalchemy.engine import Engine
@@ -20,20 +21,32 @@ logger = logging.getLogger(__name__)
 Enqueue = Callable[[Sequence[uuid.UUID]], None]
 
 
-def default_enqueue(job_ids: Sequence[uuid.UUID]) -> None:
-    """Send the first stage of each job to the broker (the workers package owns the message format)."""
-    from workers.enqueue import enqueue_jobs
-
-    enqueue_jobs(job_ids)
-
-
 @dataclass
 class ApiState:
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
-    enqueue: Enqueue
     metrics: ApiMetrics
+    # Sends committed jobs to the workers; None means the broker of `settings` (see `send_to_workers`).
+    enqueue_override: Enqueue | None = None
+    _celery: Any = None
+
+    def celery(self) -> Any:
+        """A Celery app for this API's settings, built on first use (the API never loads the models)."""
+        if self._celery is None:
+            from workers.app import create_celery_app
+
+            self._celery = create_celery_app(self.settings)
+        return self._celery
+
+    def enqueue(self, job_ids: Sequence[uuid.UUID]) -> None:
+        """Send the first stage of each job (the workers package owns the message format)."""
+        if self.enqueue_override is not None:
+            self.enqueue_override(job_ids)
+            return
+        from workers.enqueue import enqueue_jobs
+
+        enqueue_jobs(job_ids, app=self.celery())
 
     def session(self) -> Session:
         """This request's session (one connection checkout per request, shared by auth and the view);
