@@ -156,6 +156,7 @@ def _print_result(r: dict[str, Any]) -> None:
 
 
 def _register_subcommands() -> None:
+    from eta.commands.client import audit, results, status, submit
     from eta.commands.keys import keys
     from eta.commands.serve import serve
     from eta.store.cli import db
@@ -163,6 +164,8 @@ def _register_subcommands() -> None:
     main.add_command(db)
     main.add_command(keys)
     main.add_command(serve)
+    for command in (submit, status, results, audit):
+        main.add_command(command)
 
 
 _register_subcommands()

@@ -1,0 +1,402 @@
+"""Pipeline commands that talk to a running ETA server: `eta submit`, `eta status`, `eta results`, `eta audit`.
+
+The server and the key come from `--url` / `--api-key` or `ETA_URL` / `ETA_API_KEY`. Data goes to stdout
+(a batch id, JSONL, CSV), everything meant for people (progress bars, summaries) to stderr, so the commands
+compose in shell pipelines.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+import click
+
+if TYPE_CHECKING:
+    from eta.client import BatchItem, ETAClient
+
+logger = logging.getLogger(__name__)
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+# Exit status of a command whose batch ended but not as `completed` (failed or cancelled).
+EXIT_BATCH_NOT_COMPLETED = 3
+
+# Columns of `eta results --format csv`, in order: where each comes from in a job document.
+RESULT_COLUMNS: tuple[tuple[str, Callable[[dict[str, Any]], Any]], ...] = (
+    ("custom_id", lambda j: j.get("custom_id")),
+    ("job_id", lambda j: j.get("id")),
+    ("status", lambda j: j.get("status")),
+    ("flagged", lambda j: (j.get("result") or {}).get("flagged")),
+    ("aligned", lambda j: (j.get("result") or {}).get("aligned")),
+    ("s_pre", lambda j: (j.get("result") or {}).get("s_pre")),
+    ("pre_unsafe", lambda j: (j.get("result") or {}).get("pre_unsafe")),
+    ("s_post", lambda j: (j.get("result") or {}).get("s_post")),
+    ("post_unsafe", lambda j: (j.get("result") or {}).get("post_unsafe")),
+    ("s_post_final", lambda j: (j.get("result") or {}).get("s_post_final")),
+    ("flag_reasons", lambda j: ";".join((j.get("result") or {}).get("flag_reasons") or [])),
+    ("response", lambda j: (j.get("result") or {}).get("response")),
+    ("error_code", lambda j: (j.get("error") or {}).get("code")),
+    ("error_message", lambda j: (j.get("error") or {}).get("message")),
+    ("seed", lambda j: j.get("seed")),
+    ("created_at", lambda j: j.get("created_at")),
+    ("finished_at", lambda j: j.get("finished_at")),
+)
+
+
+class ClientCommandError(click.ClickException):
+    """The server refused or could not be reached: one line on stderr, exit status 1."""
+
+    exit_code = 1
+
+
+# --------------------------------------------------------------------------------------- options
+def server_options(command: F) -> F:
+    """`--url`, `--api-key` and `--progress/--no-progress`, passed on as a ready `ETAClient` named `eta`."""
+
+    @click.option("--url", envvar="ETA_URL", default="http://127.0.0.1:8000", show_default=True,
+                  help="The ETA server (env ETA_URL).")
+    @click.option("--api-key", envvar="ETA_API_KEY", help="API key (env ETA_API_KEY).")
+    @click.option("--progress/--no-progress", default=None,
+                  help="Progress bars on stderr (default: only when stderr is a terminal).")
+    @functools.wraps(command)
+    def wrapper(url: str, api_key: str | None, progress: bool | None, **kwargs: Any) -> Any:
+        from eta.client import ETAAPIError, ETAClient, ETAClientError
+
+        if not api_key:
+            raise click.UsageError("no API key: set ETA_API_KEY or pass --api-key")
+        with ETAClient(url, api_key, progress=progress) as eta:
+            try:
+                return command(eta=eta, **kwargs)
+            except ETAAPIError as exc:
+                raise ClientCommandError(f"{url}: {exc}") from exc
+            except ETAClientError as exc:
+                raise ClientCommandError(str(exc)) from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _parse_params(params_json: str | None, settings: Iterable[str]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    if params_json:
+        try:
+            loaded = json.loads(params_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc.msg}", param_hint="--params") from exc
+        if not isinstance(loaded, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--params")
+        params.update(loaded)
+    for setting in settings:
+        name, sep, raw = setting.partition("=")
+        if not sep or not name.strip():
+            raise click.BadParameter(f"expected NAME=VALUE, got {setting!r}", param_hint="--set")
+        try:
+            params[name.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[name.strip()] = raw  # a bare word, e.g. --set policy=either
+    return params
+
+
+# ---------------------------------------------------------------------------------------- inputs
+def items_from_folder(folder: Path, *, prompt: str, recursive: bool) -> list[BatchItem]:
+    """One item per image file in `folder` (sorted), `custom_id` its path relative to the folder."""
+    from eta.client import BatchItem
+
+    pattern = "**/*" if recursive else "*"
+    paths = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return [BatchItem(prompt=prompt, image=path, custom_id=path.relative_to(folder).as_posix()) for path in paths]
+
+
+def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> list[BatchItem]:
+    """Items of a JSONL manifest. Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ...,
+    "params"}`; a relative image path is relative to the manifest's folder.
+
+    Raises:
+        click.BadParameter: a line is not a JSON object with known fields (naming the line).
+    """
+    from eta.client import BatchItem
+
+    items = []
+    try:
+        text = manifest.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.BadParameter(f"cannot read {manifest}: {exc}", param_hint="PATH") from exc
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{manifest}:{number}"
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"{where}: not valid JSON: {exc.msg}", param_hint="PATH") from exc
+        if not isinstance(entry, dict):
+            raise click.BadParameter(f"{where}: each line must be a JSON object", param_hint="PATH")
+        if default_prompt is not None and entry.get("prompt") is None:
+            entry["prompt"] = default_prompt
+        image = entry.get("image")
+        if isinstance(image, str):
+            path = Path(image)
+            entry["image"] = path if path.is_absolute() else manifest.parent / path
+        try:
+            items.append(BatchItem.coerce(entry))
+        except ValueError as exc:
+            raise click.BadParameter(f"{where}: {exc}", param_hint="PATH") from exc
+    return items
+
+
+# -------------------------------------------------------------------------------------- printing
+def _dump(document: Any) -> str:
+    return json.dumps(document, ensure_ascii=False)
+
+
+def describe_batch(batch: Mapping[str, Any]) -> str:
+    counts = "  ".join(f"{status} {n}" for status, n in batch["counts"].items() if n) or "no jobs"
+    lines = [
+        f"batch {batch['id']}  {batch['status']}  {batch['finished']}/{batch['total']} finished "
+        f"({100 * batch['progress']:.0f}%)",
+        f"  {counts}",
+        f"  created {batch['created_at']}" + (f"  finished {batch['finished_at']}" if batch.get("finished_at") else ""),
+    ]
+    return "\n".join(lines)
+
+
+def describe_job(job: Mapping[str, Any]) -> str:
+    lines = [f"job {job['id']}  {job['status']}" + (f"  custom_id {job['custom_id']}" if job.get("custom_id") else "")]
+    if job.get("error"):
+        lines.append(f"  error {job['error']['code']}: {job['error'].get('message') or ''}".rstrip())
+    result = job.get("result")
+    if result:
+        lines.append(f"  flagged {result['flagged']}  aligned {result['aligned']}  s_pre {result['s_pre']}  "
+                     f"s_post {result['s_post']}  s_post_final {result['s_post_final']}")
+        if result.get("response") is not None:
+            lines.append(f"  response: {result['response']}")
+    return "\n".join(lines)
+
+
+def write_results(jobs: Iterable[dict[str, Any]], out: IO[str], output_format: str) -> int:
+    """Write job documents as JSONL (whole documents) or CSV (`RESULT_COLUMNS`); return how many."""
+    count = 0
+    if output_format == "csv":
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow([name for name, _ in RESULT_COLUMNS])
+        for job in jobs:
+            writer.writerow(["" if (value := get(job)) is None else value for _, get in RESULT_COLUMNS])
+            count += 1
+    else:
+        for job in jobs:
+            out.write(_dump(job) + "\n")
+            count += 1
+    return count
+
+
+def _open_output(path: Path | None, mode: str) -> IO[Any]:
+    if path is None:
+        return sys.stdout.buffer if "b" in mode else sys.stdout
+    if "b" in mode:
+        return path.open(mode)
+    return path.open(mode, encoding="utf-8", newline="")
+
+
+# -------------------------------------------------------------------------------------- commands
+@click.command("submit")
+@click.argument("path", type=click.Path(exists=True, path_type=Path))
+@click.option("--prompt", help="The question for every image of a folder (a manifest's default prompt).")
+@click.option("--recursive", "-r", is_flag=True, help="Include images in subfolders of a folder.")
+@click.option("--params", "params_json", metavar="JSON", help="ETA parameters for every item, a JSON object.")
+@click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
+              help="One ETA parameter (repeatable), e.g. --set max_new_tokens=64 --set policy=either.")
+@click.option("--idempotency-key", help="Names this submission: a retry with the same key never makes a second "
+                                        "batch (default: a fresh UUID, printed to stderr).")
+@click.option("--callback-url", help="POSTed a signed summary when the batch ends.")
+@click.option("--wait", "wait_for_end", is_flag=True, help="Wait until the batch ends (exit 3 unless completed).")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the batch document instead of its id.")
+@server_options
+def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, params_json: str | None,
+           settings: tuple[str, ...], idempotency_key: str | None, callback_url: str | None, wait_for_end: bool,
+           timeout: float | None, as_json: bool) -> None:
+    """Submit PATH as a batch and print the batch id.
+
+    PATH is a folder of images (each one item, asked --prompt, custom_id its file name) or a JSONL manifest,
+    one item a line: {"custom_id": "a", "prompt": "...", "image": "a.jpg", "params": {...}} (image paths are
+    relative to the manifest; "image_base64" works too; "image" may be left out for text-only items).
+    """
+    import uuid
+
+    params = _parse_params(params_json, settings)
+    if path.is_dir():
+        if not prompt or not prompt.strip():
+            raise click.UsageError("a folder needs --prompt (the question asked of every image)")
+        items = items_from_folder(path, prompt=prompt, recursive=recursive)
+        if not items:
+            raise click.BadParameter(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}",
+                                     param_hint="PATH")
+    else:
+        items = items_from_manifest(path, default_prompt=prompt)
+        if not items:
+            raise click.BadParameter(f"{path} has no items", param_hint="PATH")
+    key = idempotency_key or str(uuid.uuid4())
+    click.echo(f"submitting {len(items)} item(s) from {path} (Idempotency-Key {key})", err=True)
+    try:
+        batch = eta.submit_batch(items, key, params=params or None, callback_url=callback_url)
+    except OSError as exc:
+        raise click.BadParameter(f"cannot read an image: {exc}", param_hint="PATH") from exc
+    replayed = batch.get("submission", {}).get("dispatch") == "replayed"
+    click.echo(f"batch {batch['id']}: {batch['total']} job(s) {batch['status']}"
+               + (" (already submitted with this key)" if replayed else ""), err=True)
+    if wait_for_end:
+        batch = _wait(eta, batch["id"], timeout)
+    click.echo(_dump(batch) if as_json else batch["id"])
+    if wait_for_end and batch["status"] != "completed":
+        sys.exit(EXIT_BATCH_NOT_COMPLETED)
+
+
+def _wait(eta: ETAClient, batch_id: str, timeout: float | None) -> dict[str, Any]:
+    from eta.client import ETAWaitTimeout
+
+    try:
+        batch = eta.wait(batch_id, timeout=timeout)
+    except ETAWaitTimeout as exc:
+        click.echo(describe_batch(exc.batch), err=True)
+        raise ClientCommandError(str(exc)) from exc
+    click.echo(describe_batch(batch), err=True)
+    return batch
+
+
+@click.command("status")
+@click.argument("ident", metavar="ID")
+@click.option("--wait", "wait_for_end", is_flag=True, help="Wait until the batch ends (exit 3 unless completed).")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole document as JSON on stdout.")
+@server_options
+def status(eta: ETAClient, ident: str, wait_for_end: bool, timeout: float | None, as_json: bool) -> None:
+    """Show a batch (counts per status, progress) or, when ID is a job's, the job."""
+    from eta.client import ETAAPIError
+
+    try:
+        document = eta.get_batch(ident)
+    except ETAAPIError as exc:
+        if exc.code not in ("batch_not_found", "not_found"):
+            raise
+        document = eta.get_job(ident)
+    if document.get("object") == "job":
+        click.echo(_dump(document) if as_json else describe_job(document))
+        return
+    if wait_for_end:
+        document = eta.wait(document["id"], timeout=timeout) if as_json else _wait(eta, document["id"], timeout)
+    click.echo(_dump(document) if as_json else describe_batch(document))
+    if wait_for_end and document["status"] != "completed":
+        sys.exit(EXIT_BATCH_NOT_COMPLETED)
+
+
+@click.command("results")
+@click.argument("batch_id")
+@click.option("--format", "output_format", type=click.Choice(["jsonl", "csv"]), default="jsonl", show_default=True,
+              help="jsonl: every job document; csv: one row per job with its scores and answer.")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout).")
+@click.option("--wait", "wait_for_end", is_flag=True, help="Wait until the batch ends first.")
+@click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
+@click.option("--page-size", default=200, show_default=True, type=click.IntRange(1, 1000))
+@server_options
+def results(eta: ETAClient, batch_id: str, output_format: str, output: Path | None, wait_for_end: bool,
+            timeout: float | None, page_size: int) -> None:
+    """Export a batch's jobs, in submission order, with their results."""
+    if wait_for_end:
+        _wait(eta, batch_id, timeout)
+    out = _open_output(output, "w")
+    try:
+        count = write_results(eta.iter_results(batch_id, page_size=page_size), out, output_format)
+    finally:
+        if output is not None:
+            out.close()
+        else:
+            out.flush()
+    click.echo(f"{count} job(s) of batch {batch_id}" + (f" written to {output}" if output else ""), err=True)
+
+
+# Audit filters: option name -> the query parameter of GET /v1/audit/flagged and /v1/audit/export.
+AUDIT_FILTERS = {
+    "batch": "batch_id",
+    "created_from": "created_from",
+    "created_before": "created_before",
+    "aligned": "aligned",
+    "reviewed": "reviewed",
+    "verdict": "verdict",
+    "s_pre_min": "s_pre_min",
+    "s_pre_max": "s_pre_max",
+    "s_post_min": "s_post_min",
+    "s_post_max": "s_post_max",
+}
+
+
+@click.command("audit")
+@click.option("--batch", help="Only this batch's jobs.")
+@click.option("--from", "created_from", metavar="ISO-8601", help="Created at or after (e.g. 2025-01-31T00:00Z).")
+@click.option("--before", "created_before", metavar="ISO-8601", help="Created before.")
+@click.option("--aligned/--not-aligned", default=None, help="Only jobs whose answer was (not) realigned.")
+@click.option("--reviewed/--unreviewed", default=None, help="Only jobs with (without) a reviewer verdict.")
+@click.option("--verdict", help="Only jobs whose latest verdict is this.")
+@click.option("--s-pre-min", type=float)
+@click.option("--s-pre-max", type=float)
+@click.option("--s-post-min", type=float)
+@click.option("--s-post-max", type=float)
+@click.option("--filter", "extra", multiple=True, metavar="NAME=VALUE",
+              help="Any other query parameter of the audit endpoints (repeatable).")
+@click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
+              show_default=True, help="table: a summary line per job; jsonl / csv: the server's streaming export.")
+@click.option("--limit", type=click.IntRange(min=1), help="table: at most this many jobs (default all).")
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout).")
+@server_options
+def audit(eta: ETAClient, extra: tuple[str, ...], output_format: str, limit: int | None, output: Path | None,
+          **options: Any) -> None:
+    """Flagged jobs of your tenant, newest first (a review or admin key)."""
+    filters = {AUDIT_FILTERS[name]: value for name, value in options.items() if value is not None}
+    for setting in extra:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"expected NAME=VALUE, got {setting!r}", param_hint="--filter")
+        filters[name] = value
+    if output_format == "table":
+        out = _open_output(output, "w")
+        shown = 0
+        for job in _first(eta.flagged(**filters), limit):
+            out.write(_audit_line(job) + "\n")
+            shown += 1
+        if output is not None:
+            out.close()
+        click.echo(f"{shown} flagged job(s)", err=True)
+        return
+    binary = _open_output(output, "wb")
+    try:
+        written = eta.export(output_format, out=binary, **filters)
+    finally:
+        if output is not None:
+            binary.close()
+        else:
+            binary.flush()
+    click.echo(f"{written} bytes of {output_format}" + (f" written to {output}" if output else ""), err=True)
+
+
+def _first(items: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[str, Any]]:
+    for index, item in enumerate(items):
+        if limit is not None and index >= limit:
+            return
+        yield item
+
+
+def _audit_line(job: Mapping[str, Any]) -> str:
+    result = job.get("result") or {}
+    review = job.get("review") or {}
+    verdict = review.get("verdict") if isinstance(review, dict) else None
+    verdict = verdict or job.get("latest_verdict") or job.get("verdict") or "-"
+    reasons = ",".join(result.get("flag_reasons") or job.get("flag_reasons") or []) or "-"
+    return "\t".join(str(v) for v in (
+        job.get("created_at", "-"), job.get("id") or job.get("job_id"), job.get("custom_id") or "-",
+        f"aligned={result.get('aligned', job.get('aligned'))}", f"reasons={reasons}", f"verdict={verdict}"))
