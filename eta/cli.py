@@ -159,6 +159,7 @@ def _register_subcommands() -> None:
     from eta.commands.client import audit, results, status, submit
     from eta.commands.keys import keys
     from eta.commands.serve import serve
+    from eta.commands.worker import sweep, worker
     from eta.store.cli import db
 
     main.add_command(db)
@@ -166,6 +167,8 @@ def _register_subcommands() -> None:
     main.add_command(serve)
     for command in (submit, status, results, audit):
         main.add_command(command)
+    main.add_command(worker)
+    main.add_command(sweep)
 
 
 _register_subcommands()

@@ -1,0 +1,82 @@
+"""`eta worker` (a Celery worker for some of the stage queues) and `eta sweep` (one sweeper pass)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import uuid
+
+import click
+
+logger = logging.getLogger(__name__)
+
+QUEUE_NAMES = ("pre", "generate", "post", "control")
+
+
+def _parse_queues(value: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(QUEUE_NAMES))
+    if unknown or not names:
+        raise click.BadParameter(f"choose from {', '.join(QUEUE_NAMES)} (comma-separated), got {value!r}")
+    return names
+
+
+@click.command("worker")
+@click.option("--queues", "-Q", default=",".join(QUEUE_NAMES), show_default=True,
+              help="Stage queues to consume: pre (CLIP), generate (VLM + reward + CLIP), post (reward), "
+                   "control (callbacks, sweeper). Only the models these need are loaded.")
+@click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(min=1),
+              help="Worker processes; each loads its own models (one per GPU is usual).")
+@click.option("--beat", is_flag=True, help="Also run the beat scheduler (periodic sweeper) in this worker; "
+                                           "enable it on one worker only.")
+@click.option("--loglevel", "-l", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--pool", default="prefork", show_default=True, type=click.Choice(["prefork", "solo", "threads"]),
+              help="prefork forks one process per --concurrency (models loaded in each); solo runs in this one.")
+@click.option("--hostname", "-n", default=None, help="Node name (default: eta-<queues>-<random>@<host>).")
+def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, hostname: str | None) -> None:
+    """Run a Celery worker that processes ETA jobs."""
+    from workers.app import QUEUES
+    from workers.celery_app import celery_app
+
+    names = _parse_queues(queues)
+    node = hostname or f"eta-{'-'.join(names)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
+    argv = ["worker", "--queues", ",".join(QUEUES[name] for name in names), "--concurrency", str(concurrency),
+            "--loglevel", loglevel.upper(), "--pool", pool, "--hostname", node,
+            # No start-up handshake with other workers: nothing here uses it, and it costs seconds.
+            "--without-gossip", "--without-mingle"]
+    if beat:
+        argv.append("--beat")
+    celery_app.worker_main(argv)
+
+
+@click.command("sweep")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def sweep(as_json: bool) -> None:
+    """Re-enqueue jobs stalled in a stage (or left queued while the broker was down), once."""
+    from eta.settings import get_settings
+    from eta.store.db import make_engine, session_factory
+    from workers.celery_app import celery_app
+    from workers.enqueue import BrokerUnavailable
+    from workers.sweeper import sweep as sweep_once
+    from workers.sweeper import with_callbacks
+
+    engine = make_engine()
+    try:
+        sessions = session_factory(engine)
+        try:
+            report = sweep_once(sessions=sessions, app=celery_app, settings=get_settings())
+        except BrokerUnavailable as exc:
+            raise click.ClickException(str(exc)) from exc
+        with_callbacks(celery_app, sessions, report.completed_batches)
+    finally:
+        engine.dispose()
+    summary = report.as_dict()
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    requeued = ", ".join(f"{n} from {stage}" for stage, n in report.requeued.items()) or "none"
+    click.echo(f"re-enqueued: {requeued}; failed as stalled: {report.failed}; "
+               f"batches completed: {len(report.completed_batches)}"
+               + (f"; not swept (backlog): {', '.join(report.skipped_backlog)}" if report.skipped_backlog else ""))

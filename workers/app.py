@@ -1,0 +1,107 @@
+"""The Celery application of the workers, built from the service settings (the same object the API reads).
+
+Queues, one per stage so each worker process loads only the models its queues need:
+
+    eta.pre       CLIP pre-evaluation                     (clip)
+    eta.generate  vanilla generation, post-evaluation,    (vlm + reward + clip)
+                  decision and alignment
+    eta.post      final reward score and audit flags      (reward)
+    eta.control   batch callbacks and the sweeper         (no model)
+
+Messages carry job ids only. Every queue is published to through the default (nameless) exchange with the
+queue name as routing key: a Redis flush then loses the messages but not the routing (kombu keeps named
+exchange bindings in Redis keys, and a publish to a binding that vanished is silently dead-lettered).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+from kombu import Exchange, Queue
+
+from eta.settings import Settings, get_settings
+from workers.broker import broker_url, embedded_broker_dir, is_embedded, transport_options
+
+logger = logging.getLogger(__name__)
+
+PRE_QUEUE = "eta.pre"
+GENERATE_QUEUE = "eta.generate"
+POST_QUEUE = "eta.post"
+CONTROL_QUEUE = "eta.control"
+# Short names accepted by `eta worker --queues`.
+QUEUES: dict[str, str] = {"pre": PRE_QUEUE, "generate": GENERATE_QUEUE, "post": POST_QUEUE, "control": CONTROL_QUEUE}
+# Models each queue's tasks need.
+QUEUE_ROLES: dict[str, tuple[str, ...]] = {
+    PRE_QUEUE: ("clip",),
+    GENERATE_QUEUE: ("vlm", "reward", "clip"),
+    POST_QUEUE: ("reward",),
+    CONTROL_QUEUE: (),
+}
+
+PRE_TASK = "eta.pre_evaluate"
+GENERATE_TASK = "eta.generate_with_alignment"
+POST_TASK = "eta.post_evaluate"
+CALLBACK_TASK = "eta.send_batch_callback"
+SWEEP_TASK = "eta.sweep"
+STAGE_TASKS = (PRE_TASK, GENERATE_TASK, POST_TASK)
+
+
+def create_celery_app(settings: Settings | None = None) -> Celery:
+    """A Celery app for `settings` (default: this process's), with the stage tasks registered."""
+    settings = settings or get_settings()
+    app = Celery("eta", broker=broker_url(settings), include=["workers.tasks"])
+    nameless = Exchange("")
+    embedded = is_embedded(settings)
+    app.conf.update(
+        broker_transport_options=transport_options(settings),
+        broker_connection_timeout=settings.eta_broker_connect_timeout_s,
+        broker_connection_retry_on_startup=True,
+        # No result backend: chains hand results on in the message, and Postgres holds every outcome.
+        task_ignore_result=True,
+        task_store_errors_even_if_ignored=False,
+        task_serializer="json",
+        accept_content=["json"],
+        task_queues=[Queue(name, nameless, routing_key=name) for name in QUEUES.values()],
+        task_default_queue=CONTROL_QUEUE,
+        task_default_exchange="",
+        task_routes={
+            PRE_TASK: {"queue": PRE_QUEUE},
+            GENERATE_TASK: {"queue": GENERATE_QUEUE},
+            POST_TASK: {"queue": POST_QUEUE},
+            CALLBACK_TASK: {"queue": CONTROL_QUEUE},
+            SWEEP_TASK: {"queue": CONTROL_QUEUE},
+        },
+        task_annotations=_time_limits(settings),
+        # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        # One message at a time per process: a GPU worker must not hold a second chunk while busy.
+        worker_prefetch_multiplier=1,
+        worker_max_tasks_per_child=None,
+        worker_send_task_events=False,
+        # The embedded broker is one folder: no remote control (its fanout files outlive dead workers).
+        worker_enable_remote_control=not embedded,
+        beat_schedule={
+            "sweep-stalled-jobs": {"task": SWEEP_TASK, "schedule": settings.eta_sweep_interval_s},
+        },
+        beat_schedule_filename=str(embedded_broker_dir(settings).parent / "celerybeat-schedule"),
+        timezone="UTC",
+        # Read by `workers.enqueue` (the API builds its app from its own settings object).
+        eta_chunk_size=settings.eta_chunk_size,
+    )
+    return app
+
+
+def _time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
+    return {
+        PRE_TASK: {"soft_time_limit": settings.eta_pre_soft_time_limit_s,
+                   "time_limit": settings.eta_pre_time_limit_s},
+        GENERATE_TASK: {"soft_time_limit": settings.eta_generate_soft_time_limit_s,
+                        "time_limit": settings.eta_generate_time_limit_s},
+        POST_TASK: {"soft_time_limit": settings.eta_post_soft_time_limit_s,
+                    "time_limit": settings.eta_post_time_limit_s},
+        CALLBACK_TASK: {"soft_time_limit": 4 * settings.eta_callback_timeout_s + 30,
+                        "time_limit": 4 * settings.eta_callback_timeout_s + 60},
+    }

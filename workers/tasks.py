@@ -1,0 +1,218 @@
+"""Celery tasks: the three stages over chunks of job ids, batch callbacks and the sweeper.
+
+A stage task takes a list of job ids (the first in a chain, or what the previous stage handed on) and
+returns the ids of the jobs that completed its stage, which Celery passes to the next task of the chain.
+Errors are sorted here:
+
+- transient (database or broker unreachable, SQLite busy): the message is retried with exponential
+  backoff, up to ETA_STAGE_MAX_RETRIES; after that the jobs stay in their status for the sweeper;
+- CUDA out of memory: retried at once with half the batch size; at batch size 1 the jobs fail
+  (`out_of_memory`);
+- soft time limit: the jobs still held fail (`stage_timeout`) and the jobs already saved go on (re-raising,
+  as is usual, would break the chain and strand them until the sweeper);
+- per-job errors (image, parameters, a model error on one input) fail only that job; see `workers.stages`.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from celery import Task, shared_task
+from celery.exceptions import SoftTimeLimitExceeded
+
+from eta.settings import Settings, get_settings
+from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
+from workers.app import CALLBACK_TASK, GENERATE_TASK, POST_TASK, PRE_TASK, SWEEP_TASK
+from workers.stages import (
+    OUT_OF_MEMORY,
+    STAGE_TIMEOUT,
+    StageContext,
+    StageProgress,
+    complete_batches,
+    fail_pending,
+    parse_ids,
+    run_generation,
+    run_post_evaluation,
+    run_pre_evaluation,
+)
+
+logger = logging.getLogger(__name__)
+
+_STAGE_ROLES: dict[str, tuple[str, ...]] = {"pre": ("clip",), "generate": ("vlm", "reward", "clip"),
+                                            "post": ("reward",)}
+_RUNNERS: dict[str, Callable[..., StageProgress]] = {
+    "pre": run_pre_evaluation, "generate": run_generation, "post": run_post_evaluation,
+}
+
+
+def _batch_size(settings: Settings, stage: str) -> int:
+    return {"pre": settings.eta_clip_batch_size, "generate": settings.eta_generate_batch_size,
+            "post": settings.eta_reward_batch_size}[stage]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.OutOfMemoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Errors that say nothing about the jobs, only that a service was briefly unavailable."""
+    import sqlalchemy.exc
+    from kombu.exceptions import OperationalError as BrokerError
+
+    if isinstance(exc, sqlalchemy.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, sqlalchemy.exc.OperationalError | sqlalchemy.exc.InterfaceError | sqlalchemy.exc.TimeoutError
+                  | BrokerError | ConnectionError | TimeoutError):
+        return True
+    try:
+        import redis.exceptions
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
+
+
+def _propagates(exc: BaseException) -> bool:
+    """Errors a stage must not pin on a job: the task handles them for the whole message."""
+    return isinstance(exc, SoftTimeLimitExceeded) or is_out_of_memory(exc) or is_transient(exc)
+
+
+def backoff_s(retries: int, settings: Settings) -> float:
+    """Exponential backoff with full jitter: up to 2, 4, 8, ... seconds, capped."""
+    cap = min(2.0 ** (retries + 1), float(settings.eta_retry_backoff_max_s))
+    return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
+
+
+def run_stage(task: Task, stage: str, raw_ids: list[Any], batch_size: int | None) -> list[str]:
+    settings = get_settings()
+    job_ids = parse_ids(raw_ids)
+    if not job_ids:
+        return []
+    size = batch_size or _batch_size(settings, stage)
+    ids_text = ", ".join(map(str, job_ids))
+    logger.info("stage %s started: jobs %s (batch size %d, retry %d)", stage, ids_text, size, task.request.retries)
+    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(_STAGE_ROLES[stage]),
+                       settings=settings)
+    progress = StageProgress(stage=stage)
+    try:
+        _RUNNERS[stage](ctx, job_ids, batch_size=size, progress=progress, is_retryable=_propagates)
+    except SoftTimeLimitExceeded:
+        logger.error("stage %s: soft time limit reached; failing jobs %s", stage, _ids(progress.pending))
+        fail_pending(ctx, progress, STAGE_TIMEOUT, f"the {stage} stage exceeded its time limit")
+    except Exception as exc:
+        if is_out_of_memory(exc):
+            _free_accelerator_memory()
+            if size > 1:
+                logger.warning("stage %s: out of memory at batch size %d, retrying jobs %s at %d", stage, size,
+                               ids_text, size // 2)
+                _complete(task, ctx, progress)
+                raise task.retry(kwargs={"batch_size": size // 2}, countdown=1, exc=exc,
+                                 max_retries=task.request.retries + 1) from exc
+            logger.error("stage %s: out of memory at batch size 1; failing jobs %s", stage, _ids(progress.pending))
+            fail_pending(ctx, progress, OUT_OF_MEMORY, f"out of accelerator memory in the {stage} stage: {exc}")
+        elif is_transient(exc):
+            countdown = backoff_s(task.request.retries, settings)
+            logger.warning("stage %s: transient error on jobs %s (%s); retry %d in %.1fs", stage, ids_text, exc,
+                           task.request.retries + 1, countdown)
+            raise task.retry(countdown=countdown, exc=exc, max_retries=settings.eta_stage_max_retries) from exc
+        else:
+            logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", stage, ids_text)
+            raise
+    _complete(task, ctx, progress)
+    logger.info("stage %s done: jobs %s handed on, %d failed, forwards %s", stage, _ids(progress.forward),
+                len(progress.failed), progress.forwards)
+    return [str(job_id) for job_id in progress.forward]
+
+
+def _ids(job_ids: Any) -> str:
+    return ", ".join(map(str, job_ids)) or "(none)"
+
+
+def _complete(task: Task, ctx: StageContext, progress: StageProgress) -> None:
+    """Complete the batches whose last job ended here, and send their callbacks."""
+    if not progress.touched_batches:
+        return
+    try:
+        for batch_id in complete_batches(ctx, sorted(progress.touched_batches)):
+            task.app.send_task(CALLBACK_TASK, args=[str(batch_id)])
+    except Exception:
+        # The jobs are saved; the sweeper completes any batch left in progress.
+        logger.exception("could not complete batches %s", _ids(progress.touched_batches))
+
+
+def _free_accelerator_memory() -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@shared_task(bind=True, name=PRE_TASK)
+def pre_evaluate(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
+    """CLIP pre-evaluation of a chunk of jobs (text-only jobs pass straight to generation)."""
+    return run_stage(self, "pre", job_ids, batch_size)
+
+
+@shared_task(bind=True, name=GENERATE_TASK)
+def generate_with_alignment(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
+    """Vanilla generation, post-evaluation, decision and alignment of a chunk of jobs."""
+    return run_stage(self, "generate", job_ids, batch_size)
+
+
+@shared_task(bind=True, name=POST_TASK)
+def post_evaluate(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
+    """Final reward scores and audit flags of a chunk of jobs; the jobs succeed."""
+    return run_stage(self, "post", job_ids, batch_size)
+
+
+@shared_task(bind=True, name=CALLBACK_TASK)
+def send_batch_callback(self: Task, batch_id: str) -> None:
+    """POST the signed summary of a completed batch to its callback URL, retrying with backoff."""
+    from workers.callbacks import CallbackError, batch_summary, callback_secret, post_callback
+
+    settings = get_settings()
+    batch_uuid = uuid.UUID(batch_id)
+    sessions = runtime.sessions()
+    with sessions() as session:
+        callback = batch_summary(session, batch_uuid)
+    if callback is None:
+        logger.info("batch %s: no callback to send", batch_id)
+        return
+    try:
+        status = post_callback(callback, batch_id=batch_uuid, secret=callback_secret(settings),
+                               timeout_s=settings.eta_callback_timeout_s)
+    except CallbackError as exc:
+        if not exc.retryable:
+            logger.error("batch %s: callback refused for good: %s", batch_id, exc)
+            return
+        countdown = backoff_s(self.request.retries, settings)
+        logger.warning("batch %s: callback failed (%s); retry %d in %.1fs", batch_id, exc, self.request.retries + 1,
+                       countdown)
+        raise self.retry(countdown=countdown, exc=exc, max_retries=settings.eta_callback_max_retries) from exc
+    from eta.store import repository as repo
+
+    with sessions() as session, session.begin():
+        repo.mark_batch_callback_sent(session=session, batch_id=batch_uuid)
+    logger.info("batch %s: callback delivered (HTTP %d)", batch_id, status)
+
+
+@shared_task(bind=True, name=SWEEP_TASK)
+def sweep(self: Task) -> dict[str, Any]:
+    """One sweeper pass (the beat schedule runs it every ETA_SWEEP_INTERVAL_S)."""
+    from workers.enqueue import BrokerUnavailable
+    from workers.sweeper import sweep as sweep_once
+    from workers.sweeper import with_callbacks
+
+    try:
+        report = sweep_once(sessions=runtime.sessions(), app=self.app, settings=get_settings())
+    except BrokerUnavailable as exc:
+        logger.warning("sweep skipped: %s", exc)
+        return {}
+    with_callbacks(self.app, runtime.sessions(), report.completed_batches)
+    logger.info("sweep: %s", report.as_dict())
+    return report.as_dict()
