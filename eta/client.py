@@ -113,7 +113,9 @@ class ETAAPIError(ETAClientError):
 
 
 def _describe_item_error(error: Mapping[str, Any]) -> str:
-    where = error.get("custom_id") or (f"line {error['line']}" if "line" in error else f"item {error.get('index')}")
+    where = f"line {error['line']}" if "line" in error else f"item {error.get('index')}"
+    if error.get("custom_id"):
+        where += f" ({error['custom_id']})"
     return f"{where}: {error.get('field', '?')} {error.get('code', '?')} {error.get('message', '')}".rstrip()
 
 
@@ -284,15 +286,25 @@ class ETAClient:
         Returns:
             The batch document (`id`, `status`, `total`, `counts`, `idempotency_key`, ...).
         Raises:
-            ETAAPIError: e.g. `batch_invalid` (422; `errors` names every bad item), `payload_too_large`.
+            ETAAPIError: e.g. `batch_invalid` (422; `errors` names every bad item by its `index` in `items`),
+                `idempotency_key_reused` (409), `payload_too_large` (413).
             ETAConnectionError: the server stayed unreachable through every retry.
             OSError: an image file could not be read.
         """
         key = idempotency_key or str(uuid.uuid4())
         body = encode_batch(items, params=params, callback_url=callback_url)
         logger.info("submitting a batch of %d bytes with Idempotency-Key %s", len(body.content), key)
-        response = self._request("POST", "/v1/batches", body=body, headers={"Idempotency-Key": key},
-                                 idempotent=True, upload_progress=True)
+        try:
+            response = self._request("POST", "/v1/batches", body=body, headers={"Idempotency-Key": key},
+                                     idempotent=True, upload_progress=True)
+        except ETAAPIError as exc:
+            # The manifest is ours, one line per item: name the caller's items, not our manifest's lines.
+            for error in exc.errors:
+                if "line" in error and "index" not in error:
+                    error["index"] = error.pop("line") - 1
+            if exc.errors:
+                exc.args = (exc._message(),)
+            raise
         return _json(response)
 
     def get_batch(self, batch_id: str) -> dict[str, Any]:

@@ -59,20 +59,23 @@ class ClientCommandError(click.ClickException):
 
 # --------------------------------------------------------------------------------------- options
 def server_options(command: F) -> F:
-    """`--url`, `--api-key` and `--progress/--no-progress`, passed on as a ready `ETAClient` named `eta`."""
+    """`--url`, `--api-key`, `--retries` and `--progress`, passed on as a ready `ETAClient` named `eta`."""
 
     @click.option("--url", envvar="ETA_URL", default="http://127.0.0.1:8000", show_default=True,
                   help="The ETA server (env ETA_URL).")
     @click.option("--api-key", envvar="ETA_API_KEY", help="API key (env ETA_API_KEY).")
+    @click.option("--retries", envvar="ETA_RETRIES", default=5, show_default=True, type=click.IntRange(0, 20),
+                  help="Retries of a request after a connection error or a 5xx, with exponential backoff "
+                       "(env ETA_RETRIES).")
     @click.option("--progress/--no-progress", default=None,
                   help="Progress bars on stderr (default: only when stderr is a terminal).")
     @functools.wraps(command)
-    def wrapper(url: str, api_key: str | None, progress: bool | None, **kwargs: Any) -> Any:
-        from eta.client import ETAAPIError, ETAClient, ETAClientError
+    def wrapper(url: str, api_key: str | None, retries: int, progress: bool | None, **kwargs: Any) -> Any:
+        from eta.client import ETAAPIError, ETAClient, ETAClientError, RetryPolicy
 
         if not api_key:
             raise click.UsageError("no API key: set ETA_API_KEY or pass --api-key")
-        with ETAClient(url, api_key, progress=progress) as eta:
+        with ETAClient(url, api_key, progress=progress, retry=RetryPolicy(max_attempts=retries + 1)) as eta:
             try:
                 return command(eta=eta, **kwargs)
             except ETAAPIError as exc:
@@ -114,16 +117,18 @@ def items_from_folder(folder: Path, *, prompt: str, recursive: bool) -> list[Bat
     return [BatchItem(prompt=prompt, image=path, custom_id=path.relative_to(folder).as_posix()) for path in paths]
 
 
-def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> list[BatchItem]:
-    """Items of a JSONL manifest. Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ...,
-    "params"}`; a relative image path is relative to the manifest's folder.
+def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> tuple[list[BatchItem], list[str]]:
+    """Items of a JSONL manifest, and where each came from (`PATH:LINE`).
+
+    Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ..., "params"}`; a relative image path
+    is relative to the manifest's folder.
 
     Raises:
         click.BadParameter: a line is not a JSON object with known fields (naming the line).
     """
     from eta.client import BatchItem
 
-    items = []
+    items, sources = [], []
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -148,7 +153,8 @@ def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> list[B
             items.append(BatchItem.coerce(entry))
         except ValueError as exc:
             raise click.BadParameter(f"{where}: {exc}", param_hint="PATH") from exc
-    return items
+        sources.append(where)
+    return items, sources
 
 
 # -------------------------------------------------------------------------------------- printing
@@ -230,16 +236,19 @@ def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, para
     """
     import uuid
 
+    from eta.client import ETAAPIError
+
     params = _parse_params(params_json, settings)
     if path.is_dir():
         if not prompt or not prompt.strip():
             raise click.UsageError("a folder needs --prompt (the question asked of every image)")
         items = items_from_folder(path, prompt=prompt, recursive=recursive)
+        sources = [str(path / str(item.custom_id)) for item in items]
         if not items:
             raise click.BadParameter(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}",
                                      param_hint="PATH")
     else:
-        items = items_from_manifest(path, default_prompt=prompt)
+        items, sources = items_from_manifest(path, default_prompt=prompt)
         if not items:
             raise click.BadParameter(f"{path} has no items", param_hint="PATH")
     key = idempotency_key or str(uuid.uuid4())
@@ -248,6 +257,16 @@ def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, para
         batch = eta.submit_batch(items, key, params=params or None, callback_url=callback_url)
     except OSError as exc:
         raise click.BadParameter(f"cannot read an image: {exc}", param_hint="PATH") from exc
+    except ETAAPIError as exc:
+        if not exc.errors:
+            raise
+        # Name each bad item by where it came from (file name or manifest line), all of them.
+        lines = [f"{exc.status} {exc.code}: the batch was refused, nothing was stored:"]
+        for error in exc.errors:
+            index = error.get("index")
+            where = sources[index] if isinstance(index, int) and 0 <= index < len(sources) else f"item {index}"
+            lines.append(f"  {where}: {error.get('field')} {error.get('code')}: {error.get('message')}")
+        raise ClientCommandError("\n".join(lines)) from exc
     replayed = batch.get("submission", {}).get("dispatch") == "replayed"
     click.echo(f"batch {batch['id']}: {batch['total']} job(s) {batch['status']}"
                + (" (already submitted with this key)" if replayed else ""), err=True)
@@ -324,6 +343,7 @@ def results(eta: ETAClient, batch_id: str, output_format: str, output: Path | No
 # Audit filters: option name -> the query parameter of GET /v1/audit/flagged and /v1/audit/export.
 AUDIT_FILTERS = {
     "batch": "batch_id",
+    "custom_id": "custom_id",
     "created_from": "created_from",
     "created_before": "created_before",
     "aligned": "aligned",
@@ -333,24 +353,30 @@ AUDIT_FILTERS = {
     "s_pre_max": "s_pre_max",
     "s_post_min": "s_post_min",
     "s_post_max": "s_post_max",
+    "s_post_final_min": "s_post_final_min",
+    "s_post_final_max": "s_post_final_max",
 }
+VERDICTS = ("confirmed_unsafe", "false_positive", "needs_escalation")
 
 
 @click.command("audit")
 @click.option("--batch", help="Only this batch's jobs.")
-@click.option("--from", "created_from", metavar="ISO-8601", help="Created at or after (e.g. 2025-01-31T00:00Z).")
+@click.option("--custom-id", help="Only the job(s) with this custom_id.")
+@click.option("--from", "created_from", metavar="ISO-8601", help="Created at or after (no zone: UTC).")
 @click.option("--before", "created_before", metavar="ISO-8601", help="Created before.")
 @click.option("--aligned/--not-aligned", default=None, help="Only jobs whose answer was (not) realigned.")
 @click.option("--reviewed/--unreviewed", default=None, help="Only jobs with (without) a reviewer verdict.")
-@click.option("--verdict", help="Only jobs whose latest verdict is this.")
-@click.option("--s-pre-min", type=float)
+@click.option("--verdict", type=click.Choice(VERDICTS), help="Only jobs whose newest verdict is this.")
+@click.option("--s-pre-min", type=float, help="Score ranges are inclusive.")
 @click.option("--s-pre-max", type=float)
 @click.option("--s-post-min", type=float)
 @click.option("--s-post-max", type=float)
+@click.option("--s-post-final-min", type=float)
+@click.option("--s-post-final-max", type=float)
 @click.option("--filter", "extra", multiple=True, metavar="NAME=VALUE",
               help="Any other query parameter of the audit endpoints (repeatable).")
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
-              show_default=True, help="table: a summary line per job; jsonl / csv: the server's streaming export.")
+              show_default=True, help="table: one line per job; jsonl / csv: the server's streaming export.")
 @click.option("--limit", type=click.IntRange(min=1), help="table: at most this many jobs (default all).")
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help="File (default stdout).")
 @server_options
@@ -391,12 +417,17 @@ def _first(items: Iterator[dict[str, Any]], limit: int | None) -> Iterator[dict[
         yield item
 
 
-def _audit_line(job: Mapping[str, Any]) -> str:
-    result = job.get("result") or {}
-    review = job.get("review") or {}
-    verdict = review.get("verdict") if isinstance(review, dict) else None
-    verdict = verdict or job.get("latest_verdict") or job.get("verdict") or "-"
-    reasons = ",".join(result.get("flag_reasons") or job.get("flag_reasons") or []) or "-"
-    return "\t".join(str(v) for v in (
-        job.get("created_at", "-"), job.get("id") or job.get("job_id"), job.get("custom_id") or "-",
-        f"aligned={result.get('aligned', job.get('aligned'))}", f"reasons={reasons}", f"verdict={verdict}"))
+def _audit_line(record: Mapping[str, Any]) -> str:
+    """created_at, job id, custom_id, scores, reasons and the newest verdict of one flagged-job record."""
+    result = record.get("result") or {}
+    review = record.get("review") or {}
+
+    def score(name: str) -> str:
+        value = result.get(name)
+        return f"{name}={'-' if value is None else format(value, '.4f')}"
+
+    return "\t".join([
+        str(record.get("created_at")), str(record.get("id")), str(record.get("custom_id") or "-"),
+        score("s_pre"), score("s_post"), score("s_post_final"), f"aligned={result.get('aligned')}",
+        f"reasons={','.join(result.get('flag_reasons') or []) or '-'}", f"verdict={review.get('verdict') or '-'}",
+    ])
