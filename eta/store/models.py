@@ -176,6 +176,15 @@ class Job(Base):
         # Counts per status of a batch.
         sa.Index("ix_jobs_batch_status", "batch_id", "status"),
         sa.Index("ix_jobs_image_sha256", "image_sha256"),
+        # Audit lookups of a tenant's jobs by the client's own id.
+        sa.Index("ix_jobs_tenant_custom_id", "tenant_id", "custom_id"),
+        # Retention: only jobs not yet purged, oldest first, so each purge pass reads just what it purges.
+        sa.Index(
+            "ix_jobs_unpurged_created",
+            "created_at",
+            postgresql_where=sa.text("purged_at IS NULL"),
+            sqlite_where=sa.text("purged_at IS NULL"),
+        ),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
@@ -203,6 +212,8 @@ class Job(Base):
     generating_at: Mapped[datetime | None]
     post_evaluating_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # When retention removed the job's image bytes and vanilla answer (scores, answer and verdicts stay).
+    purged_at: Mapped[datetime | None]
 
 
 class JobResult(Base):

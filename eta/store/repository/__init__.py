@@ -10,7 +10,22 @@ take `tenant_id` and find nothing for another tenant's ids.
 
 from __future__ import annotations
 
-from eta.store.repository.audit import AuditFilter, FlaggedJob, add_review, list_flagged_jobs, list_reviews
+from eta.store.repository.audit import (
+    EXPORT_COLUMNS,
+    AuditFilter,
+    AuditSummary,
+    FlaggedJob,
+    ReviewEntry,
+    SummaryCounts,
+    ThresholdGroup,
+    add_review,
+    get_flagged_job,
+    list_flagged_jobs,
+    list_review_history,
+    list_reviews,
+    stream_flagged_rows,
+    summarize_audit,
+)
 from eta.store.repository.images import get_image, store_image
 from eta.store.repository.jobs import (
     NewJob,
@@ -40,10 +55,12 @@ from eta.store.repository.results import (
     record_post_evaluation,
     record_pre_evaluation,
 )
+from eta.store.repository.retention import PurgedJobs, count_expired_jobs, purge_expired_jobs
 from eta.store.repository.tenants import (
     authenticate_api_key,
     create_api_key,
     create_tenant,
+    get_live_api_key,
     get_or_create_tenant,
     get_tenant,
     hash_api_key,
@@ -53,17 +70,24 @@ from eta.store.repository.tenants import (
 )
 
 __all__ = [
+    "EXPORT_COLUMNS",
     "AuditFilter",
+    "AuditSummary",
     "FlaggedJob",
     "NewJob",
     "Page",
+    "PurgedJobs",
+    "ReviewEntry",
     "StalledJob",
     "SubmittedBatch",
+    "SummaryCounts",
+    "ThresholdGroup",
     "add_review",
     "authenticate_api_key",
     "cancel_batch",
     "cancel_job",
     "complete_batch_if_finished",
+    "count_expired_jobs",
     "count_jobs_by_status",
     "create_api_key",
     "create_batch_with_jobs",
@@ -75,7 +99,9 @@ __all__ = [
     "get_job",
     "get_job_any_tenant",
     "get_job_result",
+    "get_flagged_job",
     "get_job_results",
+    "get_live_api_key",
     "get_job_with_result",
     "get_or_create_tenant",
     "get_tenant",
@@ -83,8 +109,10 @@ __all__ = [
     "list_api_keys",
     "list_batch_jobs",
     "list_flagged_jobs",
+    "list_review_history",
     "list_reviews",
     "mark_batch_callback_sent",
+    "purge_expired_jobs",
     "record_generation",
     "record_post_evaluation",
     "record_pre_evaluation",
@@ -92,5 +120,7 @@ __all__ = [
     "revoke_api_key",
     "revoke_api_key_by_prefix",
     "store_image",
+    "stream_flagged_rows",
+    "summarize_audit",
     "transition_job",
 ]

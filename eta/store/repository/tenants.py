@@ -59,6 +59,11 @@ def authenticate_api_key(*, session: Session, token: str) -> ApiKey | None:
     return session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None)))
 
 
+def get_live_api_key(*, session: Session, key_id: uuid.UUID) -> ApiKey | None:
+    """The key with this id unless it has been revoked (sessions signed in with a key re-check it)."""
+    return session.scalar(sa.select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+
+
 def list_api_keys(*, session: Session, tenant_id: uuid.UUID) -> Sequence[ApiKey]:
     return session.scalars(
         sa.select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)

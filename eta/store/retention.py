@@ -1,0 +1,74 @@
+"""The purge pass: `eta purge` and the workers' beat schedule both run `purge_expired`.
+
+It walks expired jobs in short transactions of `batch_size` jobs (short row locks, bounded memory) until
+none is left. Blobs of the database backend are deleted in the transaction that purged their last job;
+files of the filesystem backend only after that transaction commits, so a rolled-back pass never leaves
+an unpurged job without its image.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from eta.settings import Settings, get_settings
+from eta.store.blobs import DatabaseBlobStore, make_blob_store
+from eta.store.models import utcnow
+from eta.store.repository.retention import count_expired_jobs, purge_expired_jobs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeReport:
+    cutoff: datetime | None  # jobs created before this were purged (None: retention is off)
+    jobs: int  # jobs whose vanilla answer and image were purged
+    images: int  # image blobs deleted
+
+
+def retention_cutoff(settings: Settings, *, days: int | None = None, now: datetime | None = None) -> datetime | None:
+    """Jobs created before the returned time are expired; None when retention is off (0 days)."""
+    days = settings.eta_retention_days if days is None else days
+    if days <= 0:
+        return None
+    return (now or utcnow()) - timedelta(days=days)
+
+
+def count_expired(sessions: sessionmaker[Session], *, cutoff: datetime) -> int:
+    with sessions() as session:
+        return count_expired_jobs(session=session, cutoff=cutoff)
+
+
+def purge_expired(
+    sessions: sessionmaker[Session],
+    *,
+    settings: Settings | None = None,
+    days: int | None = None,
+    now: datetime | None = None,
+) -> PurgeReport:
+    """Purge every finished job older than the retention period (`settings.eta_retention_days`, or `days`)."""
+    settings = settings or get_settings()
+    now = now or utcnow()
+    cutoff = retention_cutoff(settings, days=days, now=now)
+    if cutoff is None:
+        logger.info("retention is off (ETA_RETENTION_DAYS=0): nothing purged")
+        return PurgeReport(cutoff=None, jobs=0, images=0)
+    jobs = images = 0
+    while True:
+        deferred: list[str] = []
+        with sessions() as session, session.begin():
+            purged = purge_expired_jobs(session=session, cutoff=cutoff, limit=settings.eta_purge_batch_size, now=now)
+            blobs = make_blob_store(session=session, settings=settings)
+            if isinstance(blobs, DatabaseBlobStore):
+                images += sum(blobs.delete(digest) for digest in purged.unreferenced_images)
+            else:
+                deferred = purged.unreferenced_images
+        images += sum(blobs.delete(digest) for digest in deferred)
+        jobs += len(purged.job_ids)
+        if len(purged.job_ids) < settings.eta_purge_batch_size:
+            break
+    logger.info("purge done: %d jobs created before %s, %d image blobs deleted", jobs, cutoff.isoformat(), images)
+    return PurgeReport(cutoff=cutoff, jobs=jobs, images=images)
