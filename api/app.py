@@ -30,7 +30,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         ValueError: production mode without a real SECRET_KEY.
         SchemaNotCurrentError: the database schema is not at the head revision (run `eta db upgrade`).
     """
-    from api.routes import batches, health, jobs
+    from api.routes import audit, batches, health, jobs
 
     settings = settings or get_settings()
     settings.require_production_secrets()
@@ -54,6 +54,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(health.bp)
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
+    app.register_blueprint(audit.bp)
     spec.register(app)
     logger.info("API ready (database %s)", engine.url.render_as_string(hide_password=True))
     return app

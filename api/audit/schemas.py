@@ -1,0 +1,203 @@
+"""Request and response schemas of the audit endpoints (validated by spectree, documented in OpenAPI)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from eta.store.models import ReviewVerdict
+from eta.store.repository import AuditFilter
+
+VerdictName = Literal["confirmed_unsafe", "false_positive", "needs_escalation"]
+if {v.value for v in ReviewVerdict} != set(get_args(VerdictName)):  # pragma: no cover - caught at import
+    raise RuntimeError("VerdictName must list the values of eta.store.models.ReviewVerdict")
+
+MAX_NOTE_CHARS = 4000
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _as_utc(value: datetime | None) -> datetime | None:
+    # A time without a zone is read as UTC (the store only holds UTC).
+    if value is None:
+        return None
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class TimeRange(_Strict):
+    created_from: datetime | None = Field(
+        default=None, description="Created at or after this time (ISO 8601; no zone means UTC).")
+    created_before: datetime | None = Field(default=None, description="Created before this time.")
+
+    _utc = field_validator("created_from", "created_before")(_as_utc)
+
+    @model_validator(mode="after")
+    def _ordered_range(self) -> TimeRange:
+        if self.created_from and self.created_before and self.created_from >= self.created_before:
+            raise ValueError("created_from must be before created_before")
+        return self
+
+
+class AuditFilters(TimeRange):
+    """Filters shared by the flagged listing and the export. Score ranges are inclusive."""
+
+    batch_id: uuid.UUID | None = None
+    custom_id: str | None = Field(default=None, max_length=255)
+    s_pre_min: float | None = None
+    s_pre_max: float | None = None
+    s_post_min: float | None = None
+    s_post_max: float | None = None
+    s_post_final_min: float | None = None
+    s_post_final_max: float | None = None
+    aligned: bool | None = Field(default=None, description="Only jobs whose answer was (not) realigned.")
+    reviewed: bool | None = Field(default=None, description="true: at least one verdict; false: none yet.")
+    verdict: VerdictName | None = Field(default=None, description="The job's newest verdict.")
+
+    @model_validator(mode="after")
+    def _ordered_scores(self) -> AuditFilters:
+        for score in ("s_pre", "s_post", "s_post_final"):
+            low, high = getattr(self, f"{score}_min"), getattr(self, f"{score}_max")
+            if low is not None and high is not None and low > high:
+                raise ValueError(f"{score}_min must not exceed {score}_max")
+        return self
+
+    def to_filter(self) -> AuditFilter:
+        return AuditFilter(
+            created_from=self.created_from,
+            created_before=self.created_before,
+            batch_id=self.batch_id,
+            custom_id=self.custom_id,
+            aligned=self.aligned,
+            reviewed=self.reviewed,
+            verdict=ReviewVerdict(self.verdict) if self.verdict else None,
+            s_pre_min=self.s_pre_min,
+            s_pre_max=self.s_pre_max,
+            s_post_min=self.s_post_min,
+            s_post_max=self.s_post_max,
+            s_post_final_min=self.s_post_final_min,
+            s_post_final_max=self.s_post_final_max,
+        )
+
+
+class FlaggedQuery(AuditFilters):
+    limit: int = Field(default=50, ge=1, le=1000)
+    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+
+
+class ExportQuery(AuditFilters):
+    format: Literal["jsonl", "csv"] = Field(default="jsonl", description="JSON Lines or CSV (with a header row).")
+
+
+class SummaryQuery(TimeRange):
+    batch_id: uuid.UUID | None = None
+
+
+class ImageQuery(_Strict):
+    size: Literal["full", "thumb"] = Field(default="full", description="thumb: at most 320 px on the long side.")
+
+
+class ReviewCreate(_Strict):
+    verdict: VerdictName
+    note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS)
+
+
+# ----------------------------------------------------------------------------------------- responses
+class ReviewOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["review"] = "review"
+    job_id: uuid.UUID
+    verdict: VerdictName
+    note: str | None
+    reviewer: str | None = Field(description="Visible prefix of the API key that recorded the verdict.")
+    created_at: datetime
+
+
+class ReviewList(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[ReviewOut] = Field(description="Every verdict on the job, oldest first.")
+
+
+class LatestReviewOut(BaseModel):
+    verdict: VerdictName
+    note: str | None
+    reviewer: str | None
+    reviewed_at: datetime
+
+
+class AuditResultOut(BaseModel):
+    s_pre: float | None = Field(description="CLIP cosine of the image and the safety prompt (null: no image).")
+    tau_pre: float | None
+    pre_unsafe: bool | None = Field(description="s_pre >= tau_pre.")
+    s_post: float | None = Field(description="Reward of the vanilla answer.")
+    tau_post: float | None
+    post_unsafe: bool | None = Field(description="s_post <= tau_post.")
+    s_post_final: float | None = Field(description="Reward of the final answer.")
+    policy: str | None = Field(description="Decision rule in force: both, either or post_only.")
+    aligned: bool | None = Field(description="The decision: the answer was regenerated with alignment.")
+    flagged: bool
+    flag_reasons: list[str] | None
+    response: str | None = Field(description="The final answer.")
+    fingerprint_sha256: str | None
+    fingerprint: dict[str, Any] | None = Field(description="Models (id + revision) and parameters in force.")
+    vanilla_response: str | None = Field(
+        default=None, description="Review and admin keys only; null once purged by retention.")
+
+
+class AuditRecordOut(BaseModel):
+    id: uuid.UUID
+    object: Literal["flagged_job"] = "flagged_job"
+    batch_id: uuid.UUID | None
+    custom_id: str | None
+    status: str
+    prompt: str
+    image_sha256: str | None
+    image_url: str | None = Field(description="Authenticated URL of the image (null: no image, or purged).")
+    created_at: datetime
+    finished_at: datetime | None
+    purged_at: datetime | None = Field(description="When retention removed the image and the vanilla answer.")
+    result: AuditResultOut
+    review: LatestReviewOut | None = Field(description="The newest verdict (null while unreviewed).")
+
+
+class AuditPage(BaseModel):
+    object: Literal["list"] = "list"
+    data: list[AuditRecordOut]
+    next_cursor: str | None
+
+
+class CountsOut(BaseModel):
+    evaluated: int = Field(description="Jobs that went through all three stages.")
+    flagged: int
+    flag_rate: float | None
+    pre_unsafe: int
+    post_unsafe: int
+    aligned: int
+    reviewed: int = Field(description="Flagged jobs with at least one verdict.")
+    verdicts: dict[VerdictName, int] = Field(description="Newest verdict of each reviewed flagged job.")
+    verdict_rates: dict[VerdictName, float | None] = Field(description="verdicts / reviewed.")
+    false_positive_rate: float | None = Field(description="false_positive / reviewed.")
+    pre_false_positive_rate: float | None = Field(
+        description="Among reviewed jobs the image evaluator flagged (s_pre >= tau_pre): share of false positives.")
+    post_false_positive_rate: float | None = Field(
+        description="Among reviewed jobs the answer evaluator flagged (s_post <= tau_post): share of false positives.")
+    missed: int = Field(description="Unflagged jobs a reviewer confirmed unsafe.")
+
+
+class ThresholdGroupOut(BaseModel):
+    tau_pre: float | None
+    tau_post: float | None
+    counts: CountsOut
+
+
+class SummaryOut(BaseModel):
+    object: Literal["audit_summary"] = "audit_summary"
+    created_from: datetime | None
+    created_before: datetime | None
+    batch_id: uuid.UUID | None
+    total: CountsOut
+    by_thresholds: list[ThresholdGroupOut]
