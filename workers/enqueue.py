@@ -92,7 +92,9 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chu
     if not job_ids:
         return
     if app is None:
-        from workers.celery_app import celery_app as app
+        from workers.celery_app import celery_app
+
+        app = celery_app
     size = chunk_size or int(app.conf.get("eta_chunk_size") or 32)
     sent = send_chunks(app, job_ids, chunk_size=size)
     logger.info("enqueued %d jobs in %d chunks (first %s)", len(job_ids), sent, job_ids[0])

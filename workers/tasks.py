@@ -124,8 +124,8 @@ def run_stage(task: Task, stage: str, raw_ids: list[Any], batch_size: int | None
             logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", stage, ids_text)
             raise
     _complete(task, ctx, progress)
-    logger.info("stage %s done: jobs %s handed on, %d failed, forwards %s", stage, _ids(progress.forward),
-                len(progress.failed), progress.forwards)
+    logger.info("stage %s done: jobs %s handed on, %d failed, model calls %s", stage, _ids(progress.forward),
+                len(progress.failed), progress.model_calls)
     return [str(job_id) for job_id in progress.forward]
 
 

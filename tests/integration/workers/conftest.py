@@ -1,0 +1,272 @@
+"""Real Celery workers (subprocesses of `eta worker`) against real Redis and a Postgres database of their own.
+
+One worker process serves the whole module where it can (it starts in a few seconds and loads the tiny
+models once). Redis is the server on 127.0.0.1:6379; every key this session writes carries its own prefix,
+and only those keys are ever deleted. The worker gets short time limits and sweeper timeouts, and the
+tests call the sweeper with a `now` in the future instead of waiting.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from eta.images import decode_image
+from eta.settings import Settings
+from eta.store import make_blob_store, session_factory
+from eta.store import repository as repo
+from eta.store.lifecycle import TERMINAL_JOB_STATUSES
+from eta.store.models import Job, JobResult
+from eta.store.repository import NewJob
+from tests.integration.conftest import fresh_postgres_database, migrated_engine
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
+
+REDIS_URL = os.environ.get("ETA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+ETA = str(Path(sys.executable).with_name("eta"))
+CALLBACK_SECRET = "test-callback-secret-0123456789"
+
+# Worker settings for tests: small chunks (several chains per batch) and short limits.
+WORKER_ENV = {
+    "ETA_DEVICE": "cpu",
+    "ETA_CHUNK_SIZE": "4",
+    "ETA_GENERATE_BATCH_SIZE": "4",
+    "ETA_CLIP_BATCH_SIZE": "4",
+    "ETA_REWARD_BATCH_SIZE": "4",
+    "ETA_PRE_SOFT_TIME_LIMIT_S": "60",
+    "ETA_PRE_TIME_LIMIT_S": "70",
+    "ETA_GENERATE_SOFT_TIME_LIMIT_S": "120",
+    "ETA_GENERATE_TIME_LIMIT_S": "130",
+    "ETA_POST_SOFT_TIME_LIMIT_S": "60",
+    "ETA_POST_TIME_LIMIT_S": "70",
+    "ETA_SWEEP_QUEUED_AFTER_S": "300",
+    "ETA_SWEEP_PRE_EVALUATING_AFTER_S": "300",
+    "ETA_SWEEP_GENERATING_AFTER_S": "300",
+    "ETA_SWEEP_POST_EVALUATING_AFTER_S": "300",
+    "ETA_MAX_STAGE_ATTEMPTS": "20",
+    "ETA_RETRY_BACKOFF_MAX_S": "2",
+    "ETA_CALLBACK_SECRET": CALLBACK_SECRET,
+    "ETA_CALLBACK_TIMEOUT_S": "5",
+}
+
+
+@dataclass
+class WorkerEnv:
+    """Everything a worker process and the test process agree on."""
+
+    database_url: str
+    data_dir: Path
+    key_prefix: str
+    env: dict[str, str]
+    settings: Settings
+
+    @property
+    def tiny_dir(self) -> Path:
+        return self.data_dir / "tiny-models"
+
+
+def _clean_environ() -> dict[str, str]:
+    """This process's environment without anything that would point a worker elsewhere."""
+    return {k: v for k, v in os.environ.items()
+            if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "BLOB_BACKEND"))}
+
+
+@pytest.fixture(scope="session")
+def worker_database() -> Iterator[str]:
+    """A Postgres database for the worker tests only (the sweeper looks at every job of its database)."""
+    with fresh_postgres_database("eta_workers") as url, migrated_engine(url):
+        yield url
+
+
+@pytest.fixture(scope="session")
+def worker_env(worker_database: str, tiny_models_dir: Path,
+               tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerEnv]:
+    data_dir = tmp_path_factory.mktemp("worker-data")
+    # The worker builds its tiny models into the data directory on first use; the session's are the same.
+    (data_dir / "tiny-models").symlink_to(tiny_models_dir, target_is_directory=True)
+    prefix = f"eta-test-{secrets.token_hex(4)}:"
+    env = {**_clean_environ(), **WORKER_ENV, "DATABASE_URL": worker_database, "REDIS_URL": REDIS_URL,
+           "ETA_BROKER_KEY_PREFIX": prefix, "ETA_DATA_DIR": str(data_dir)}
+    settings = Settings(database_url=worker_database, redis_url=REDIS_URL,
+                        **{k.lower(): v for k, v in env.items() if k.startswith("ETA_")})
+    yield WorkerEnv(database_url=worker_database, data_dir=data_dir, key_prefix=prefix, env=env, settings=settings)
+    flush_prefix(prefix)
+
+
+def flush_prefix(prefix: str) -> int:
+    """Delete every Redis key of this test session (and nothing else)."""
+    client = redis.Redis.from_url(REDIS_URL)
+    keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        client.delete(*keys)
+    return len(keys)
+
+
+@pytest.fixture(scope="session")
+def celery_app(worker_env: WorkerEnv) -> Any:
+    """The test process's client of the workers' broker (sends messages; never runs a task)."""
+    from workers.app import create_celery_app
+
+    return create_celery_app(worker_env.settings)
+
+
+@pytest.fixture(scope="session")
+def engine(worker_database: str) -> Iterator[Engine]:
+    from eta.store.db import make_engine
+
+    engine = make_engine(worker_database)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def sessions(engine: Engine) -> sessionmaker[Session]:
+    return session_factory(engine)
+
+
+class WorkerProcess:
+    """`eta worker` in its own process group; stopped politely, or SIGKILLed with all its pool processes."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "pre,generate,post,control") -> None:
+        self.env = env
+        self.log_path = log_path
+        self.queues = queues
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_offset = 0
+
+    def start(self, timeout: float = 90) -> WorkerProcess:
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([ETA, "worker", "--queues", self.queues, "--concurrency", "1", "-l", "info"],
+                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        log.close()
+        self.wait_for_log(" ready.", timeout=timeout)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_bytes()[self._log_offset:].decode(errors="replace")
+
+    def wait_for_log(self, text: str, *, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if text in self.log():
+                return
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
+            time.sleep(0.02)
+        raise TimeoutError(f"{text!r} not in the worker log after {timeout}s:\n{self.log()[-4000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the worker and its pool processes at once (no chance to hand anything back)."""
+        if self.proc is None:
+            return
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self.proc = None
+
+    def stop(self) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@pytest.fixture(scope="module")
+def worker(worker_env: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    """A worker on every queue, shared by the tests of a module (a test that kills it starts another)."""
+    process = WorkerProcess(worker_env.env, tmp_path_factory.mktemp("worker-log") / "worker.log").start()
+    yield process
+    process.stop()
+
+
+# ------------------------------------------------------------------------------------------ job data
+@dataclass
+class Item:
+    prompt: str
+    image: str | bytes | None = None  # a sample file name, raw bytes (stored unchecked), or no image
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="session")
+def tenant_id(sessions: sessionmaker[Session]) -> uuid.UUID:
+    with sessions() as session, session.begin():
+        return repo.create_tenant(session=session, name=f"workers-{uuid.uuid4().hex[:8]}").id
+
+
+@pytest.fixture
+def submit(sessions: sessionmaker[Session], tenant_id: uuid.UUID, samples_dir: Path,
+           worker_env: WorkerEnv) -> Callable[..., repo.SubmittedBatch]:
+    """Store a batch the way the API does (images in the blob store, jobs queued); enqueue nothing."""
+
+    def make(items: list[Item], *, callback_url: str | None = None) -> repo.SubmittedBatch:
+        with sessions() as session, session.begin():
+            blobs = make_blob_store(session=session, settings=worker_env.settings)
+            jobs = []
+            for i, item in enumerate(items):
+                sha = None
+                if isinstance(item.image, str):
+                    data = (samples_dir / item.image).read_bytes()
+                    decoded = decode_image(data)
+                    sha = repo.store_image(session=session, blobs=blobs, data=data, mime=decoded.mime,
+                                           width=decoded.width, height=decoded.height)
+                elif isinstance(item.image, bytes):
+                    sha = repo.store_image(session=session, blobs=blobs, data=item.image, mime="image/png",
+                                           width=1, height=1)
+                jobs.append(NewJob(prompt=item.prompt, image_sha256=sha, custom_id=f"item-{i}",
+                                   params={"max_new_tokens": 8, **item.params}))
+            return repo.create_batch_with_jobs(session=session, tenant_id=tenant_id, jobs=jobs,
+                                               callback_url=callback_url)
+
+    return make
+
+
+def wait_until_terminal(sessions: sessionmaker[Session], job_ids: list[uuid.UUID], *, timeout: float = 90,
+                        worker: WorkerProcess | None = None) -> dict[uuid.UUID, str]:
+    deadline = time.monotonic() + timeout
+    statuses: dict[uuid.UUID, str] = {}
+    while time.monotonic() < deadline:
+        statuses = job_statuses(sessions, job_ids)
+        if all(s in {str(t) for t in TERMINAL_JOB_STATUSES} for s in statuses.values()):
+            return statuses
+        time.sleep(0.1)
+    tail = worker.log()[-4000:] if worker else ""
+    raise TimeoutError(f"jobs not finished after {timeout}s: {statuses}\n{tail}")
+
+
+def job_statuses(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:
+    with sessions() as session:
+        rows = session.execute(sa.select(Job.id, Job.status).where(Job.id.in_(job_ids)))
+        return {job_id: str(status) for job_id, status in rows}
+
+
+def snapshot(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[str, Any]:
+    """Every stored column of the jobs and their results."""
+    with sessions() as session:
+        jobs = session.execute(sa.select(Job.__table__).where(Job.id.in_(job_ids)).order_by(Job.id)).mappings().all()
+        results = session.execute(sa.select(JobResult.__table__).where(JobResult.job_id.in_(job_ids))
+                                  .order_by(JobResult.job_id)).mappings().all()
+    return {"jobs": [dict(r) for r in jobs], "results": [dict(r) for r in results]}

@@ -1,0 +1,112 @@
+"""Lost work comes back: a worker SIGKILLed mid-stage, a Redis flush, a broker that was down at submission.
+
+In each case the database knows where every job is; the sweeper (called here with a `now` in the future
+instead of waiting for its timeouts) re-enqueues what stalled, and every job ends exactly once.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+import sqlalchemy as sa
+
+from eta.store.models import Job, JobResult, utcnow
+from workers.app import create_celery_app
+from workers.enqueue import BrokerUnavailable, enqueue_jobs
+from workers.sweeper import sweep
+
+from .conftest import Item, flush_prefix, job_statuses, wait_until_terminal
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
+
+
+def _sweep_later(sessions, celery_app, worker_env, hours: float = 1.0):
+    return sweep(sessions=sessions, app=celery_app, settings=worker_env.settings,
+                 now=utcnow() + timedelta(hours=hours))
+
+
+def _wait_quiet(sessions, job_ids, *, quiet_s: float = 2.0, timeout: float = 60) -> dict:
+    """Wait until no job changes status for `quiet_s` (the worker has nothing left for them)."""
+    deadline = time.monotonic() + timeout
+    last, since = job_statuses(sessions, job_ids), time.monotonic()
+    while time.monotonic() < deadline:
+        time.sleep(0.2)
+        now = job_statuses(sessions, job_ids)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s:
+            break
+    return last
+
+
+def _assert_exactly_once(sessions, job_ids, logs: list[str]) -> None:
+    with sessions() as session:
+        jobs = session.scalars(sa.select(Job).where(Job.id.in_(job_ids))).all()
+        results = session.scalar(sa.select(sa.func.count()).select_from(JobResult)
+                                 .where(JobResult.job_id.in_(job_ids)))
+    assert {str(j.status) for j in jobs} == {"succeeded"}
+    assert results == len(job_ids)
+    for job_id in job_ids:
+        assert sum(log.count(f"job {job_id}: succeeded") for log in logs) == 1
+
+
+def test_a_worker_killed_mid_stage_is_replaced_and_each_job_completes_once(worker, submit, celery_app, sessions,
+                                                                           worker_env):
+    # Long vanilla answers keep the generate stage busy for a few seconds: time to kill it there.
+    submitted = submit([Item("Tell me everything.", "waterview.jpg", {"max_new_tokens": 100}),
+                        Item("And more.", None, {"max_new_tokens": 100})])
+    ids = submitted.job_ids
+    enqueue_jobs(ids, app=celery_app)
+    worker.wait_for_log("stage generate started: jobs", timeout=60)
+    time.sleep(0.3)
+    killed_log = worker.log()
+    worker.kill()
+    assert set(job_statuses(sessions, ids).values()) == {"generating"}  # killed mid-stage, nothing saved
+    with sessions() as session:
+        assert session.scalar(sa.select(sa.func.count()).select_from(JobResult)
+                              .where(JobResult.job_id.in_(ids), JobResult.s_post.is_not(None))) == 0
+
+    worker.start()
+    # Redis keeps the killed worker's unacknowledged message until the visibility timeout; the sweeper
+    # does not wait for it.
+    report = _sweep_later(sessions, celery_app, worker_env)
+    assert report.requeued == {"generate": 2}
+    wait_until_terminal(sessions, ids, worker=worker)
+    _assert_exactly_once(sessions, ids, [killed_log, worker.log()])
+
+
+def test_after_a_redis_flush_the_sweeper_recovers_every_job(worker, submit, celery_app, sessions, worker_env):
+    items = [Item(f"Question {i}?", "extreme_ironing.jpg" if i % 3 else None, {"max_new_tokens": 24})
+             for i in range(10)]
+    submitted = submit(items)
+    ids = submitted.job_ids
+    enqueue_jobs(ids, app=celery_app)  # three chains of up to 4 jobs
+    worker.wait_for_log("stage pre started: jobs", timeout=60)
+    assert flush_prefix(worker_env.key_prefix) > 0  # every queued message of this session is gone
+    stranded = _wait_quiet(sessions, ids)
+    assert set(stranded.values()) - {"succeeded"}, "nothing was lost: the flush came too late to test anything"
+
+    for _ in range(5):
+        if set(job_statuses(sessions, ids).values()) == {"succeeded"}:
+            break
+        _sweep_later(sessions, celery_app, worker_env)
+        _wait_quiet(sessions, ids)
+    _assert_exactly_once(sessions, ids, [worker.log()])
+
+
+def test_jobs_left_queued_while_the_broker_was_down_are_enqueued_by_the_sweeper(worker, submit, celery_app,
+                                                                                sessions, worker_env):
+    down = create_celery_app(worker_env.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    submitted = submit([Item("Submitted during an outage.", "waterview.jpg"), Item("Me too.", None)])
+    start = time.monotonic()
+    with pytest.raises(BrokerUnavailable):
+        enqueue_jobs(submitted.job_ids, app=down)
+    assert time.monotonic() - start < 10  # the API answers 202 quickly and leaves the jobs queued
+    assert set(job_statuses(sessions, submitted.job_ids).values()) == {"queued"}
+
+    report = _sweep_later(sessions, celery_app, worker_env)
+    assert report.requeued == {"pre": 2}
+    wait_until_terminal(sessions, submitted.job_ids, worker=worker)
+    _assert_exactly_once(sessions, submitted.job_ids, [worker.log()])
