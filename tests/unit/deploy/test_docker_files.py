@@ -137,9 +137,11 @@ def test_compose_config_is_valid():
     version = subprocess.run([compose, "version", "--short"], capture_output=True, text=True, check=False)
     if version.returncode != 0 or not version.stdout.strip().startswith("2"):
         pytest.skip(f"{compose} is not Compose v2")
-    run = subprocess.run([compose, "-f", str(DOCKER / "compose.yaml"), "config", "--quiet"],
-                         capture_output=True, text=True, check=False, env={**os.environ, "COMPOSE_PROFILES": ""})
-    assert run.returncode == 0, run.stderr
+    for files in (["compose.yaml"], ["compose.yaml", "compose.gpus.yaml"]):
+        args = [arg for name in files for arg in ("-f", str(DOCKER / name))]
+        run = subprocess.run([compose, *args, "config", "--quiet"], capture_output=True, text=True, check=False,
+                             env={**os.environ, "COMPOSE_PROFILES": ""})
+        assert run.returncode == 0, f"{files}: {run.stderr}"
 
 
 def test_dockerfiles_pass_hadolint():
