@@ -334,10 +334,9 @@ class ETAClient:
         deadline = None if timeout is None else time.monotonic() + timeout
         interval = poll_initial_s
         batch = self.get_batch(batch_id)
-        with tqdm(total=batch["total"], desc=f"batch {batch_id[:8]}", unit="job", disable=self._no_bar(),
-                  dynamic_ncols=True) as bar:
-            last = batch["finished"]
-            bar.update(last)
+        last = batch["finished"]
+        with tqdm(total=batch["total"], initial=last, desc=f"batch {batch_id[:8]}", unit="job",
+                  disable=self._no_bar(), dynamic_ncols=True) as bar:
             while batch["status"] not in TERMINAL_BATCH_STATUSES:
                 if deadline is not None and time.monotonic() + interval > deadline:
                     raise ETAWaitTimeout(f"batch {batch_id} still {batch['status']} after {timeout} s", batch)
@@ -355,7 +354,8 @@ class ETAClient:
 
     # -------------------------------------------------------------------------------------- audit
     def flagged(self, *, page_size: int = 100, **filters: Any) -> Iterator[dict[str, Any]]:
-        """Flagged jobs of your tenant, newest first, following `next_cursor` (needs a review or admin key).
+        """Flagged jobs of your tenant, newest first, following `next_cursor` (any key; `vanilla_response` only for
+        review and admin keys).
 
         Args:
             filters: query parameters of `GET /v1/audit/flagged` (see the OpenAPI document), e.g. `batch_id`,
@@ -430,7 +430,7 @@ class ETAClient:
             bar = None
             if body is not None:
                 bar = tqdm(total=len(body.content), desc="upload", unit="B", unit_scale=True, unit_divisor=1024,
-                           disable=self._no_bar() if upload_progress else True, dynamic_ncols=True, leave=False)
+                           disable=self._no_bar() if upload_progress else True, dynamic_ncols=True)
                 content = _chunks(body.content, bar)
             try:
                 response = self._http.request(method, path, params=params, content=content, headers=request_headers)

@@ -277,7 +277,8 @@ def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, para
         sys.exit(EXIT_BATCH_NOT_COMPLETED)
 
 
-def _wait(eta: ETAClient, batch_id: str, timeout: float | None) -> dict[str, Any]:
+def _wait(eta: ETAClient, batch_id: str, timeout: float | None, *, summary: bool = True) -> dict[str, Any]:
+    """Wait for the batch to end; with `summary`, describe it on stderr. A timeout exits 1."""
     from eta.client import ETAWaitTimeout
 
     try:
@@ -285,7 +286,8 @@ def _wait(eta: ETAClient, batch_id: str, timeout: float | None) -> dict[str, Any
     except ETAWaitTimeout as exc:
         click.echo(describe_batch(exc.batch), err=True)
         raise ClientCommandError(str(exc)) from exc
-    click.echo(describe_batch(batch), err=True)
+    if summary:
+        click.echo(describe_batch(batch), err=True)
     return batch
 
 
@@ -309,7 +311,7 @@ def status(eta: ETAClient, ident: str, wait_for_end: bool, timeout: float | None
         click.echo(_dump(document) if as_json else describe_job(document))
         return
     if wait_for_end:
-        document = eta.wait(document["id"], timeout=timeout) if as_json else _wait(eta, document["id"], timeout)
+        document = _wait(eta, document["id"], timeout, summary=False)
     click.echo(_dump(document) if as_json else describe_batch(document))
     if wait_for_end and document["status"] != "completed":
         sys.exit(EXIT_BATCH_NOT_COMPLETED)
@@ -382,7 +384,7 @@ VERDICTS = ("confirmed_unsafe", "false_positive", "needs_escalation")
 @server_options
 def audit(eta: ETAClient, extra: tuple[str, ...], output_format: str, limit: int | None, output: Path | None,
           **options: Any) -> None:
-    """Flagged jobs of your tenant, newest first (a review or admin key)."""
+    """Flagged jobs of your tenant, newest first (any key; vanilla answers only for review and admin keys)."""
     filters = {AUDIT_FILTERS[name]: value for name, value in options.items() if value is not None}
     for setting in extra:
         name, sep, value = setting.partition("=")
