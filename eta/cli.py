@@ -158,12 +158,14 @@ def _print_result(r: dict[str, Any]) -> None:
 def _register_subcommands() -> None:
     from eta.commands.client import audit, results, status, submit
     from eta.commands.keys import keys
+    from eta.commands.purge import purge
     from eta.commands.serve import serve
     from eta.commands.worker import sweep, worker
     from eta.store.cli import db
 
     main.add_command(db)
     main.add_command(keys)
+    main.add_command(purge)
     main.add_command(serve)
     for command in (submit, status, results, audit):
         main.add_command(command)
