@@ -306,7 +306,12 @@ def status(eta: ETAClient, ident: str, wait_for_end: bool, timeout: float | None
     except ETAAPIError as exc:
         if exc.code not in ("batch_not_found", "not_found"):
             raise
-        document = eta.get_job(ident)
+        try:
+            document = eta.get_job(ident)
+        except ETAAPIError as job_exc:
+            if job_exc.code not in ("job_not_found", "not_found"):
+                raise
+            raise ClientCommandError(f"404 not_found: no batch or job {ident} for this key") from job_exc
     if document.get("object") == "job":
         click.echo(_dump(document) if as_json else describe_job(document))
         return

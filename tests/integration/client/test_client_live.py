@@ -97,7 +97,7 @@ def test_the_same_key_with_other_items_is_refused_with_its_code(live_stack: Live
 
 def test_cli_errors_are_one_line_with_the_problem_code(live_stack: LiveStack, image_folder):
     missing = live_stack.eta("status", str(uuid.uuid4()), check=False)
-    assert missing.returncode == 1 and "404 job_not_found" in missing.stderr
+    assert missing.returncode == 1 and "404 not_found: no batch or job" in missing.stderr
     assert "Traceback" not in missing.stderr
 
     wrong_key = live_stack.eta("status", str(uuid.uuid4()), check=False, ETA_API_KEY="eta_not_a_real_key")
