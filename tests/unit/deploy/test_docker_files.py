@@ -21,8 +21,9 @@ from eta.settings import Settings
 DOCKER = Path(__file__).resolve().parents[3] / "docker"
 ENV_LINE = re.compile(r"^#?\s?([A-Z][A-Z0-9_]*)=(.*)$")
 # Variables of the `compose` block of .env.example: they configure compose.yaml, not the service.
-COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "ETA_API_PORT", "FLOWER_PORT", "FLOWER_BASIC_AUTH",
-                "ETA_API_WORKERS", "ETA_API_THREADS", "ETA_WORKER_QUEUES", "ETA_API_IMAGE", "ETA_WORKER_IMAGE"}
+COMPOSE_ONLY = {"POSTGRES_USER", "POSTGRES_PASSWORD", "POSTGRES_DB", "ETA_API_PORT", "ETA_FLOWER_PORT",
+                "FLOWER_BASIC_AUTH", "ETA_API_WORKERS", "ETA_API_THREADS", "ETA_WORKER_QUEUES", "ETA_API_IMAGE",
+                "ETA_WORKER_IMAGE"}
 
 
 def _env_example() -> tuple[dict[str, str], dict[str, str]]:
