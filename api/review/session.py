@@ -44,6 +44,9 @@ class Reviewer:
 def configure_cookie(app: Flask) -> None:
     """Session cookie settings for the review page (the JSON API uses bearer keys, never this cookie)."""
     settings = app.extensions["eta"].settings
+    if not settings.secret_key:
+        logger.warning("SECRET_KEY is not set: review-page sign-ins last only as long as this process, and do not "
+                       "carry across several API processes")
     app.config.update(
         SESSION_COOKIE_NAME="eta_review",
         SESSION_COOKIE_PATH="/review",

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
 from urllib.parse import urlsplit
@@ -35,7 +35,7 @@ from api.review.session import (
 from api.state import state
 from eta.store import InvalidCursorError
 from eta.store import repository as repo
-from eta.store.models import ReviewVerdict
+from eta.store.models import ReviewVerdict, utcnow
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ bp = Blueprint("review", __name__, url_prefix="/review", template_folder="../tem
                static_folder="../static/review", static_url_path="/static")
 
 PAGE_SIZE = 25
+SUMMARY_DAYS = 30
 FILTER_FIELDS = tuple(AuditFilters.model_fields)
 VERDICT_LABELS = {
     ReviewVerdict.CONFIRMED_UNSAFE.value: "Confirmed unsafe",
@@ -180,10 +181,14 @@ def flagged(reviewer: Reviewer) -> Any:
                                           limit=PAGE_SIZE)
         records = [record_doc(flat_row(item, with_vanilla=False), with_vanilla=False) for item in page.items]
         next_cursor = page.next_cursor
+        # Without a time range the strip covers the last SUMMARY_DAYS days: one pass over a bounded range
+        # however long the tenant's history is.
+        ranged = query.created_from is not None or query.created_before is not None
+        summary_from = query.created_from if ranged else utcnow() - timedelta(days=SUMMARY_DAYS)
         summary = counts_doc(repo.summarize_audit(session=db, tenant_id=reviewer.tenant_id,
-                                                  created_from=query.created_from,
-                                                  created_before=query.created_before,
+                                                  created_from=summary_from, created_before=query.created_before,
                                                   batch_id=query.batch_id).total)
+        summary["label"] = "Selected range" if ranged else f"Last {SUMMARY_DAYS} days"
     next_url = url_for(".flagged", **values, cursor=next_cursor) if next_cursor else None
     return render_template("review/list.html", records=records, filters=values, errors=errors, summary=summary,
                            next_url=next_url, first_url=url_for(".flagged", **values) if "cursor" in request.args

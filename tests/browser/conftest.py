@@ -19,8 +19,12 @@ from werkzeug.serving import make_server
 
 from api import create_app
 from eta.settings import Settings
+from tests.integration import conftest as integration
 from tests.integration.api.conftest import make_tenant, tenant  # noqa: F401 - shared fixtures
-from tests.integration.conftest import postgres_engine, postgres_url  # noqa: F401 - this session's database
+
+# This session's Postgres database, as the integration tests have it.
+postgres_url = integration.postgres_url
+postgres_engine = integration.postgres_engine
 
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "artifacts"
