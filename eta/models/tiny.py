@@ -6,20 +6,33 @@ random-weight models here and save them in the real on-disk formats: a LLaVA (`L
 layout (`open_clip_config.json` + safetensors), and a Llama sequence classifier as reward model. The
 tokenizer is a byte-level BPE trained here with `tokenizers`. Everything is then loaded back through the
 production loaders, never through a shortcut. Their answers are noise; every score and decision is real.
+
+A *shape* says how big the random models are: `tiny` (the default, for tests and the demo), `small` (tens of
+millions of parameters, LLaVA-1.5's layout and a 32k vocabulary: a realistic CPU benchmark) and `llava-7b`
+(LLaVA-1.5-7B's language model and vision tower, an ArmoRM/Llama-3-8B-shaped reward model and CLIP
+ViT-L-14-336). `llava-7b` is too large to write to disk usefully; `build_random_models` builds any shape
+directly on the target device in the target precision, for GPU timings with random weights.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
+import random
 import shutil
 import tempfile
-from dataclasses import dataclass
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from eta.models import Models
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +77,110 @@ _CORPUS_LINES = [
 
 
 @dataclass(frozen=True)
+class DecoderShape:
+    """A Llama decoder: the VLM's language model or the reward model's trunk."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+
+
+@dataclass(frozen=True)
+class VisionShape:
+    """The VLM's CLIP vision tower; (image_size / patch_size)**2 image tokens enter the prompt."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    image_size: int
+    patch_size: int
+    projection_dim: int
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Sizes of the three random-weight models built here."""
+
+    name: str
+    # Vocabulary the byte-level BPE is trained to (the VLM and reward model share the tokenizer).
+    vocab_size: int
+    language: DecoderShape
+    vision: VisionShape
+    reward: DecoderShape
+    # open_clip `model_cfg` of the CLIP scorer.
+    clip: dict[str, Any] = field(hash=False)
+    # Whether `build_tiny_models` may write it to disk (a 7B-shaped build would be ~30 GB of noise).
+    saveable: bool = True
+
+
+_TINY_DECODER = DecoderShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2)
+
+SHAPES: dict[str, ModelShape] = {
+    "tiny": ModelShape(
+        name="tiny",
+        vocab_size=640,
+        language=_TINY_DECODER,
+        vision=VisionShape(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8, projection_dim=32),
+        reward=_TINY_DECODER,
+        clip={
+            "embed_dim": 32,
+            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
+        },
+    ),
+    # LLaVA-1.5's layout scaled down: 576 image tokens (336 px, patch 14), a 32k vocabulary, multi-head
+    # attention in the VLM and grouped-query attention in the reward model (as in Llama-3-8B).
+    "small": ModelShape(
+        name="small",
+        vocab_size=32000,
+        language=DecoderShape(hidden_size=512, intermediate_size=1376, num_hidden_layers=8, num_attention_heads=8,
+                              num_key_value_heads=8),
+        vision=VisionShape(hidden_size=256, intermediate_size=1024, num_hidden_layers=4, num_attention_heads=4,
+                           image_size=336, patch_size=14, projection_dim=256),
+        reward=DecoderShape(hidden_size=512, intermediate_size=1792, num_hidden_layers=8, num_attention_heads=8,
+                            num_key_value_heads=2),
+        clip={
+            "embed_dim": 256,
+            "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 16},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
+        },
+    ),
+    # LLaVA-1.5-7B (Vicuna-7B language model, CLIP ViT-L/14-336 tower), ArmoRM's Llama-3-8B trunk (its
+    # 128k vocabulary only changes an embedding lookup, so the shared 32k tokenizer stands in), and
+    # open_clip's ViT-L-14-336.
+    "llava-7b": ModelShape(
+        name="llava-7b",
+        vocab_size=32000,
+        language=DecoderShape(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                              num_attention_heads=32, num_key_value_heads=32),
+        vision=VisionShape(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                           image_size=336, patch_size=14, projection_dim=768),
+        reward=DecoderShape(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                            num_attention_heads=32, num_key_value_heads=8),
+        clip={
+            "embed_dim": 768,
+            "vision_cfg": {"image_size": 336, "layers": 24, "width": 1024, "patch_size": 14},
+            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12},
+        },
+        saveable=False,
+    ),
+}
+
+
+def get_shape(name: str) -> ModelShape:
+    """The shape called `name`; a ValueError lists the known ones."""
+    try:
+        return SHAPES[name]
+    except KeyError:
+        raise ValueError(f"unknown model shape {name!r} (known: {', '.join(SHAPES)})") from None
+
+
+@dataclass(frozen=True)
 class TinyPaths:
     """Directories of the three tiny models under one root."""
 
@@ -86,53 +203,88 @@ def tiny_paths(root: str | os.PathLike[str]) -> TinyPaths:
     return TinyPaths(Path(root))
 
 
-def is_built(root: str | os.PathLike[str]) -> bool:
+def is_built(root: str | os.PathLike[str], *, shape: str = "tiny") -> bool:
+    """True when `root` holds a current build of `shape`."""
     marker = Path(root) / _MARKER
     if not marker.is_file():
         return False
     try:
-        return json.loads(marker.read_text()).get("version") == TINY_FORMAT_VERSION
+        info = json.loads(marker.read_text())
     except (OSError, ValueError):
         return False
+    return info.get("version") == TINY_FORMAT_VERSION and info.get("shape", "tiny") == shape
 
 
-def ensure_tiny_models(root: str | os.PathLike[str], *, seed: int = 0) -> TinyPaths:
-    """Build the tiny models under `root` unless a current build is already there."""
-    if not is_built(root):
-        build_tiny_models(root, seed=seed)
+def ensure_tiny_models(root: str | os.PathLike[str], *, seed: int = 0, shape: str = "tiny") -> TinyPaths:
+    """Build the models of `shape` under `root` unless a current build is already there."""
+    if not is_built(root, shape=shape):
+        build_tiny_models(root, seed=seed, shape=shape)
     return tiny_paths(root)
 
 
-def build_tiny_models(root: str | os.PathLike[str], *, seed: int = 0) -> TinyPaths:
-    """Build all tiny models into `root`, atomically: a half-written build is never left behind.
+def build_tiny_models(root: str | os.PathLike[str], *, seed: int = 0, shape: str = "tiny") -> TinyPaths:
+    """Build all three random-weight models into `root`, atomically: a half-written build is never left behind.
 
     Args:
         root: target directory; replaced if it exists.
         seed: seeds the weights; the same seed writes the same weights.
+        shape: `tiny` (default) or `small`; see `SHAPES`.
     Returns:
         The paths of the three model directories.
+    Raises:
+        ValueError: an unknown shape, or one too large to save (`llava-7b`: use `build_random_models`).
     """
+    spec = get_shape(shape)
+    if not spec.saveable:
+        raise ValueError(f"shape {shape!r} is too large to write to disk; build it on the device with "
+                         "build_random_models")
     root = Path(root)
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-", dir=root.parent))
     try:
-        tokenizer = _build_tokenizer()
+        tokenizer = _build_tokenizer(spec)
         paths = tiny_paths(staging)
-        _build_vlm(paths.vlm, tokenizer, seed=seed)
-        _build_reward(paths.reward, tokenizer, seed=seed + 1)
-        _build_clip(paths.clip, seed=seed + 2)
-        (staging / _MARKER).write_text(json.dumps({"version": TINY_FORMAT_VERSION, "seed": seed}))
+        _build_vlm(paths.vlm, tokenizer, spec, seed=seed)
+        _build_reward(paths.reward, tokenizer, spec, seed=seed + 1)
+        _build_clip(paths.clip, spec, seed=seed + 2)
+        marker: dict[str, Any] = {"version": TINY_FORMAT_VERSION, "seed": seed}
+        if spec.name != "tiny":  # the tiny marker stays as it always was (the build is byte-identical)
+            marker["shape"] = spec.name
+        (staging / _MARKER).write_text(json.dumps(marker))
         if root.exists():
             shutil.rmtree(root)
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    logger.info("built tiny models in %s", root)
+    logger.info("built %s models in %s", spec.name, root)
     return tiny_paths(root)
 
 
-def _build_tokenizer():  # -> PreTrainedTokenizerFast
+def _synthetic_corpus(seed: int, *, words: int = 60_000, lines: int = 20_000) -> list[str]:
+    """Pseudo-English sentences (letter frequencies of English, punctuation) from which a BPE can learn a
+    vocabulary of tens of thousands of tokens; the real corpus lines are repeated so common words merge."""
+    rng = random.Random(seed)  # noqa: S311 - a reproducible corpus, not a secret
+    letters = "etaoinshrdlcumwfgypbvkjxqz"
+    weights = [12.7, 9.1, 8.2, 7.5, 7.0, 6.7, 6.3, 6.1, 6.0, 4.3, 4.0, 2.8, 2.8, 2.4, 2.4, 2.2, 2.0, 2.0, 1.9, 1.5,
+               1.0, 0.8, 0.2, 0.2, 0.1, 0.1]
+    lexicon = ["".join(rng.choices(letters, weights, k=rng.randint(2, 11))) for _ in range(words)]
+    out = []
+    for _ in range(lines):
+        sentence = " ".join(rng.choices(lexicon, k=rng.randint(5, 15))).capitalize()
+        out.append(sentence + rng.choice([".", ".", "?", "!", ",", "\n"]))
+    return _CORPUS_LINES * 50 + out
+
+
+def _build_tokenizer(shape: ModelShape | None = None):  # -> PreTrainedTokenizerFast
+    """A fresh copy of the tokenizer of `shape` (callers change its chat template and padding side)."""
+    shape = shape or SHAPES["tiny"]
+    return copy.deepcopy(_trained_tokenizer(shape.name == "tiny", shape.vocab_size, _max_positions(shape)))
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_tokenizer(tiny_corpus: bool, vocab_size: int, max_positions: int):  # -> PreTrainedTokenizerFast
+    # Training is deterministic; a 32k vocabulary takes seconds, so each one is trained once per process.
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -140,12 +292,13 @@ def _build_tokenizer():  # -> PreTrainedTokenizerFast
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=640,
+        vocab_size=vocab_size,
         special_tokens=_SPECIAL_TOKENS,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_CORPUS_LINES * 4, trainer=trainer)
+    corpus = _CORPUS_LINES * 4 if tiny_corpus else _synthetic_corpus(0)
+    tok.train_from_iterator(corpus, trainer=trainer)
     bos = tok.token_to_id("<s>")
     tok.post_processor = processors.TemplateProcessing(
         single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos)]
@@ -157,23 +310,27 @@ def _build_tokenizer():  # -> PreTrainedTokenizerFast
         unk_token="<unk>",
         pad_token="<pad>",
         extra_special_tokens={"image_token": "<image>"},
-        model_max_length=2048,
+        model_max_length=max_positions,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
 
-def _llama_config(tokenizer, **overrides):
+def _max_positions(shape: ModelShape) -> int:
+    return 2048 if shape.name == "tiny" else 4096  # LLaVA-1.5 and Llama-3 read 4096 tokens or more
+
+
+def _llama_config(tokenizer, decoder: DecoderShape = _TINY_DECODER, *, max_positions: int = 2048, **overrides):
     from transformers import LlamaConfig
 
     kwargs = dict(
         vocab_size=len(tokenizer),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
+        hidden_size=decoder.hidden_size,
+        intermediate_size=decoder.intermediate_size,
+        num_hidden_layers=decoder.num_hidden_layers,
+        num_attention_heads=decoder.num_attention_heads,
+        num_key_value_heads=decoder.num_key_value_heads,
+        max_position_embeddings=max_positions,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
@@ -183,65 +340,84 @@ def _llama_config(tokenizer, **overrides):
     return LlamaConfig(**kwargs)
 
 
-def _build_vlm(path: Path, tokenizer, *, seed: int) -> None:
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        GenerationConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
+def _vlm_config(tokenizer, shape: ModelShape):  # -> LlavaConfig
+    from transformers import CLIPVisionConfig, LlavaConfig
 
-    image_size, patch_size = 32, 8
+    v = shape.vision
     vision = CLIPVisionConfig(
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        image_size=image_size,
-        patch_size=patch_size,
-        projection_dim=32,
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_hidden_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads,
+        image_size=v.image_size,
+        patch_size=v.patch_size,
+        projection_dim=v.projection_dim,
     )
-    config = LlavaConfig(
+    return LlavaConfig(
         vision_config=vision,
-        text_config=_llama_config(tokenizer),
+        text_config=_llama_config(tokenizer, shape.language, max_positions=_max_positions(shape)),
         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),  # type: ignore[call-arg]
         vision_feature_select_strategy="default",
         vision_feature_layer=-2,
     )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config).eval()
-    model.generation_config = GenerationConfig(
+
+
+def _generation_config(tokenizer):  # -> GenerationConfig
+    from transformers import GenerationConfig
+
+    return GenerationConfig(
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def _vlm_processor(tokenizer, shape: ModelShape):  # -> LlavaProcessor
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    image_size = shape.vision.image_size
     image_processor = CLIPImageProcessor(
         size={"shortest_edge": image_size},
         crop_size={"height": image_size, "width": image_size},
     )
-    processor = LlavaProcessor(
+    return LlavaProcessor(
         image_processor=image_processor,
         tokenizer=tokenizer,
-        patch_size=patch_size,
+        patch_size=shape.vision.patch_size,
         vision_feature_select_strategy="default",
         # LLaVA-1.5's "default" strategy drops the CLS token that the processor counts: add it back.
         num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     )
+
+
+def _reward_config(tokenizer, shape: ModelShape):  # -> LlamaConfig
+    return _llama_config(tokenizer, shape.reward, max_positions=_max_positions(shape), num_labels=1)
+
+
+# Like Llama-3 reward models, the reward chat template writes its own BOS (scored with add_special_tokens=False).
+_REWARD_CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE
+
+
+def _build_vlm(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> None:
+    from transformers import LlavaForConditionalGeneration
+
+    config = _vlm_config(tokenizer, shape)
+    torch.manual_seed(seed)
+    model = LlavaForConditionalGeneration(config).eval()
+    model.generation_config = _generation_config(tokenizer)
+    processor = _vlm_processor(tokenizer, shape)
     model.save_pretrained(path)
     processor.save_pretrained(path)
 
 
-def _build_reward(path: Path, tokenizer, *, seed: int) -> None:
+def _build_reward(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> None:
     from transformers import LlamaForSequenceClassification
 
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(_llama_config(tokenizer, num_labels=1)).eval()
+    model = LlamaForSequenceClassification(_reward_config(tokenizer, shape)).eval()
     model.save_pretrained(path)
-    # Like Llama-3 reward models, the reward chat template writes its own BOS (scored with add_special_tokens=False).
-    tokenizer.chat_template = "{{ bos_token }}" + CHAT_TEMPLATE
+    tokenizer.chat_template = _REWARD_CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
     tokenizer.chat_template = CHAT_TEMPLATE
 
@@ -249,23 +425,106 @@ def _build_reward(path: Path, tokenizer, *, seed: int) -> None:
 # OpenAI CLIP normalisation, as the production ViT-L-14-336 uses.
 _CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 _CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_CLIP_PREPROCESS = {"mean": _CLIP_MEAN, "std": _CLIP_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
 
 
-def _build_clip(path: Path, *, seed: int) -> None:
+def _build_clip(path: Path, shape: ModelShape, *, seed: int) -> None:
     import open_clip
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {
-        "model_cfg": {
-            "embed_dim": 32,
-            "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
-            "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
-        },
-        "preprocess_cfg": {"mean": _CLIP_MEAN, "std": _CLIP_STD, "interpolation": "bicubic", "resize_mode": "shortest"},
-    }
+    config: dict[str, Any] = {"model_cfg": shape.clip, "preprocess_cfg": _CLIP_PREPROCESS}
     (path / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     model = open_clip.CLIP(**config["model_cfg"])
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(path / "open_clip_model.safetensors"))
+
+
+# ------------------------------------------------------------------------------------ built in memory
+def build_random_models(shape: str = "tiny", *, seed: int = 0, device: str = "auto", dtype: str = "auto",
+                        roles: Iterable[str] = ("vlm", "clip", "reward")) -> Models:
+    """Random-weight models of `shape` built directly on `device` in `dtype`, wrapped in the adapters.
+
+    Nothing is written to disk: this is how a 7B-shaped model gets onto a GPU for timings without saving
+    and reloading ~30 GB of noise. The configs, processor and tokenizer are the ones `build_tiny_models`
+    saves, so a `tiny` or `small` model built here has the same architecture as one loaded from disk
+    (not the same weights: initialisation runs on the target device, in the target precision).
+
+    Args:
+        shape: a name in `SHAPES`.
+        seed: seeds the weights.
+        device, dtype: as in `ModelSpec` (`auto` is cuda + bfloat16 when there is a GPU, else cpu + float32).
+        roles: which of vlm, clip, reward to build.
+    """
+    from transformers import LlamaForSequenceClassification, LlavaForConditionalGeneration
+
+    from eta.config import ModelSpec
+    from eta.models import ClipScorer, Models, RewardModel, VisionLanguageModel
+    from eta.models.common import resolve_device, resolve_dtype
+
+    spec = get_shape(shape)
+    wanted = set(roles)
+    placement = resolve_device(device)
+    precision = resolve_dtype(dtype, placement)
+    models = Models()
+
+    def model_spec(role: str) -> ModelSpec:
+        return ModelSpec(f"random:{spec.name}/{role}", device=str(placement), dtype=dtype)  # type: ignore[arg-type]
+
+    if "vlm" in wanted:
+        vlm_tokenizer = _build_tokenizer(spec)
+        torch.manual_seed(seed)
+        with torch.device(placement):
+            vlm = LlavaForConditionalGeneration._from_config(_vlm_config(vlm_tokenizer, spec), dtype=precision)
+        vlm.eval()
+        vlm.generation_config = _generation_config(vlm_tokenizer)
+        models.vlm = VisionLanguageModel(vlm, _vlm_processor(vlm_tokenizer, spec), spec=model_spec("vlm"),
+                                         device=placement, dtype=precision)
+    if "reward" in wanted:
+        reward_tokenizer = _build_tokenizer(spec)
+        reward_tokenizer.chat_template = _REWARD_CHAT_TEMPLATE
+        torch.manual_seed(seed + 1)
+        with torch.device(placement):
+            reward = LlamaForSequenceClassification._from_config(_reward_config(reward_tokenizer, spec),
+                                                                 dtype=precision)
+        reward.eval()
+        models.reward = RewardModel(reward, reward_tokenizer, spec=model_spec("reward"), device=placement,
+                                    dtype=precision)
+    if "clip" in wanted:
+        import open_clip
+
+        torch.manual_seed(seed + 2)
+        with torch.device(placement):
+            clip = open_clip.CLIP(**spec.clip)
+        clip.to(dtype=precision).eval()
+        preprocess = open_clip.image_transform(spec.clip["vision_cfg"]["image_size"], is_train=False,
+                                               **_CLIP_PREPROCESS)
+        clip_tokenizer = open_clip.SimpleTokenizer(context_length=spec.clip["text_cfg"]["context_length"])
+        models.clip = ClipScorer(clip, preprocess, clip_tokenizer, spec=model_spec("clip"), device=placement,
+                                 dtype=precision)
+    logger.info("built random %s models %s on %s as %s", spec.name, sorted(wanted), placement, precision)
+    return models
+
+
+def parameter_counts(shape: str) -> dict[str, int]:
+    """Parameters of each model of `shape`, counted on the meta device (nothing is allocated)."""
+    import open_clip
+    from transformers import LlamaForSequenceClassification, LlavaForConditionalGeneration
+
+    spec = get_shape(shape)
+    tokenizer = _build_tokenizer(spec)
+    with torch.device("meta"):
+        vlm = LlavaForConditionalGeneration(_vlm_config(tokenizer, spec))
+        reward = LlamaForSequenceClassification(_reward_config(tokenizer, spec))
+        clip = open_clip.CLIP(**spec.clip)
+
+    def count(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
+    return {
+        "vlm": count(vlm),
+        "vlm_vision_tower": count(vlm.model.vision_tower),
+        "reward": count(reward),
+        "clip": count(clip),
+    }
