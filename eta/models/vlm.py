@@ -18,6 +18,7 @@ from PIL import Image
 
 from eta.config import ModelSpec
 from eta.models.common import describe, resolve_device, resolve_dtype
+from eta.models.kv_cache import crop_cache, growing_cache
 
 logger = logging.getLogger(__name__)
 
@@ -162,9 +163,13 @@ class VisionLanguageModel:
     # ------------------------------------------------------------------------ step-wise decoding (KV)
     @torch.inference_mode()
     def prefill(self, text: str, image: Image.Image | None) -> tuple[Any, torch.Tensor, list[int]]:
-        """Run the prompt once. Returns (KV cache with batch 1, next-token logits (1, V), prompt ids)."""
+        """Run the prompt once. Returns (KV cache with batch 1, next-token logits (1, V), prompt ids).
+
+        The cache appends in place (`GrowingLayer`) rather than concatenating per step: decoding N candidate
+        rows over a long image prompt would otherwise copy the whole cache on every token.
+        """
         batch = self.encode([text], [image] if image is not None else None)
-        out = self.model(**batch, use_cache=True)
+        out = self.model(**batch, use_cache=True, **{self._cache_arg: growing_cache(self.model.config)})
         cache = getattr(out, "cache", None)
         if cache is None:
             cache = out.past_key_values
@@ -187,8 +192,4 @@ class VisionLanguageModel:
     @staticmethod
     def crop(cache: Any, length: int) -> None:
         """Shorten a cache to its first `length` positions (a negative crop works across transformers versions)."""
-        excess = cache.get_seq_length() - length
-        if excess < 0:
-            raise ValueError(f"cannot crop a cache of {cache.get_seq_length()} positions to {length}")
-        if excess:
-            cache.crop(-excess)
+        crop_cache(cache, length)

@@ -114,6 +114,8 @@ def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     prompt_len = len(prompt_ids)
     generator = torch.Generator(device=logits.device).manual_seed(seed)
     image_embedding = clip.embed_images([image]) if (image is not None and clip is not None) else None
+    # Successive sentences share the reward prompt and the answer so far: the session reuses their KV cache.
+    reward_session = reward.session(config.reward_prompt)
 
     response_ids: list[int] = []
     trace: list[dict[str, Any]] = []
@@ -132,7 +134,7 @@ def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
         for cand in candidates:
             cand.text = vlm.decode_continuation(context, cand.token_ids)
             answers.append(config.safety_prefix + vlm.decode_continuation(prompt_ids, response_ids + cand.token_ids))
-        rewards = reward.score(config.reward_prompt, answers)
+        rewards = reward_session.score(answers)
         use_clip = sentence >= 2 and not any(c.end == "eos" for c in candidates)
         clip_scores: list[float | None] = [None] * len(candidates)
         if use_clip and clip is not None and image_embedding is not None:
@@ -156,6 +158,7 @@ def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
         response_ids.extend(chosen.token_ids)
         if chosen.end == "eos" or len(response_ids) >= config.max_new_tokens:
             break
+        reward_session.keep(best)
         # Keep the winner's row; its cache holds at least its first len-1 tokens: crop there, feed the last.
         cache.batch_select_indices(torch.tensor([best], device=logits.device))
         vlm.crop(cache, prompt_len + len(response_ids) - 1)
