@@ -1,0 +1,267 @@
+"""Deep alignment as the library does it (batched) against a sequential baseline, in tokens per second.
+
+Batched: `eta.safety.alignment.deep_align` - per sentence, N candidates sampled as one batch over the shared
+prefix KV cache, then one batched reward forward and one batched CLIP forward.
+
+Sequential (written here, the research code's way): per sentence, candidate k = 1..N is sampled alone
+(batch 1) from its own copy of the prefix KV cache, and each candidate is scored alone (one reward forward
+and one CLIP forward each); the argmax is kept with its cache. Copying the prefix cache rather than
+re-running the prompt keeps the baseline as fast as a one-at-a-time design can be, so the speed-up is what
+batching buys and nothing else.
+
+Both run the same model, prompt, image, N, seed, token budgets and scoring rule. Prints one JSON object;
+`--plot` writes a PNG. Not a test: the numbers depend on the machine.
+
+    .venv/bin/python bench/align.py --shape small --repeats 3 --plot artifacts/align-small.png
+    .venv/bin/python bench/align.py --shape llava-7b --device cuda --dtype bfloat16      # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import cProfile
+import io
+import json
+import logging
+import pstats
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import _harness as harness
+import torch
+from PIL import Image
+
+from eta.config import ETAConfig
+from eta.models import ClipScorer, RewardModel, VisionLanguageModel
+from eta.safety.alignment import deep_align, sample_top_k
+from eta.safety.text import ends_sentence
+
+logger = logging.getLogger(__name__)
+
+TOKENS_DEFINITION = (
+    "candidate tokens per second: every token sampled for every candidate of every sentence (chosen or not; "
+    "an EOS counts as sampled) divided by the wall time of the whole deep alignment of one answer (prefill, "
+    "sampling, reward and CLIP scoring, selection)"
+)
+BASELINE = (
+    "sequential: per sentence, candidates sampled one after another at batch 1, each from its own deep copy "
+    "of the prefix KV cache; each scored alone (one reward forward and one CLIP forward per candidate)"
+)
+
+
+@dataclass
+class Run:
+    tokens: int  # candidate tokens sampled
+    answer_tokens: int  # tokens of the aligned answer
+    sentences: int
+    seconds: float
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.tokens / self.seconds
+
+
+def sequential_deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, *, prompt: str,
+                          image: Image.Image | None, config: ETAConfig, seed: int) -> tuple[list[int], int, int]:
+    """Deep alignment one candidate at a time. Returns (answer token ids, candidate tokens sampled, sentences).
+
+    Same prompt, scoring rule, sentence-end test and budgets as `deep_align`; only the batching differs.
+    """
+    text = vlm.chat_prompt(prompt, has_image=image is not None, assistant_prefix=config.safety_prefix)
+    cache, logits, prompt_ids = vlm.prefill(text, image)
+    generator = torch.Generator(device=logits.device).manual_seed(seed)
+    image_embedding = clip.embed_images([image]) if (image is not None and clip is not None) else None
+
+    response_ids: list[int] = []
+    sampled = 0
+    sentence = 0
+    while len(response_ids) < config.max_new_tokens:
+        sentence += 1
+        budget = min(config.max_sentence_tokens, config.max_new_tokens - len(response_ids))
+        context = prompt_ids + response_ids
+        candidates: list[tuple[list[int], str, Any]] = []
+        rewards: list[float] = []
+        for _ in range(config.num_candidates):
+            own_cache = copy.deepcopy(cache)
+            row_logits = logits
+            tokens: list[int] = []
+            end = "length"
+            for step in range(budget):
+                token = sample_top_k(row_logits, top_k=config.top_k, temperature=config.temperature,
+                                     generator=generator)
+                value = int(token.item())
+                sampled += 1
+                if value in vlm.eos_token_ids:
+                    end = "eos"
+                    break
+                tokens.append(value)
+                if ends_sentence(vlm.decode_continuation(context, tokens)):
+                    end = "sentence"
+                    break
+                if step + 1 == budget:
+                    break
+                row_logits = vlm.step(token, own_cache)
+            # The candidate's cache holds every token but its last, as the batched path leaves the winner.
+            candidates.append((tokens, end, own_cache))
+            answer = config.safety_prefix + vlm.decode_continuation(prompt_ids, response_ids + tokens)
+            rewards.append(reward.score(config.reward_prompt, [answer])[0])
+        use_clip = sentence >= 2 and not any(end == "eos" for _, end, _ in candidates)
+        scores = list(rewards)
+        if use_clip and clip is not None and image_embedding is not None:
+            weight = config.alpha / sentence
+            for k, (tokens, _, _) in enumerate(candidates):
+                sentence_text = vlm.decode_continuation(context, tokens).strip()
+                scores[k] += weight * float((image_embedding @ clip.embed_texts([sentence_text]).T).item())
+        best = max(range(len(candidates)), key=lambda k: scores[k])
+        tokens, end, cache = candidates[best]
+        response_ids.extend(tokens)
+        if end == "eos" or len(response_ids) >= config.max_new_tokens:
+            break
+        logits = vlm.extend(tokens[-1:], cache)
+    return response_ids, sampled, sentence
+
+
+def run_batched(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int) -> Run:
+    device = models.vlm.device
+    result, seconds = harness.timed(
+        lambda: deep_align(models.vlm, models.reward, models.clip, prompt=prompt, image=image, config=config,
+                           seed=seed),
+        device,
+    )
+    return Run(result.sampled_tokens, len(result.token_ids), len(result.trace), seconds)
+
+
+def run_sequential(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int) -> Run:
+    device = models.vlm.device
+    (ids, sampled, sentences), seconds = harness.timed(
+        lambda: sequential_deep_align(models.vlm, models.reward, models.clip, prompt=prompt, image=image,
+                                      config=config, seed=seed),
+        device,
+    )
+    return Run(sampled, len(ids), sentences, seconds)
+
+
+def profile_batched(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int, path: Path) -> str:
+    """cProfile of one batched deep alignment; writes the stats file and returns the top of the report."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    deep_align(models.vlm, models.reward, models.clip, prompt=prompt, image=image, config=config, seed=seed)
+    profiler.disable()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    profiler.dump_stats(str(path))
+    report = io.StringIO()
+    pstats.Stats(profiler, stream=report).sort_stats("cumulative").print_stats(30)
+    return report.getvalue()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    harness.add_model_arguments(parser)
+    parser.add_argument("--candidates", default="1,3,5,8", help="values of N, comma-separated (default 1,3,5,8)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation per N")
+    parser.add_argument("--max-new-tokens", type=int, default=128, help="token budget of the aligned answer")
+    parser.add_argument("--max-sentence-tokens", type=int, default=32,
+                        help="token budget of a sentence (random weights seldom end one; this stands in for "
+                             "real sentence length)")
+    parser.add_argument("--prompt", default="What is shown in this image? Describe it in detail.")
+    parser.add_argument("--image", default="harm_example.png", help="sample image name")
+    parser.add_argument("--plot", type=Path, help="write tokens/s per N for both implementations as PNG")
+    parser.add_argument("--profile", type=Path,
+                        help="also profile one batched run at the largest N (cProfile stats file; top to stderr)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    args = parser.parse_args(argv)
+
+    harness.log_to_stderr(args.verbose)
+    threads = harness.set_threads(args.threads)
+    ns = [int(n) for n in args.candidates.split(",") if n.strip()]
+    models, model_info = harness.load_models_for(args)
+    image = harness.load_image(harness.samples_dir(args.samples), args.image, seed=args.seed)
+    base = ETAConfig(max_new_tokens=args.max_new_tokens, max_sentence_tokens=args.max_sentence_tokens)
+
+    # Warm-up (allocator, first-call paths), not timed.
+    warm = base.replace(num_candidates=2, max_new_tokens=min(8, args.max_new_tokens))
+    run_batched(models, args.prompt, image, warm, args.seed)
+    run_sequential(models, args.prompt, image, warm, args.seed)
+
+    results = []
+    for n in ns:
+        config = base.replace(num_candidates=n)
+        batched: list[Run] = []
+        sequential: list[Run] = []
+        for repeat in range(args.repeats):
+            seed = args.seed + repeat
+            # Alternate the order so that drift of a shared machine does not favour one side.
+            if repeat % 2 == 0:
+                batched.append(run_batched(models, args.prompt, image, config, seed))
+                sequential.append(run_sequential(models, args.prompt, image, config, seed))
+            else:
+                sequential.append(run_sequential(models, args.prompt, image, config, seed))
+                batched.append(run_batched(models, args.prompt, image, config, seed))
+            logger.info("N=%d repeat %d: batched %.1f tok/s, sequential %.1f tok/s", n, repeat,
+                        batched[-1].tokens_per_s, sequential[-1].tokens_per_s)
+        speedups = [b.tokens_per_s / s.tokens_per_s for b, s in zip(batched, sequential, strict=True)]
+        results.append({
+            "n": n,
+            "speedup": harness.spread(speedups, 2),
+            "batched_tokens_per_s": harness.spread([b.tokens_per_s for b in batched], 1),
+            "sequential_tokens_per_s": harness.spread([s.tokens_per_s for s in sequential], 1),
+            "batched_seconds": harness.spread([b.seconds for b in batched]),
+            "sequential_seconds": harness.spread([s.seconds for s in sequential]),
+            "batched_candidate_tokens": [b.tokens for b in batched],
+            "sequential_candidate_tokens": [s.tokens for s in sequential],
+            "answer_tokens": {"batched": [b.answer_tokens for b in batched],
+                              "sequential": [s.answer_tokens for s in sequential]},
+            "sentences": {"batched": [b.sentences for b in batched], "sequential": [s.sentences for s in sequential]},
+        })
+
+    at_5 = next((r for r in results if r["n"] == 5), None)
+    report: dict[str, Any] = {
+        "benchmark": "deep_alignment_batched_vs_sequential",
+        "tokens_per_s": TOKENS_DEFINITION,
+        "baseline": BASELINE,
+        "models": model_info,
+        "environment": harness.environment(threads, args.device),
+        "config": {"max_new_tokens": args.max_new_tokens, "max_sentence_tokens": args.max_sentence_tokens,
+                   "top_k": base.top_k, "temperature": base.temperature, "alpha": base.alpha,
+                   "seed": args.seed, "repeats": args.repeats, "prompt": args.prompt, "image": args.image},
+        "results": results,
+        "target": {
+            "n": 5,
+            "speedup_at_least": 3.0,
+            "median": at_5["speedup"]["median"] if at_5 else None,
+            "met": (at_5["speedup"]["median"] >= 3.0) if at_5 else None,
+        },
+    }
+    if args.profile:
+        config = base.replace(num_candidates=max(ns))
+        sys.stderr.write(profile_batched(models, args.prompt, image, config, args.seed, args.profile))
+        report["profile"] = str(args.profile)
+    if args.plot:
+        report["plot"] = harness.save_plot(args.plot, lambda axes: _draw(axes, results, model_info))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _draw(axes: Any, results: list[dict[str, Any]], model_info: dict[str, Any]) -> None:
+    ns = [r["n"] for r in results]
+    for key, label, marker in (("batched_tokens_per_s", "batched (library)", "o"),
+                               ("sequential_tokens_per_s", "sequential baseline", "s")):
+        median = [r[key]["median"] for r in results]
+        low = [r[key]["median"] - r[key]["min"] for r in results]
+        high = [r[key]["max"] - r[key]["median"] for r in results]
+        axes.errorbar(ns, median, yerr=[low, high], marker=marker, capsize=3, label=label)
+    for r in results:
+        axes.annotate(f"{r['speedup']['median']:.1f}x", (r["n"], r["batched_tokens_per_s"]["median"]),
+                      textcoords="offset points", xytext=(0, 8), ha="center")
+    axes.set_xticks(ns)
+    axes.set_xlabel("candidates per sentence (N)")
+    axes.set_ylabel("candidate tokens / s")
+    axes.set_title(f"Deep alignment, {model_info['shape']} shape on {model_info['device']} ({model_info['dtype']})")
+    axes.legend()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

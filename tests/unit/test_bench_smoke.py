@@ -1,0 +1,54 @@
+"""The benchmarks run end to end with tiny sizes and print the JSON they promise. Not a timed test: no
+assertion on speed, only on the report's shape."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.models
+
+
+def _bench(script, *args, models_dir, samples_dir, tmp_path):
+    command = [sys.executable, str(REPO / "bench" / script), "--shape", "tiny", "--models-dir", str(models_dir),
+               "--samples", str(samples_dir), "--threads", "1", "--repeats", "1", *map(str, args)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_align_benchmark_report(tiny_models_dir, samples_dir, tmp_path):
+    plot = tmp_path / "align.png"
+    report = _bench("align.py", "--candidates", "1,3", "--max-new-tokens", "6", "--max-sentence-tokens", "3",
+                    "--plot", plot, models_dir=tiny_models_dir, samples_dir=samples_dir, tmp_path=tmp_path)
+    assert report["benchmark"] == "deep_alignment_batched_vs_sequential"
+    assert {"tokens_per_s", "baseline", "models", "environment", "config", "results", "target"} <= set(report)
+    assert report["environment"]["torch_threads"]["intra_op"] == 1
+    assert report["models"]["shape"] == "tiny" and report["models"]["parameters"]["vlm"] > 0
+    assert [r["n"] for r in report["results"]] == [1, 3]
+    for result in report["results"]:
+        for key in ("speedup", "batched_tokens_per_s", "sequential_tokens_per_s"):
+            assert set(result[key]) == {"min", "median", "max"}
+        assert all(t > 0 for t in result["batched_candidate_tokens"] + result["sequential_candidate_tokens"])
+    assert report["target"]["n"] == 5 and report["target"]["met"] is None  # N = 5 was not run
+    assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_overhead_benchmark_report_built_in_memory(tiny_models_dir, samples_dir, tmp_path):
+    # --in-memory is the code path of the 7B shape on a GPU (built on the device, never saved).
+    report = _bench("overhead.py", "--max-new-tokens", "6", "--max-sentence-tokens", "3", "--num-candidates", "2",
+                    "--in-memory", models_dir=tiny_models_dir, samples_dir=samples_dir, tmp_path=tmp_path)
+    assert report["benchmark"] == "eta_pipeline_vs_vanilla_generation"
+    assert report["models"]["source"].startswith("built in memory")
+    assert set(report["branches"]) == {"safe", "aligned"}
+    for branch in report["branches"].values():
+        assert set(branch["time_ratio"]) == {"min", "median", "max"}
+        assert set(branch["eta_stage_seconds_median"]) >= {"pre_evaluation", "generation", "alignment", "other"}
+        assert isinstance(branch["met"], bool)
+    assert report["branches"]["aligned"]["eta_stage_seconds_median"]["alignment"] > 0
+    assert report["branches"]["safe"]["eta_stage_seconds_median"]["alignment"] == 0
