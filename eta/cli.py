@@ -10,7 +10,8 @@ from typing import Any
 
 import click
 
-from eta.config import POLICIES, ConfigError, ETAConfig, ModelsConfig, ModelSpec
+from eta.cli_options import model_options, parameter_options
+from eta.config import ConfigError, ETAConfig, ModelsConfig, ModelSpec
 
 logger = logging.getLogger(__name__)
 
@@ -77,22 +78,9 @@ def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, c
 @main.command()
 @click.option("--image", "image_path", type=click.Path(path_type=Path), help="Image file; omit for text-only.")
 @click.option("--prompt", required=True, help="The user's question.")
-@click.option("--tau-pre", type=float, help="CLIP threshold (default 0.16).")
-@click.option("--tau-post", type=float, help="Reward threshold (default 0.06).")
-@click.option("--policy", type=click.Choice(POLICIES), help="When to align (default both).")
-@click.option("--seed", type=int, help="Sampling seed of deep alignment.")
-@click.option("--max-new-tokens", type=int, help="Token budget of each answer (default 1024).")
-@click.option("--num-candidates", type=int, help="Candidates per sentence (default 5).")
+@parameter_options
 @click.option("--json", "as_json", is_flag=True, help="Print the whole result as JSON.")
-@click.option("--tiny-dir", type=click.Path(file_okay=False, path_type=Path),
-              help="Where the tiny models are (default: the data directory's cache).")
-@click.option("--vlm", help="VLM hub id or directory (default: tiny models).")
-@click.option("--clip", help="open_clip model name or local-dir:/hf-hub: id.")
-@click.option("--clip-pretrained", help="open_clip pretrained tag or checkpoint path.")
-@click.option("--reward", help="Reward model hub id or directory.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
-@click.option("--dtype", default="auto", show_default=True,
-              type=click.Choice(["auto", "float32", "bfloat16", "float16"]))
+@model_options
 def run(image_path: Path | None, prompt: str, tau_pre: float | None, tau_post: float | None,
         policy: str | None, seed: int | None, max_new_tokens: int | None, num_candidates: int | None,
         as_json: bool, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,
@@ -174,6 +162,16 @@ def _register_subcommands() -> None:
 
 
 _register_subcommands()
+
+
+def _register_evaluation_commands() -> None:
+    from eta.commands.evaluate import calibrate_command, eval_command
+
+    main.add_command(eval_command)
+    main.add_command(calibrate_command)
+
+
+_register_evaluation_commands()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,197 @@
+"""`eta eval` and `eta calibrate`: ETA over a JSONL dataset, and choosing tau_pre for a CLIP model.
+
+The logic lives in `eta.evaluation`; these commands parse options, load the models through
+`eta.cli.models_config` (the same model options as `eta run`) and print the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import click
+
+from eta.cli_options import model_options, parameter_options
+
+logger = logging.getLogger(__name__)
+
+
+class DatasetCommandError(click.ClickException):
+    """A one-line error and exit status 2 (bad input), as `eta run` gives."""
+
+    exit_code = 2
+
+
+def _config(overrides: dict[str, Any]) -> Any:
+    from eta.config import ConfigError, ETAConfig
+
+    try:
+        return ETAConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    except ConfigError as exc:
+        raise DatasetCommandError(f"invalid parameter {exc}") from exc
+
+
+def _target_fpr(value: float) -> float:
+    if math.isnan(value) or not 0.0 <= value <= 1.0:
+        raise DatasetCommandError(f"--target-fpr must be within [0, 1], got {value}")
+    return value
+
+
+def _load_items(dataset: Path) -> list[Any]:
+    from eta.evaluation import DatasetError, load_dataset
+
+    try:
+        return load_dataset(dataset)
+    except DatasetError as exc:
+        raise DatasetCommandError(str(exc)) from exc
+    except OSError as exc:
+        raise DatasetCommandError(f"cannot read {dataset}: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise DatasetCommandError(f"{dataset}: not UTF-8 text ({exc.reason})") from exc
+
+
+def _models_spec(model_args: dict[str, Any]) -> Any:
+    from eta.cli import models_config
+
+    return models_config(**model_args)
+
+
+def _short(model_id: str) -> str:
+    """A model id for a plot title: local directories by their last two components."""
+    if model_id.startswith("local-dir:") or model_id.startswith("/"):
+        return "/".join(Path(model_id.removeprefix("local-dir:")).parts[-2:])
+    return model_id
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    lines = [f"{'group':<11} {'items':>5} {'unsafe':>7} {'vanilla':>8} {'aligned':>8} {'s_pre':>8} {'s_post':>8} "
+             f"{'s_final':>8}"]
+    for name in ("all", "safe", "unsafe", "unlabelled"):
+        g = summary.get(name)
+        if g is None:
+            continue
+        rates = [_fmt(g[key], ".1%") for key in ("unsafe_rate", "vanilla_unsafe_rate", "aligned_rate")]
+        means = [_fmt(g[key], "+.4f") for key in ("mean_s_pre", "mean_s_post", "mean_s_post_final")]
+        lines.append(f"{name:<11} {g['items']:>5} {rates[0]:>7} {rates[1]:>8} {rates[2]:>8} "
+                     f"{means[0]:>8} {means[1]:>8} {means[2]:>8}")
+    pre = summary["pre_evaluator"]
+    lines.append("")
+    lines.append("unsafe: answers with no refusal phrase (final answer; 'vanilla': before ETA); s_*: mean scores")
+    if pre["labelled_images"]:
+        lines.append(
+            f"pre-evaluator on {pre['labelled_images']} labelled images ({pre['safe']} safe, {pre['unsafe']} unsafe): "
+            f"ROC AUC {_fmt(pre['roc_auc'])}; tau_pre {_fmt(pre['tau_pre'], '.4f')} for FPR <= {pre['target_fpr']:g} "
+            f"(FPR {_fmt(pre['fpr'])}, TPR {_fmt(pre['tpr'])})"
+        )
+    else:
+        lines.append("pre-evaluator: no labelled images, no AUC or threshold")
+    if "results" in summary:
+        lines.append(f"results: {summary['results']}")
+    click.echo("\n".join(lines))
+
+
+@click.command("eval")
+@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Results JSONL, one line per item (default: DATASET with .results.jsonl).")
+@click.option("--target-fpr", type=float, default=0.05, show_default=True,
+              help="False-positive rate on safe images that the suggested tau_pre keeps to.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Jobs per pipeline call (batched CLIP, generation and reward forwards).")
+@parameter_options
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@model_options
+def eval_command(dataset: Path, out_path: Path | None, target_fpr: float, batch_size: int, as_json: bool,
+                 no_progress: bool, **options: Any) -> None:
+    """Run ETA on every line of DATASET (JSONL: image, prompt, optional label) and summarise.
+
+    Unsafe rate by refusal-phrase matching, aligned rate, mean scores per label and, with labels, the
+    pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
+    """
+    from eta.cli_options import MODEL_OPTION_NAMES, PARAMETER_NAMES
+    from eta.evaluation import DatasetError, evaluate_dataset
+
+    config = _config({name: options[name] for name in PARAMETER_NAMES})
+    target_fpr = _target_fpr(target_fpr)
+    items = _load_items(dataset)
+    out_path = out_path or dataset.with_name(dataset.name.removesuffix(".jsonl") + ".results.jsonl")
+    if out_path.resolve() == dataset.resolve():
+        raise DatasetCommandError("--out must not be the dataset itself")
+
+    from eta.models import load_models
+
+    spec = _models_spec({name: options[name] for name in MODEL_OPTION_NAMES})
+    roles = ("vlm", "clip", "reward") if any(it.image_path for it in items) else ("vlm", "reward")
+    models = load_models(spec, roles=roles)
+    try:
+        summary = evaluate_dataset(models, items, config, dataset=dataset, out_path=out_path, batch_size=batch_size,
+                                   target_fpr=target_fpr, progress=not no_progress)
+    except DatasetError as exc:  # an image that changed since validation
+        raise DatasetCommandError(str(exc)) from exc
+    if as_json:
+        click.echo(json.dumps(summary, indent=2))
+    else:
+        _print_summary(summary)
+
+
+@click.command("calibrate")
+@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--out", "plot_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="PNG of the s_pre histograms of safe and unsafe images with the thresholds.")
+@click.option("--target-fpr", type=float, default=0.05, show_default=True,
+              help="False-positive rate on safe images that the suggested tau_pre keeps to.")
+@click.option("--tau-pre", type=float, help="Current threshold, drawn for comparison (default 0.16).")
+@click.option("--safety-prompt", help="Text CLIP compares images with (default: the paper's).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="Images per CLIP forward.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (scores included) as JSON.")
+@click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
+@model_options
+def calibrate_command(dataset: Path, plot_path: Path, target_fpr: float, tau_pre: float | None,
+                      safety_prompt: str | None, batch_size: int, as_json: bool, no_progress: bool,
+                      **options: Any) -> None:
+    """Histograms of s_pre for the safe and unsafe labelled images of DATASET, to choose tau_pre.
+
+    Only CLIP is loaded. Items without an image or a label are skipped.
+    """
+    from eta.cli_options import MODEL_OPTION_NAMES
+    from eta.evaluation import DatasetError, calibrate, plot_calibration
+
+    config = _config({"tau_pre": tau_pre, "safety_prompt": safety_prompt})
+    target_fpr = _target_fpr(target_fpr)
+    items = _load_items(dataset)
+    if not any(it.image_path is not None and it.label is not None for it in items):
+        raise DatasetCommandError(f"{dataset}: no item has both an image and a label: nothing to calibrate")
+
+    from eta.models import load_models
+
+    spec = _models_spec({name: options[name] for name in MODEL_OPTION_NAMES})
+    models = load_models(spec, roles=("clip",))
+    try:
+        result = calibrate(models.clip, items, config, dataset=dataset, target_fpr=target_fpr,
+                           batch_size=batch_size, progress=not no_progress)
+    except DatasetError as exc:
+        raise DatasetCommandError(str(exc)) from exc
+    plot_calibration(result, plot_path, tau_pre=config.tau_pre,
+                     title=f"s_pre of {dataset.name}, CLIP {_short(spec.clip.id)}")
+    report = {**result.report, "current_tau_pre": config.tau_pre, "skipped_items": result.skipped,
+              "plot": str(plot_path), "clip": spec.clip.id}
+    if as_json:
+        click.echo(json.dumps({**report, "safe_scores": result.safe, "unsafe_scores": result.unsafe}, indent=2))
+        return
+    click.echo(
+        f"{report['labelled_images']} labelled images ({report['safe']} safe, {report['unsafe']} unsafe; "
+        f"{result.skipped} items skipped)\n"
+        f"ROC AUC {_fmt(report['roc_auc'])}\n"
+        f"suggested tau_pre {_fmt(report['tau_pre'], '.4f')} for FPR <= {target_fpr:g}: "
+        f"FPR {_fmt(report['fpr'])}, TPR {_fmt(report['tpr'])} (current tau_pre {config.tau_pre:g})\n"
+        f"plot: {plot_path}"
+    )
