@@ -145,6 +145,7 @@ def _print_result(r: dict[str, Any]) -> None:
 
 def _register_subcommands() -> None:
     from eta.commands.client import audit, results, status, submit
+    from eta.commands.demo import demo
     from eta.commands.keys import keys
     from eta.commands.purge import purge
     from eta.commands.serve import serve
@@ -159,6 +160,7 @@ def _register_subcommands() -> None:
         main.add_command(command)
     main.add_command(worker)
     main.add_command(sweep)
+    main.add_command(demo)
 
 
 _register_subcommands()

@@ -4,6 +4,7 @@ the inherited database connections and load the models of the queues."""
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import signals
@@ -31,8 +32,11 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
 def on_worker_process_init(**_: Any) -> None:
     """A freshly forked pool process: its own connections, its own models (loaded once, here)."""
     runtime.after_fork()
+    start = time.monotonic()
     try:
         runtime.preload()
     except Exception:
         # The first task tries again and fails loudly; the jobs stay in their status for the sweeper.
         logger.exception("could not load the models at process start")
+        return
+    logger.info("pool process ready: models loaded in %.1fs", time.monotonic() - start)

@@ -1,6 +1,6 @@
 """Real Celery workers (subprocesses of `eta worker`) against real Redis and a Postgres database of their own.
 
-One worker process serves the whole module where it can (it starts in a few seconds and loads the tiny
+One worker process serves every test where it can (it starts in a few seconds and loads the tiny
 models once). Redis is the server on 127.0.0.1:6379; every key this session writes carries its own prefix,
 and only those keys are ever deleted. The worker gets short time limits and sweeper timeouts, and the
 tests call the sweeper with a `now` in the future instead of waiting.
@@ -195,9 +195,9 @@ class WorkerProcess:
         return self.proc is not None and self.proc.poll() is None
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def worker(worker_env: WorkerEnv, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
-    """A worker on every queue, shared by the tests of a module (a test that kills it starts another)."""
+    """A worker on every queue, shared by every test (a test that kills it starts another in its place)."""
     process = WorkerProcess(worker_env.env, tmp_path_factory.mktemp("worker-log") / "worker.log").start()
     yield process
     process.stop()

@@ -29,7 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
 FORCE_ALIGNMENT = {"tau_pre": -1.0, "tau_post": 1e9, "num_candidates": 3, "max_new_tokens": 12}
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def library_models(worker_env):
     """The same tiny models as the worker's, loaded in this process from the same path."""
     from eta.models import load_models

