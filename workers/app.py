@@ -6,7 +6,8 @@ Queues, one per stage so each worker process loads only the models its queues ne
     eta.generate  vanilla generation, post-evaluation,    (vlm + reward + clip)
                   decision and alignment
     eta.post      final reward score and audit flags      (reward)
-    eta.control   batch callbacks and the sweeper         (no model)
+    eta.control   batch callbacks, the sweeper, the        (no model)
+                  retention purge
 
 Messages carry job ids only. Every queue is published to through the default (nameless) exchange with the
 queue name as routing key: a Redis flush then loses the messages but not the routing (kombu keeps named
@@ -45,6 +46,7 @@ GENERATE_TASK = "eta.generate_with_alignment"
 POST_TASK = "eta.post_evaluate"
 CALLBACK_TASK = "eta.send_batch_callback"
 SWEEP_TASK = "eta.sweep"
+PURGE_TASK = "eta.purge_expired"
 STAGE_TASKS = (PRE_TASK, GENERATE_TASK, POST_TASK)
 
 
@@ -72,6 +74,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
             POST_TASK: {"queue": POST_QUEUE},
             CALLBACK_TASK: {"queue": CONTROL_QUEUE},
             SWEEP_TASK: {"queue": CONTROL_QUEUE},
+            PURGE_TASK: {"queue": CONTROL_QUEUE},
         },
         task_annotations=_time_limits(settings),
         # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
@@ -85,6 +88,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         worker_enable_remote_control=not embedded,
         beat_schedule={
             "sweep-stalled-jobs": {"task": SWEEP_TASK, "schedule": settings.eta_sweep_interval_s},
+            "purge-expired-jobs": {"task": PURGE_TASK, "schedule": settings.eta_purge_interval_s},
         },
         beat_schedule_filename=str(embedded_broker_dir(settings).parent / "celerybeat-schedule"),
         timezone="UTC",

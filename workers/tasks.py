@@ -1,4 +1,4 @@
-"""Celery tasks: the three stages over chunks of job ids, batch callbacks and the sweeper.
+"""Celery tasks: the three stages over chunks of job ids; batch callbacks, the sweeper and the retention purge.
 
 A stage task takes a list of job ids (the first in a chain, or what the previous stage handed on) and
 returns the ids of the jobs that completed its stage, which Celery passes to the next task of the chain.
@@ -26,7 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from eta.settings import Settings, get_settings
 from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
-from workers.app import CALLBACK_TASK, GENERATE_TASK, POST_TASK, PRE_TASK, SWEEP_TASK
+from workers.app import CALLBACK_TASK, GENERATE_TASK, POST_TASK, PRE_TASK, PURGE_TASK, SWEEP_TASK
 from workers.stages import (
     OUT_OF_MEMORY,
     STAGE_TIMEOUT,
@@ -216,3 +216,12 @@ def sweep(self: Task) -> dict[str, Any]:
     with_callbacks(self.app, runtime.sessions(), report.completed_batches)
     logger.info("sweep: %s", report.as_dict())
     return report.as_dict()
+
+
+@shared_task(bind=True, name=PURGE_TASK)
+def purge_expired(self: Task) -> dict[str, Any]:
+    """Apply the retention period (the beat schedule runs it every ETA_PURGE_INTERVAL_S; `eta purge` by hand)."""
+    from eta.store.retention import purge_expired as purge
+
+    report = purge(runtime.sessions(), settings=get_settings())
+    return {"jobs": report.jobs, "images": report.images}

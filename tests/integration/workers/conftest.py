@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,8 @@ WORKER_ENV = {
     "ETA_RETRY_BACKOFF_MAX_S": "2",
     "ETA_CALLBACK_SECRET": CALLBACK_SECRET,
     "ETA_CALLBACK_TIMEOUT_S": "5",
+    # The worker runs the beat schedule; sweeping every second finds what a test leaves stalled on purpose.
+    "ETA_SWEEP_INTERVAL_S": "1",
 }
 
 
@@ -152,7 +155,8 @@ class WorkerProcess:
     def start(self, timeout: float = 90) -> WorkerProcess:
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([ETA, "worker", "--queues", self.queues, "--concurrency", "1", "-l", "info"],
+        self.proc = subprocess.Popen([ETA, "worker", "--queues", self.queues, "--concurrency", "1", "-l", "info",
+                                      "--beat"],
                                      env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         self.wait_for_log(" ready.", timeout=timeout)
@@ -222,7 +226,8 @@ def submit(sessions: sessionmaker[Session], tenant_id: uuid.UUID, samples_dir: P
            worker_env: WorkerEnv) -> Callable[..., repo.SubmittedBatch]:
     """Store a batch the way the API does (images in the blob store, jobs queued); enqueue nothing."""
 
-    def make(items: list[Item], *, callback_url: str | None = None) -> repo.SubmittedBatch:
+    def make(items: list[Item], *, callback_url: str | None = None, now: datetime | None = None
+             ) -> repo.SubmittedBatch:
         with sessions() as session, session.begin():
             blobs = make_blob_store(session=session, settings=worker_env.settings)
             jobs = []
@@ -239,7 +244,7 @@ def submit(sessions: sessionmaker[Session], tenant_id: uuid.UUID, samples_dir: P
                 jobs.append(NewJob(prompt=item.prompt, image_sha256=sha, custom_id=f"item-{i}",
                                    params={"max_new_tokens": 8, **item.params}))
             return repo.create_batch_with_jobs(session=session, tenant_id=tenant_id, jobs=jobs,
-                                               callback_url=callback_url)
+                                               callback_url=callback_url, now=now)
 
     return make
 

@@ -111,3 +111,13 @@ def test_jobs_left_queued_while_the_broker_was_down_are_enqueued_by_the_sweeper(
     assert report.requeued.get("pre", 0) >= 2
     wait_until_terminal(sessions, submitted.job_ids, worker=worker)
     _assert_exactly_once(sessions, submitted.job_ids, [worker.log()])
+
+
+def test_the_beat_schedule_sweeps_jobs_that_nobody_enqueued(worker, submit, sessions):
+    # Stored an hour ago and never enqueued (the API lost the broker, then its process died): the worker's own
+    # beat schedule runs the sweeper, which finds them without anyone calling it.
+    submitted = submit([Item("Forgotten.", "waterview.jpg"), Item("Me too.", None)],
+                       now=utcnow() - timedelta(hours=1))
+    wait_until_terminal(sessions, submitted.job_ids, worker=worker, timeout=60)
+    _assert_exactly_once(sessions, submitted.job_ids, [worker.log()])
+    assert "re-enqueued (attempt 1)" in worker.log()
