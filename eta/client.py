@@ -402,6 +402,7 @@ class ETAClient:
     def _stream(self, path: str, params: Mapping[str, str]) -> Iterator[bytes]:
         # Only opening the stream is retried: once bytes have been handed out, a retry would repeat them.
         for attempt in range(self.retry.max_attempts):
+            handed_out = False
             try:
                 with self._http.stream("GET", path, params=params) as response:
                     if response.status_code >= 400:
@@ -409,9 +410,14 @@ class ETAClient:
                         if self._should_retry_status(response, attempt, idempotent=True):
                             continue
                         raise ETAAPIError.from_response(response)
-                    yield from response.iter_bytes()
+                    for chunk in response.iter_bytes():
+                        handed_out = True
+                        yield chunk
                     return
             except httpx.TransportError as exc:
+                if handed_out:
+                    raise ETAConnectionError(f"GET {self.base_url}{path}: the stream broke off after part of it "
+                                             f"was delivered ({type(exc).__name__}: {exc})") from exc
                 self._after_transport_error(exc, "GET", path, attempt, idempotent=True)
         raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
 

@@ -175,3 +175,27 @@ def test_encode_batch_uploads_each_distinct_image_once(tmp_path):
 def test_items_reject_unknown_fields():
     with pytest.raises(ValueError, match="unknown item field"):
         BatchItem.coerce({"prompt": "x", "imgae": "typo.jpg"})
+
+
+class _BreakingStream(httpx.SyncByteStream):
+    def __iter__(self):
+        yield b'{"id": "1"}\n'
+        raise httpx.ReadError("connection reset")
+
+
+def test_export_retries_opening_the_stream_but_never_repeats_delivered_bytes():
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(dict(request.url.params))
+        if len(calls) == 1:
+            return httpx.Response(503, json={"code": "not_ready"})
+        return httpx.Response(200, stream=_BreakingStream())
+
+    client, _ = _client(handler)
+    received = []
+    with pytest.raises(ETAConnectionError, match="broke off"):
+        for chunk in client.export("jsonl", aligned=False):
+            received.append(chunk)
+    assert received == [b'{"id": "1"}\n'] and len(calls) == 2
+    assert calls[0] == {"format": "jsonl", "aligned": "false"}
