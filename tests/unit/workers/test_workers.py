@@ -1,0 +1,112 @@
+"""Pieces of the workers that need no service: the embedded broker, signing, settings, message shapes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+import pytest
+from kombu import Connection
+
+from eta.commands.demo import demo_items, model_calls_by_stage
+from eta.settings import Settings
+from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK, create_celery_app
+from workers.broker import broker_url, is_embedded, transport_options
+from workers.callbacks import sign, verify_signature
+from workers.enqueue import chunks, stage_chain
+from workers.runtime import roles_for_queues
+from workers.stages import parse_ids, storable
+from workers.tasks import backoff_s
+
+
+def test_without_redis_the_broker_is_the_embedded_folder(tmp_path: Path):
+    embedded = Settings(eta_data_dir=tmp_path, redis_url=None)
+    assert is_embedded(embedded) and broker_url(embedded).startswith("etafs://")
+    redis = Settings(eta_data_dir=tmp_path, redis_url="redis://h:6379/0", eta_broker_key_prefix="p:")
+    assert broker_url(redis) == "redis://h:6379/0" and not is_embedded(redis)
+    assert transport_options(redis)["global_keyprefix"] == "p:"
+
+
+def test_the_embedded_broker_hands_each_message_to_one_consumer(tmp_path: Path):
+    options = transport_options(Settings(eta_data_dir=tmp_path))
+    with Connection("etafs://localhost/", transport_options=options) as producer_side, \
+            Connection("etafs://localhost/", transport_options=options) as consumer_side:
+        queue = producer_side.SimpleQueue("eta.pre")
+        for n in range(3):
+            queue.put({"n": n})
+        staging = Path(options["staging_folder"])
+        assert not any(staging.iterdir())  # written aside, then renamed into the queue folder
+        first, second = consumer_side.SimpleQueue("eta.pre"), producer_side.SimpleQueue("eta.pre")
+        got = [first.get(timeout=1).payload["n"], second.get(timeout=1).payload["n"], first.get(timeout=1).payload["n"]]
+        assert sorted(got) == [0, 1, 2]  # each message once, whoever asked
+        assert not any(Path(options["claimed_folder"]).iterdir())
+
+
+def test_a_callback_signature_needs_the_secret_and_a_recent_timestamp():
+    body = json.dumps({"batch": {"id": "b"}}).encode()
+    signature = sign("s3cret", 1_700_000_000, body)
+    assert signature.startswith("v1=")
+    ok = {"timestamp": "1700000000", "body": body, "signature": signature, "now": 1_700_000_100}
+    assert verify_signature("s3cret", **ok)
+    assert not verify_signature("other", **ok)
+    assert not verify_signature("s3cret", **{**ok, "body": body + b" "})
+    assert not verify_signature("s3cret", **{**ok, "now": 1_700_001_000})  # replayed later
+    assert not verify_signature("s3cret", **{**ok, "timestamp": "soon"})
+
+
+def test_time_limits_must_leave_the_sweeper_room():
+    with pytest.raises(ValueError, match="ETA_PRE_SOFT_TIME_LIMIT_S"):
+        Settings(eta_pre_soft_time_limit_s=400, eta_pre_time_limit_s=360)
+    with pytest.raises(ValueError, match="ETA_SWEEP_GENERATING_AFTER_S"):
+        Settings(eta_sweep_generating_after_s=60)
+
+
+def test_a_worker_loads_only_what_its_queues_need():
+    assert roles_for_queues(["eta.pre"]) == ("clip",)
+    assert roles_for_queues(["eta.post"]) == ("reward",)
+    assert roles_for_queues(["eta.control"]) == ()
+    assert set(roles_for_queues(["eta.generate"])) == {"clip", "reward", "vlm"}
+
+
+def test_a_chunk_is_one_chain_of_the_three_stages_carrying_ids_only(tmp_path: Path):
+    app = create_celery_app(Settings(eta_data_dir=tmp_path))
+    ids = [uuid.uuid4() for _ in range(5)]
+    assert [len(c) for c in chunks(ids, 2)] == [2, 2, 1]
+    signature = stage_chain(app, ids[:2])
+    tasks = signature.tasks
+    assert [t.task for t in tasks] == [PRE_TASK, GENERATE_TASK, POST_TASK]
+    assert tasks[0].args == ([str(i) for i in ids[:2]],) and tasks[1].args == () and tasks[2].args == ()
+    assert [t.task for t in stage_chain(app, ids, start="generate").tasks] == [GENERATE_TASK, POST_TASK]
+    routes = app.conf.task_routes
+    assert {routes[t]["queue"] for t in (PRE_TASK, GENERATE_TASK, POST_TASK)} == {"eta.pre", "eta.generate",
+                                                                                 "eta.post"}
+    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.worker_prefetch_multiplier == 1
+
+
+def test_message_ids_are_parsed_and_stored_text_is_nul_free():
+    job = uuid.uuid4()
+    assert parse_ids([str(job), "not-an-id", str(job)]) == [job]
+    assert storable({"a": ["x\x00y"], "b": 1}) == {"a": ["x\ufffdy"], "b": 1}
+
+
+def test_backoff_grows_and_is_capped():
+    settings = Settings(eta_retry_backoff_max_s=10)
+    assert all(1 <= backoff_s(0, settings) <= 2 for _ in range(20))
+    assert all(5 <= backoff_s(10, settings) <= 10 for _ in range(20))
+
+
+def test_the_demo_batch_has_forced_alignment_and_a_text_only_item():
+    items = demo_items(None)
+    assert sum(1 for i in items if i.get("params")) == 2
+    assert [i["custom_id"] for i in items if i["image"] is None] == ["text-only"]
+    many = demo_items(64)
+    assert len(many) == 64 and len({i["custom_id"] for i in many}) == 64
+
+
+def test_model_calls_are_summed_from_the_worker_log():
+    log = ("stage pre done: jobs a handed on, 0 failed, model calls {'clip_text': 1, 'clip_image': 2}\n"
+           "stage pre done: jobs b handed on, 0 failed, model calls {'clip_text': 1, 'clip_image': 1}\n"
+           "stage post done: jobs (none) handed on, 0 failed, model calls {}\n")
+    assert model_calls_by_stage(log) == {"pre": {"clip_text": 2, "clip_image": 3}}
