@@ -152,10 +152,3 @@ def preload() -> None:
     """Load this process's models now (pool start-up), so the first message does not pay for it."""
     models_for(_roles if _roles is not None else ())
 
-
-def reset() -> None:
-    """Forget the engine and the models (a process that switches settings, e.g. a test)."""
-    global _engine, _sessions, _models, _roles
-    if _engine is not None:
-        _engine.dispose()
-    _engine = _sessions = _models = _roles = None

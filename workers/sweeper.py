@@ -30,6 +30,7 @@ from eta.store.lifecycle import ACTIVE_JOB_STATUSES, BatchStatus, JobStatus
 from eta.store.models import Batch, Job, utcnow
 from workers.app import GENERATE_QUEUE, POST_QUEUE, PRE_QUEUE
 from workers.enqueue import BrokerUnavailable, send_chunks
+from workers.stages import STALLED
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -116,7 +117,7 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
         for job in stalled:
             if job.attempts >= settings.eta_max_stage_attempts:
                 if repo.transition_job(session=session, job_id=job.job_id, expected=job.status, to=JobStatus.FAILED,
-                                       error_code="stalled", now=now,
+                                       error_code=STALLED, now=now,
                                        error_message=f"no progress in status {job.status} after "
                                                      f"{job.attempts} attempts"):
                     logger.warning("job %s: stalled in %s after %d attempts, failed", job.job_id, job.status,

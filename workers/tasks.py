@@ -110,7 +110,6 @@ def run_stage(task: Task, stage: str, raw_ids: list[Any], batch_size: int | None
             if size > 1:
                 logger.warning("stage %s: out of memory at batch size %d, retrying jobs %s at %d", stage, size,
                                ids_text, size // 2)
-                _complete(task, ctx, progress)
                 raise task.retry(kwargs={"batch_size": size // 2}, countdown=1, exc=exc,
                                  max_retries=task.request.retries + 1) from exc
             logger.error("stage %s: out of memory at batch size 1; failing jobs %s", stage, _ids(progress.pending))
@@ -123,7 +122,9 @@ def run_stage(task: Task, stage: str, raw_ids: list[Any], batch_size: int | None
         else:
             logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", stage, ids_text)
             raise
-    _complete(task, ctx, progress)
+    finally:
+        # Whatever happened, jobs that ended here may have been the last of their batch.
+        _complete(task, ctx, progress)
     logger.info("stage %s done: jobs %s handed on, %d failed, model calls %s", stage, _ids(progress.forward),
                 len(progress.failed), progress.model_calls)
     return [str(job_id) for job_id in progress.forward]

@@ -83,6 +83,8 @@ def test_a_chunk_is_one_chain_of_the_three_stages_carrying_ids_only(tmp_path: Pa
                                                                                  "eta.post"}
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
+    limits = app.conf.task_annotations
+    assert all(0 < limits[t]["soft_time_limit"] < limits[t]["time_limit"] for t in (PRE_TASK, GENERATE_TASK, POST_TASK))
 
 
 def test_message_ids_are_parsed_and_stored_text_is_nul_free():
