@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -33,10 +34,15 @@ def main(verbose: int) -> None:
 
 
 def _quiet_libraries() -> None:
-    from transformers.utils import logging as hf_logging
+    """No weight-loading progress bars or advisory warnings from transformers, without importing it here (a
+    command that never loads a model should not pay for the import)."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    if "transformers" in sys.modules:  # already imported (e.g. in-process tests): tell it directly
+        from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()
-    hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+        hf_logging.set_verbosity_error()
 
 
 # --------------------------------------------------------------------------------------------- models
