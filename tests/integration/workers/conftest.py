@@ -165,10 +165,11 @@ class WorkerProcess:
     def log(self) -> str:
         return self.log_path.read_bytes()[self._log_offset:].decode(errors="replace")
 
-    def wait_for_log(self, text: str, *, timeout: float = 60) -> None:
+    def wait_for_log(self, text: str, *, timeout: float = 60, also: str = "", since: int = 0) -> None:
+        """Wait for a log line (after character `since`) that contains `text` and `also`."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if text in self.log():
+            if any(text in line and also in line for line in self.log()[since:].splitlines()):
                 return
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
@@ -193,6 +194,25 @@ class WorkerProcess:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self.proc = None
+
+    def idle(self, for_s: float = 1.5) -> bool:
+        """No stage task running, and none started or finished for `for_s` seconds (read from the log)."""
+        stage_lines = [line for line in self.log().splitlines() if "] stage " in line]
+        started = sum(" started: jobs" in line for line in stage_lines)
+        ended = sum(" done: jobs" in line or "unexpected error" in line for line in stage_lines)
+        if started != ended:
+            return False
+        if not stage_lines:
+            return True
+        last = datetime.strptime(stage_lines[-1][1:24], "%Y-%m-%d %H:%M:%S,%f")
+        return (datetime.now() - last).total_seconds() >= for_s
+
+    def wait_idle(self, *, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.idle():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the worker was still busy after {timeout}s:\n{self.log()[-3000:]}")
+            time.sleep(0.2)
 
     @property
     def running(self) -> bool:

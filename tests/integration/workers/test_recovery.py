@@ -27,20 +27,6 @@ def _sweep_later(sessions, celery_app, worker_env, hours: float = 1.0):
                  now=utcnow() + timedelta(hours=hours))
 
 
-def _wait_quiet(sessions, job_ids, *, quiet_s: float = 2.0, timeout: float = 60) -> dict:
-    """Wait until no job changes status for `quiet_s` (the worker has nothing left for them)."""
-    deadline = time.monotonic() + timeout
-    last, since = job_statuses(sessions, job_ids), time.monotonic()
-    while time.monotonic() < deadline:
-        time.sleep(0.2)
-        now = job_statuses(sessions, job_ids)
-        if now != last:
-            last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s:
-            break
-    return last
-
-
 def _assert_exactly_once(sessions, job_ids, logs: list[str]) -> None:
     with sessions() as session:
         jobs = session.scalars(sa.select(Job).where(Job.id.in_(job_ids))).all()
@@ -54,13 +40,14 @@ def _assert_exactly_once(sessions, job_ids, logs: list[str]) -> None:
 
 def test_a_worker_killed_mid_stage_is_replaced_and_each_job_completes_once(worker, submit, celery_app, sessions,
                                                                            worker_env):
-    # Long vanilla answers keep the generate stage busy for a few seconds: time to kill it there. (The
-    # text-only job's tau_post keeps it off the alignment branch, so the rerun is not longer than needed.)
+    # Long vanilla answers keep the generate stage busy for a few seconds: time to kill it there. Equal
+    # parameters put both jobs in one `generate` call (a stage saves each parameter group as it finishes).
     submitted = submit([Item("Tell me everything.", "waterview.jpg", {"max_new_tokens": 100}),
-                        Item("And more.", None, {"max_new_tokens": 100, "tau_post": -1e9})])
+                        Item("And more.", "extreme_ironing.jpg", {"max_new_tokens": 100})])
     ids = submitted.job_ids
+    since = len(worker.log())
     enqueue_jobs(ids, app=celery_app)
-    worker.wait_for_log("stage generate started: jobs", timeout=60)
+    worker.wait_for_log("stage generate started: jobs", also=str(ids[0]), since=since, timeout=60)
     time.sleep(0.3)
     killed_log = worker.log()
     worker.kill()
@@ -83,17 +70,20 @@ def test_after_a_redis_flush_the_sweeper_recovers_every_job(worker, submit, cele
              for i in range(10)]
     submitted = submit(items)
     ids = submitted.job_ids
+    since = len(worker.log())
     enqueue_jobs(ids, app=celery_app)  # three chains of up to 4 jobs
-    worker.wait_for_log("stage pre started: jobs", timeout=60)
+    worker.wait_for_log("stage pre started: jobs", also=str(ids[0]), since=since, timeout=60)
     assert flush_prefix(worker_env.key_prefix) > 0  # every queued message of this session is gone
-    stranded = _wait_quiet(sessions, ids)
-    assert set(stranded.values()) - {"succeeded"}, "nothing was lost: the flush came too late to test anything"
+    worker.wait_idle()
+    assert set(job_statuses(sessions, ids).values()) - {"succeeded"}, \
+        "nothing was lost: the flush came too late to test anything"
 
-    for _ in range(5):
-        if set(job_statuses(sessions, ids).values()) == {"succeeded"}:
-            break
+    deadline = time.monotonic() + 120
+    while set(job_statuses(sessions, ids).values()) != {"succeeded"}:
+        assert time.monotonic() < deadline, worker.log()[-3000:]
         _sweep_later(sessions, celery_app, worker_env)
-        _wait_quiet(sessions, ids)
+        time.sleep(0.5)
+        worker.wait_idle()
     _assert_exactly_once(sessions, ids, [worker.log()])
 
 
