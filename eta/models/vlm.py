@@ -18,6 +18,7 @@ from PIL import Image
 
 from eta.config import ModelSpec
 from eta.models.common import describe, resolve_device, resolve_dtype
+from eta.models.cpu_linear import route_few_row_linears
 from eta.models.kv_cache import crop_cache, growing_cache
 
 logger = logging.getLogger(__name__)
@@ -58,6 +59,8 @@ class VisionLanguageModel:
         # transformers 5.x renamed the forward's `past_key_values` argument to `cache`; accept either.
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
+            route_few_row_linears(model)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> VisionLanguageModel:
