@@ -106,6 +106,8 @@ def environment(threads: dict[str, int], device: str) -> dict[str, Any]:
         "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
         "torch_threads": threads,
+        # Other work on a shared machine skews timings: the 1/5/15-minute load averages when the run began.
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
     if device.startswith("cuda") and torch.cuda.is_available():
         env["gpu"] = torch.cuda.get_device_name(torch.device(device))
@@ -117,13 +119,15 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
-    """Run `fn` once; returns (its result, wall seconds), with the GPU drained on both sides."""
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float, float]:
+    """Run `fn` once; returns (its result, wall seconds, CPU seconds of this process), the GPU drained on both
+    sides. On a shared machine CPU time is the steadier of the two when torch runs one thread: other work
+    delays the run without adding to its CPU time."""
     synchronize(device)
-    start = time.perf_counter()
+    cpu, start = time.process_time(), time.perf_counter()
     result = fn()
     synchronize(device)
-    return result, time.perf_counter() - start
+    return result, time.perf_counter() - start, time.process_time() - cpu
 
 
 def spread(values: Sequence[float], digits: int = 3) -> dict[str, float]:

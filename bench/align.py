@@ -24,6 +24,7 @@ import cProfile
 import io
 import json
 import logging
+import os
 import pstats
 import sys
 from dataclasses import dataclass
@@ -57,11 +58,16 @@ class Run:
     tokens: int  # candidate tokens sampled
     answer_tokens: int  # tokens of the aligned answer
     sentences: int
-    seconds: float
+    seconds: float  # wall
+    cpu_seconds: float  # CPU time of this process
 
     @property
     def tokens_per_s(self) -> float:
         return self.tokens / self.seconds
+
+    @property
+    def tokens_per_cpu_s(self) -> float:
+        return self.tokens / self.cpu_seconds
 
 
 def sequential_deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, *, prompt: str,
@@ -126,22 +132,22 @@ def sequential_deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: C
 
 def run_batched(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int) -> Run:
     device = models.vlm.device
-    result, seconds = harness.timed(
+    result, seconds, cpu = harness.timed(
         lambda: deep_align(models.vlm, models.reward, models.clip, prompt=prompt, image=image, config=config,
                            seed=seed),
         device,
     )
-    return Run(result.sampled_tokens, len(result.token_ids), len(result.trace), seconds)
+    return Run(result.sampled_tokens, len(result.token_ids), len(result.trace), seconds, cpu)
 
 
 def run_sequential(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int) -> Run:
     device = models.vlm.device
-    (ids, sampled, sentences), seconds = harness.timed(
+    (ids, sampled, sentences), seconds, cpu = harness.timed(
         lambda: sequential_deep_align(models.vlm, models.reward, models.clip, prompt=prompt, image=image,
                                       config=config, seed=seed),
         device,
     )
-    return Run(sampled, len(ids), sentences, seconds)
+    return Run(sampled, len(ids), sentences, seconds, cpu)
 
 
 def profile_batched(models: Any, prompt: str, image: Image.Image, config: ETAConfig, seed: int, path: Path) -> str:
@@ -176,6 +182,7 @@ def main(argv: list[str] | None = None) -> int:
 
     harness.log_to_stderr(args.verbose)
     threads = harness.set_threads(args.threads)
+    env = harness.environment(threads, args.device)
     ns = [int(n) for n in args.candidates.split(",") if n.strip()]
     models, model_info = harness.load_models_for(args)
     image = harness.load_image(harness.samples_dir(args.samples), args.image, seed=args.seed)
@@ -203,13 +210,17 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("N=%d repeat %d: batched %.1f tok/s, sequential %.1f tok/s", n, repeat,
                         batched[-1].tokens_per_s, sequential[-1].tokens_per_s)
         speedups = [b.tokens_per_s / s.tokens_per_s for b, s in zip(batched, sequential, strict=True)]
+        cpu_speedups = [b.tokens_per_cpu_s / s.tokens_per_cpu_s for b, s in zip(batched, sequential, strict=True)]
         results.append({
             "n": n,
             "speedup": harness.spread(speedups, 2),
+            "speedup_in_cpu_time": harness.spread(cpu_speedups, 2),
             "batched_tokens_per_s": harness.spread([b.tokens_per_s for b in batched], 1),
             "sequential_tokens_per_s": harness.spread([s.tokens_per_s for s in sequential], 1),
             "batched_seconds": harness.spread([b.seconds for b in batched]),
             "sequential_seconds": harness.spread([s.seconds for s in sequential]),
+            "batched_cpu_seconds": harness.spread([b.cpu_seconds for b in batched]),
+            "sequential_cpu_seconds": harness.spread([s.cpu_seconds for s in sequential]),
             "batched_candidate_tokens": [b.tokens for b in batched],
             "sequential_candidate_tokens": [s.tokens for s in sequential],
             "answer_tokens": {"batched": [b.answer_tokens for b in batched],
@@ -223,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
         "tokens_per_s": TOKENS_DEFINITION,
         "baseline": BASELINE,
         "models": model_info,
-        "environment": harness.environment(threads, args.device),
+        "environment": {**env, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": {"max_new_tokens": args.max_new_tokens, "max_sentence_tokens": args.max_sentence_tokens,
                    "top_k": base.top_k, "temperature": base.temperature, "alpha": base.alpha,
                    "seed": args.seed, "repeats": args.repeats, "prompt": args.prompt, "image": args.image},

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -43,54 +44,60 @@ BRANCHES = {
 STAGES = ("pre_evaluation", "generation", "post_evaluation", "alignment", "final_evaluation")
 
 
-def time_vanilla(models: Any, jobs: list[tuple[Image.Image, str]], max_new_tokens: int) -> tuple[float, list[int]]:
+def time_vanilla(models: Any, jobs: list[tuple[Image.Image, str]], max_new_tokens: int
+                 ) -> tuple[float, float, list[int]]:
     device = models.vlm.device
-    seconds, tokens = 0.0, []
+    seconds, cpu_seconds, tokens = 0.0, 0.0, []
     for image, prompt in jobs:
-        answers, elapsed = harness.timed(
+        answers, elapsed, cpu = harness.timed(
             lambda image=image, prompt=prompt: models.vlm.generate_greedy([prompt], [image],
                                                                          max_new_tokens=max_new_tokens),
             device,
         )
         seconds += elapsed
+        cpu_seconds += cpu
         tokens.append(len(answers[0].token_ids))
-    return seconds, tokens
+    return seconds, cpu_seconds, tokens
 
 
 def time_eta(models: Any, jobs: list[tuple[Image.Image, str]], config: ETAConfig, seed: int
-             ) -> tuple[float, list[Any]]:
+             ) -> tuple[float, float, list[Any]]:
     device = models.vlm.device
-    seconds, results = 0.0, []
+    seconds, cpu_seconds, results = 0.0, 0.0, []
     for image, prompt in jobs:
-        result, elapsed = harness.timed(lambda image=image, prompt=prompt: run_eta(
+        result, elapsed, cpu = harness.timed(lambda image=image, prompt=prompt: run_eta(
             models, [ETAInput(prompt, image, seed)], config)[0], device)
         seconds += elapsed
+        cpu_seconds += cpu
         results.append(result)
-    return seconds, results
+    return seconds, cpu_seconds, results
 
 
 def measure_branch(models: Any, name: str, jobs: list[tuple[Image.Image, str]], config: ETAConfig, *,
                    repeats: int, seed: int) -> dict[str, Any]:
-    ratios, vanilla_s, eta_s = [], [], []
+    ratios, cpu_ratios, vanilla_s, eta_s = [], [], [], []
     stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
     answer_tokens: list[list[int]] = []
     vanilla_tokens: list[int] = []
     for repeat in range(repeats):
         if repeat % 2 == 0:  # alternate the order so that drift of a shared machine favours neither
-            v, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
-            e, results = time_eta(models, jobs, config, seed + repeat)
+            v, v_cpu, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
+            e, e_cpu, results = time_eta(models, jobs, config, seed + repeat)
         else:
-            e, results = time_eta(models, jobs, config, seed + repeat)
-            v, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
+            e, e_cpu, results = time_eta(models, jobs, config, seed + repeat)
+            v, v_cpu, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
         expected = name == "aligned"
         if any(r.aligned is not expected for r in results):
             raise RuntimeError(f"{name} inputs did not take the {name} branch: {[r.decision for r in results]}")
         ratios.append(e / v)
+        cpu_ratios.append(e_cpu / v_cpu)
         vanilla_s.append(v)
         eta_s.append(e)
         for stage in STAGES:
             stage_ms[stage].append(sum(r.timings_ms.get(stage, 0.0) for r in results))
-        answer_tokens.append([_response_tokens(models, r) for r in results])
+        # A kept answer is the vanilla one, whose token count the vanilla run measured.
+        answer_tokens.append([_aligned_tokens(r) if r.aligned else n for r, n in zip(results, vanilla_tokens,
+                                                                                   strict=True)])
         logger.info("%s repeat %d: vanilla %.3fs, ETA %.3fs, ratio %.3f", name, repeat, v, e, e / v)
     eta_median = statistics.median(eta_s)
     stages = {stage: round(statistics.median(values) / 1000.0, 4) for stage, values in stage_ms.items()}
@@ -98,6 +105,7 @@ def measure_branch(models: Any, name: str, jobs: list[tuple[Image.Image, str]], 
     return {
         "inputs": [name for name, _ in BRANCHES[name]["inputs"]],
         "time_ratio": harness.spread(ratios),
+        "time_ratio_in_cpu_time": harness.spread(cpu_ratios),
         "vanilla_seconds": harness.spread(vanilla_s),
         "eta_seconds": harness.spread(eta_s),
         "eta_stage_seconds_median": stages,
@@ -108,10 +116,8 @@ def measure_branch(models: Any, name: str, jobs: list[tuple[Image.Image, str]], 
     }
 
 
-def _response_tokens(models: Any, result: Any) -> int:
-    if result.trace:
-        return sum(step["candidates"][step["chosen"]]["num_tokens"] for step in result.trace)
-    return len(models.vlm.tokenizer(result.response, add_special_tokens=False)["input_ids"])
+def _aligned_tokens(result: Any) -> int:
+    return sum(step["candidates"][step["chosen"]]["num_tokens"] for step in result.trace)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,6 +135,7 @@ def main(argv: list[str] | None = None) -> int:
 
     harness.log_to_stderr(args.verbose)
     threads = harness.set_threads(args.threads)
+    env = harness.environment(threads, args.device)
     models, model_info = harness.load_models_for(args)
     folder = harness.samples_dir(args.samples)
     base = ETAConfig(max_new_tokens=args.max_new_tokens, max_sentence_tokens=args.max_sentence_tokens,
@@ -153,7 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         "definition": "time ratio = wall time of run_eta over the inputs / wall time of generate_greedy alone over "
                       "the same inputs, one job per call, same max_new_tokens; min/median/max over repeats",
         "models": model_info,
-        "environment": harness.environment(threads, args.device),
+        "environment": {**env, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": {"max_new_tokens": args.max_new_tokens, "max_sentence_tokens": args.max_sentence_tokens,
                    "num_candidates": args.num_candidates, "repeats": args.repeats, "seed": args.seed,
                    "samples": str(folder) if folder else "synthetic noise images"},
