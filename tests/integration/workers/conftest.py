@@ -32,7 +32,7 @@ from eta.settings import Settings
 from eta.store import make_blob_store, session_factory
 from eta.store import repository as repo
 from eta.store.lifecycle import TERMINAL_JOB_STATUSES
-from eta.store.models import Job, JobResult
+from eta.store.models import Batch, Job, JobResult
 from eta.store.repository import NewJob
 from tests.integration.conftest import fresh_postgres_database, migrated_engine
 
@@ -280,6 +280,20 @@ def wait_until_terminal(sessions: sessionmaker[Session], job_ids: list[uuid.UUID
         time.sleep(0.1)
     tail = worker.log()[-4000:] if worker else ""
     raise TimeoutError(f"jobs not finished after {timeout}s: {statuses}\n{tail}")
+
+
+def wait_for_batch(sessions: sessionmaker[Session], batch_id: uuid.UUID, *, status: str = "completed",
+                   timeout: float = 30) -> Batch:
+    """The batch once it has `status` (it completes in its own transaction, just after its last job's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with sessions() as session:
+            batch = session.get(Batch, batch_id)
+        if batch is not None and str(batch.status) == status:
+            return batch
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"batch {batch_id} is {batch.status if batch else 'missing'}, not {status}")
+        time.sleep(0.1)
 
 
 def job_statuses(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[uuid.UUID, str]:

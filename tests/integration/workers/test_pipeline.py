@@ -22,7 +22,7 @@ from workers.callbacks import verify_signature
 from workers.enqueue import enqueue_jobs, stage_chain
 from workers.stages import storable
 
-from .conftest import CALLBACK_SECRET, Item, snapshot, wait_until_terminal
+from .conftest import CALLBACK_SECRET, Item, snapshot, wait_for_batch, wait_until_terminal
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
 
@@ -62,9 +62,9 @@ def test_a_batch_completes_with_the_scores_the_library_computes(worker, submit, 
     statuses = wait_until_terminal(sessions, submitted.job_ids, worker=worker)
     assert set(statuses.values()) == {"succeeded"}, worker.log()[-3000:]
 
+    batch = wait_for_batch(sessions, submitted.batch.id)
+    assert batch.finished_at is not None
     with sessions() as session:
-        batch = session.get(Batch, submitted.batch.id)
-        assert batch is not None and batch.status == "completed" and batch.finished_at is not None
         rows = session.execute(sa.select(Job, JobResult).join(JobResult).where(Job.batch_id == batch.id)
                                .order_by(Job.position)).all()
     assert len(rows) == len(items)
@@ -134,14 +134,13 @@ def test_an_image_the_worker_cannot_read_fails_that_job_with_a_code(worker, subm
         session.execute(sa.text("DELETE FROM blobs WHERE sha256 = :sha"), {"sha": sha})
     enqueue_jobs(submitted.job_ids, app=celery_app)
     wait_until_terminal(sessions, submitted.job_ids, worker=worker)
+    wait_for_batch(sessions, submitted.batch.id)  # failed jobs end a batch too
     with sessions() as session:
         jobs = {j.id: j for j in session.scalars(sa.select(Job).where(Job.batch_id == submitted.batch.id))}
-        batch = session.get(Batch, submitted.batch.id)
     assert (jobs[corrupt].status, jobs[corrupt].error_code) == ("failed", "image_unreadable")
     assert (jobs[missing].status, jobs[missing].error_code) == ("failed", "image_missing")
     assert jobs[corrupt].error_message and jobs[missing].error_message
     assert jobs[fine].status == "succeeded"
-    assert batch is not None and batch.status == "completed"  # failed jobs still end the batch
 
 
 class _Receiver(BaseHTTPRequestHandler):
