@@ -136,7 +136,7 @@ def parse_ids(raw_ids: Sequence[Any]) -> list[uuid.UUID]:
 
 def storable(value: Any) -> Any:
     """`value` with NUL characters replaced (U+FFFD): a model can emit them, Postgres text and JSONB cannot
-    hold them."""
+    hold them. The post stage then scores the answer as stored, which is the answer clients receive."""
     if isinstance(value, str):
         return value.replace("\x00", "\ufffd")
     if isinstance(value, list):
