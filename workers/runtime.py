@@ -11,8 +11,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -100,13 +99,6 @@ def sessions() -> sessionmaker[Session]:
     if _sessions is None:  # pragma: no cover - engine() sets both
         raise RuntimeError("no session factory")
     return _sessions
-
-
-@contextmanager
-def transaction() -> Iterator[Session]:
-    """A session in one transaction, committed on success, and closed (connection back to the pool) after."""
-    with sessions()() as session, session.begin():
-        yield session
 
 
 def after_fork() -> None:
