@@ -96,14 +96,24 @@ class GrowingLayer(DynamicLayer):
         self._key_buffer, self._value_buffer = keys, values
         self._expose()
 
+    def _filled_copy(self, buffer: torch.Tensor, rows: torch.Tensor | None, repeats: int) -> torch.Tensor:
+        """A new buffer of the same capacity holding the filled positions of `rows` (all rows when None), each
+        repeated `repeats` times. Only the filled part is copied: the headroom is allocated, never touched."""
+        filled = buffer[:, :, : self._length] if rows is None else buffer[rows, :, : self._length]
+        batch, heads, _, head_dim = filled.shape
+        out = buffer.new_empty((batch * repeats, heads, buffer.shape[2], head_dim))
+        out.view(batch, repeats, heads, -1, head_dim)[:, :, :, : self._length] = filled.unsqueeze(1)
+        return out
+
     def batch_repeat_interleave(self, repeats: int) -> None:
         if self._length > 0 and self._key_buffer is not None and self._value_buffer is not None:
-            self._rebuild(self._key_buffer.repeat_interleave(repeats, dim=0),
-                          self._value_buffer.repeat_interleave(repeats, dim=0))
+            self._rebuild(self._filled_copy(self._key_buffer, None, repeats),
+                          self._filled_copy(self._value_buffer, None, repeats))
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self._length > 0 and self._key_buffer is not None and self._value_buffer is not None:
-            self._rebuild(self._key_buffer[indices, ...], self._value_buffer[indices, ...])
+            rows = indices.to(self._key_buffer.device)
+            self._rebuild(self._filled_copy(self._key_buffer, rows, 1), self._filled_copy(self._value_buffer, rows, 1))
 
     def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
         if self._length > 0 and self._key_buffer is not None and self._value_buffer is not None:
