@@ -186,6 +186,7 @@ def _draw(axes: Any, branches: dict[str, dict[str, Any]], model_info: dict[str, 
         ratio = branches[n]["time_ratio"]["median"]
         axes.annotate(f"{ratio:.2f}x (target <= {branches[n]['target_ratio_at_most']:g}x)",
                       (i + 0.35, bottom[i]), textcoords="offset points", xytext=(0, 4), ha="center")
+    axes.set_xticks([i + 0.35 for i in range(len(names))], names)
     axes.set_ylabel("seconds (median over repeats)")
     axes.set_title(f"ETA vs vanilla, {model_info['shape']} shape on {model_info['device']} ({model_info['dtype']})")
     axes.legend(fontsize="small")
