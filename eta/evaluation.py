@@ -100,7 +100,7 @@ class DatasetItem:
 # --------------------------------------------------------------------------------------------- dataset
 def _parse_line(path: Path, number: int, text: str) -> DatasetItem:
     try:
-        record = json.loads(text)
+        record = json.loads(text.rstrip("\r\n"))  # without the newline, the column points into the line
     except json.JSONDecodeError as exc:
         raise DatasetError(path, number, f"not valid JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(record, dict):
