@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from pathlib import Path
@@ -39,6 +40,17 @@ def local_dir(model_id: str) -> Path | None:
     return path if path.is_dir() else None
 
 
+@functools.lru_cache(maxsize=32)
+def _local_revision(folder: Path) -> str:
+    """Digest of a local model directory's JSON files, read once per process: every result's fingerprint
+    asks for it, and the model in memory does not change when the files on disk do."""
+    digest = hashlib.sha256()
+    for item in sorted(folder.glob("*.json")):
+        digest.update(item.name.encode())
+        digest.update(item.read_bytes())
+    return f"local:{digest.hexdigest()[:16]}"
+
+
 def describe(spec: ModelSpec, *, model: Any = None, device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """What a result's fingerprint records about one model: id, requested and resolved revision, placement.
 
@@ -52,11 +64,7 @@ def describe(spec: ModelSpec, *, model: Any = None, device: torch.device, dtype:
         resolved = getattr(config, "_commit_hash", None)
     folder = local_dir(spec.id)
     if folder is not None:
-        digest = hashlib.sha256()
-        for item in sorted(folder.glob("*.json")):
-            digest.update(item.name.encode())
-            digest.update(item.read_bytes())
-        resolved = f"local:{digest.hexdigest()[:16]}"
+        resolved = _local_revision(folder.resolve())
     return {
         "id": spec.id,
         "pretrained": spec.pretrained,
