@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     # Hub revision pinned for each model (recorded in every result's fingerprint).
     eta_vlm_revision: str | None = None
     eta_reward_revision: str | None = None
+    # "instant": deterministic stand-ins that answer in microseconds (eta.models.instant), for benchmarks and
+    # chaos tests of the service only, never for real traffic; "configured": the models named above.
+    eta_models: Literal["configured", "instant"] = "configured"
     # Placement of all three models: "auto" is cuda when available; dtype "auto" is bf16 on GPU, fp32 on CPU.
     eta_device: str = "auto"
     eta_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"

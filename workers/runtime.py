@@ -72,14 +72,6 @@ def ensure_tiny_models_locked(root: Path) -> None:
             fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
-def roles_for_queues(queues: Iterable[str]) -> tuple[str, ...]:
-    """Model roles needed by the given queue names, in load order."""
-    from workers.app import QUEUE_ROLES
-
-    wanted = {role for queue in queues for role in QUEUE_ROLES.get(queue, ())}
-    return tuple(role for role in ("clip", "reward", "vlm") if role in wanted)
-
-
 def set_roles(roles: Iterable[str]) -> None:
     global _roles
     _roles = tuple(roles)
@@ -135,6 +127,12 @@ def load(roles: Iterable[str]) -> Models:
     if not roles:
         return _empty_models()
     settings = get_settings()
+    if settings.eta_models == "instant":
+        from eta.models.instant import load_instant_models
+
+        logger.warning("loading the instant models %s: benchmark and chaos-test stand-ins, not real models",
+                       ", ".join(roles))
+        return load_instant_models(roles)  # type: ignore[no-any-return]
     config = models_config(settings)
     logger.info("loading models %s (device %s)", ", ".join(roles), settings.eta_device)
     return load_models(config, roles=roles)
