@@ -31,7 +31,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         SchemaNotCurrentError: the database schema is not at the head revision (run `eta db upgrade`).
     """
     from api.review import bp as review_page
-    from api.routes import audit, batches, health, jobs
+    from api.routes import audit, batches, health, jobs, tenant
 
     settings = settings or get_settings()
     settings.require_production_secrets()
@@ -56,6 +56,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(jobs.bp)
     app.register_blueprint(batches.bp)
     app.register_blueprint(audit.bp)
+    app.register_blueprint(tenant.bp)
     app.register_blueprint(review_page)
     spec.register(app)
     logger.info("API ready (database %s)", engine.url.render_as_string(hide_password=True))

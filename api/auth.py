@@ -20,11 +20,11 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 # What each role may do. Admin may do everything.
-SUBMIT, READ, REVIEW = "submit", "read", "review"
+SUBMIT, READ, REVIEW, MANAGE = "submit", "read", "review", "manage"
 _ROLE_GRANTS = {
     "submit": {SUBMIT, READ},
     "review": {READ, REVIEW},
-    "admin": {SUBMIT, READ, REVIEW},
+    "admin": {SUBMIT, READ, REVIEW, MANAGE},
 }
 
 

@@ -95,6 +95,18 @@ class BatchCreateForm(BaseModel):
     callback_url: FormText | None = None
 
 
+class RotateSecret(_Strict):
+    overlap_hours: float = Field(default=24.0, ge=0, le=720,
+                                 description="How long the previous secret keeps signing alongside the new one.")
+
+
+class CallbackSecretOut(BaseModel):
+    object: Literal["callback_secret"] = "callback_secret"
+    secret: str = Field(description="HMAC-SHA256 key of this tenant's callbacks.")
+    previous_secret: str | None = Field(description="Still signing until previous_valid_until (after a rotation).")
+    previous_valid_until: datetime | None
+
+
 class PageQuery(_Strict):
     limit: int = Field(default=100, ge=1, le=1000)
     cursor: str | None = None

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import platformdirs
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -100,8 +100,9 @@ class Settings(BaseSettings):
     # Seconds the Redis broker waits for an unacknowledged message before redelivering it; longer than any
     # hard time limit, or a slow stage would be delivered twice.
     eta_broker_visibility_timeout_s: int = Field(default=7200, gt=0)
-    # HMAC-SHA256 key of batch callbacks; empty means secret_key.
-    eta_callback_secret: str | None = None
+    # Networks batch callbacks may reach although they are not public (loopback, private, link-local...),
+    # comma separated CIDRs, e.g. "10.20.0.0/16". Empty: callbacks go to public addresses only.
+    eta_callback_allowed_networks: str = ""
     # Per-attempt timeout and number of retries (exponential backoff) of a batch callback POST.
     eta_callback_timeout_s: float = Field(default=10.0, gt=0)
     eta_callback_max_retries: int = Field(default=8, ge=0)
@@ -118,6 +119,14 @@ class Settings(BaseSettings):
     eta_review_session_hours: float = Field(default=8.0, gt=0)
     # Rows fetched per round trip while streaming an audit export (a server-side cursor on Postgres).
     eta_export_fetch_rows: int = Field(default=1000, gt=0)
+
+    @field_validator("eta_callback_allowed_networks")
+    @classmethod
+    def _check_networks(cls, value: str) -> str:
+        from eta.outbound import parse_networks
+
+        parse_networks(value)  # a bad entry fails at start-up, naming it
+        return value
 
     @model_validator(mode="after")
     def _check_worker_time_limits(self) -> Settings:

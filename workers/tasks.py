@@ -174,19 +174,18 @@ def post_evaluate(self: Task, job_ids: list[str], batch_size: int | None = None)
 @shared_task(bind=True, name=CALLBACK_TASK)
 def send_batch_callback(self: Task, batch_id: str) -> None:
     """POST the signed summary of a completed batch to its callback URL, retrying with backoff."""
-    from workers.callbacks import CallbackError, batch_summary, callback_secret, post_callback
+    from workers.callbacks import CallbackError, batch_summary, post_callback
 
     settings = get_settings()
     batch_uuid = uuid.UUID(batch_id)
     sessions = runtime.sessions()
-    with sessions() as session:
-        callback = batch_summary(session, batch_uuid)
-    if callback is None:
-        logger.info("batch %s: no callback to send", batch_id)
-        return
     try:
-        status = post_callback(callback, batch_id=batch_uuid, secret=callback_secret(settings),
-                               timeout_s=settings.eta_callback_timeout_s)
+        with sessions() as session:
+            callback = batch_summary(session, batch_uuid)
+        if callback is None:
+            logger.info("batch %s: no callback to send", batch_id)
+            return
+        status = post_callback(callback, settings=settings)
     except CallbackError as exc:
         if not exc.retryable:
             logger.error("batch %s: callback refused for good: %s", batch_id, exc)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import uuid
 from typing import Any
-from urllib.parse import urlsplit
 
 from flask import Blueprint, request
 from spectree import Response as Responses
@@ -21,6 +20,7 @@ from api.serialize import batch_doc, job_doc
 from api.spec import spec, validated
 from api.state import state
 from eta.config import ConfigError
+from eta.outbound import OutboundRefused, check_target, parse_networks
 from eta.store import IdempotencyConflictError, InvalidCursorError
 from eta.store import repository as repo
 
@@ -33,14 +33,15 @@ MAX_IDEMPOTENCY_KEY = 255
 
 
 def _check_callback_url(url: Any) -> str | None:
+    """An absolute http(s) URL whose host resolves to public addresses only (or the operator's allowed
+    networks); checked again when the callback is sent."""
     if url is None or url == "":
         return None
-    parts = urlsplit(url) if isinstance(url, str) else None
-    if parts is None or parts.scheme not in ("http", "https") or not parts.netloc or len(url) > 2000:
-        raise invalid(single_error("callback_url", "callback_url_invalid",
-                                   "callback_url must be an absolute http(s) URL of at most 2000 characters"),
-                      what="batch")
-    return url
+    try:
+        check_target(url, allowed=parse_networks(state().settings.eta_callback_allowed_networks))
+    except OutboundRefused as exc:
+        raise invalid(single_error("callback_url", exc.code, str(exc)), what="batch") from exc
+    return str(url)
 
 
 def _idempotency_key() -> str | None:

@@ -95,6 +95,11 @@ class Tenant(Base):
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     name: Mapped[str] = mapped_column(sa.String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # HMAC key of this tenant's batch callbacks (shown to its admins). After a rotation the previous secret
+    # also signs until `previous_callback_secret_until`, so receivers can switch without losing a callback.
+    callback_secret: Mapped[str | None] = mapped_column(sa.String(100))
+    previous_callback_secret: Mapped[str | None] = mapped_column(sa.String(100))
+    previous_callback_secret_until: Mapped[datetime | None]
 
 
 class ApiKey(Base):
@@ -110,6 +115,20 @@ class ApiKey(Base):
     role: Mapped[ApiKeyRole] = mapped_column(_enum_column_type(ApiKeyRole, "api_key_role"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+class ReviewSession(Base):
+    """A review-page sign-in. The cookie carries a random token; only its sha256 is stored. Sign-out, expiry
+    and revoking the key end it on the server, whatever copy of the cookie is still around."""
+
+    __tablename__ = "review_sessions"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    key_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("api_keys.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
 
 
 class Batch(Base):

@@ -7,12 +7,13 @@ import logging
 import secrets
 import uuid
 from collections.abc import Sequence
+from datetime import datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from eta.store.models import ApiKey, ApiKeyRole, Tenant, utcnow
+from eta.store.models import ApiKey, ApiKeyRole, ReviewSession, Tenant, utcnow
 from eta.store.sql import affected_rows
 
 logger = logging.getLogger(__name__)
@@ -25,8 +26,13 @@ def hash_api_key(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def new_callback_secret() -> str:
+    """A callback signing secret: 256 random bits."""
+    return f"whsec_{secrets.token_urlsafe(32)}"
+
+
 def create_tenant(*, session: Session, name: str) -> Tenant:
-    tenant = Tenant(name=name)
+    tenant = Tenant(name=name, callback_secret=new_callback_secret())
     session.add(tenant)
     session.flush()
     logger.info("created tenant %s (%s)", tenant.id, name)
@@ -104,3 +110,86 @@ def revoke_api_key_by_prefix(*, session: Session, prefix: str) -> ApiKey | None:
     session.flush()
     logger.info("revoked key %s of tenant %s", prefix, key.tenant_id)
     return key
+
+
+def revoke_api_key_by_id(*, session: Session, key_id: uuid.UUID) -> ApiKey | None:
+    """Revoke the live key with this id (operator tooling: an id is unique, a visible prefix may not be)."""
+    key = session.scalar(sa.select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
+    if key is None:
+        return None
+    key.revoked_at = utcnow()
+    session.flush()
+    logger.info("revoked key %s (%s) of tenant %s", key.id, key.prefix, key.tenant_id)
+    return key
+
+
+# ------------------------------------------------------------------------------ callback signing secrets
+def callback_secrets(tenant: Tenant, *, now: datetime | None = None) -> list[str]:
+    """The secrets that sign this tenant's callbacks now: the current one, then the previous one while its
+    overlap window lasts."""
+    now = now or utcnow()
+    out = [tenant.callback_secret] if tenant.callback_secret else []
+    until = tenant.previous_callback_secret_until
+    if tenant.previous_callback_secret and until is not None and until > now:
+        out.append(tenant.previous_callback_secret)
+    return out
+
+
+def ensure_callback_secret(*, session: Session, tenant_id: uuid.UUID) -> Tenant:
+    """The tenant, given a secret if it has none (a tenant row written by hand)."""
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_id}")
+    if not tenant.callback_secret:
+        tenant.callback_secret = new_callback_secret()
+        session.flush()
+    return tenant
+
+
+def rotate_callback_secret(*, session: Session, tenant_id: uuid.UUID, overlap: timedelta) -> Tenant:
+    """A new current secret; the old one keeps signing (alongside) for `overlap`."""
+    tenant = session.get(Tenant, tenant_id, with_for_update=True)
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_id}")
+    if overlap.total_seconds() > 0 and tenant.callback_secret:
+        tenant.previous_callback_secret = tenant.callback_secret
+        tenant.previous_callback_secret_until = utcnow() + overlap
+    else:
+        tenant.previous_callback_secret = tenant.previous_callback_secret_until = None
+    tenant.callback_secret = new_callback_secret()
+    session.flush()
+    logger.info("rotated the callback secret of tenant %s (overlap %s)", tenant_id, overlap)
+    return tenant
+
+
+# ------------------------------------------------------------------------------------ review-page sessions
+def _token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create_review_session(*, session: Session, key_id: uuid.UUID, lifetime: timedelta) -> str:
+    """Start a review-page session for the key; returns the token for the cookie (stored only hashed)."""
+    token = secrets.token_urlsafe(32)
+    now = utcnow()
+    session.add(ReviewSession(token_hash=_token_hash(token), key_id=key_id, created_at=now, expires_at=now + lifetime))
+    session.flush()
+    return token
+
+
+def live_review_session_key(*, session: Session, token: str) -> ApiKey | None:
+    """The live key of a session that has not ended or expired, or None."""
+    return session.scalar(
+        sa.select(ApiKey)
+        .join(ReviewSession, ReviewSession.key_id == ApiKey.id)
+        .where(ReviewSession.token_hash == _token_hash(token), ReviewSession.ended_at.is_(None),
+               ReviewSession.expires_at > utcnow(), ApiKey.revoked_at.is_(None))
+    )
+
+
+def end_review_session(*, session: Session, token: str) -> bool:
+    result = session.execute(
+        sa.update(ReviewSession)
+        .where(ReviewSession.token_hash == _token_hash(token), ReviewSession.ended_at.is_(None))
+        .values(ended_at=utcnow())
+    )
+    return affected_rows(result) > 0

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from sqlalchemy.engine import Engine
 
 from api import create_app
+from eta import outbound
 from eta.settings import Settings
 from eta.store import repository as repo
 from eta.store import session_factory
@@ -35,6 +37,28 @@ class RecordingEnqueue:
     @property
     def job_ids(self) -> list[uuid.UUID]:
         return [j for call in self.calls for j in call]
+
+
+class FakeDns(dict):
+    """Host name -> addresses, answered instead of the system's DNS (no test depends on the network); a
+    test changes an entry to change the answer."""
+
+    def __call__(self, host: str, port: int) -> list[str]:
+        if host in self:
+            return list(self[host])
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise OSError(f"{host}: name does not resolve (test DNS)") from None
+        return [host]
+
+
+@pytest.fixture(autouse=True)
+def fake_dns() -> Iterator[FakeDns]:
+    dns = FakeDns({"example.test": ["93.184.216.34"]})
+    previous = outbound.set_resolver(dns)
+    yield dns
+    outbound.set_resolver(previous)
 
 
 @pytest.fixture

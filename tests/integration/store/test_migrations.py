@@ -20,7 +20,7 @@ from eta.store.errors import SchemaNotCurrentError
 from eta.store.models import Base
 from tests.integration.conftest import fresh_postgres_database
 
-TABLES = {"tenants", "api_keys", "batches", "jobs", "images", "blobs", "job_results", "reviews"}
+TABLES = {"tenants", "api_keys", "batches", "jobs", "images", "blobs", "job_results", "reviews", "review_sessions"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

@@ -40,7 +40,6 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
 
 REDIS_URL = os.environ.get("ETA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ETA = str(Path(sys.executable).with_name("eta"))
-CALLBACK_SECRET = "test-callback-secret-0123456789"
 
 # Worker settings for tests: small chunks (several chains per batch) and short limits.
 WORKER_ENV = {
@@ -61,7 +60,8 @@ WORKER_ENV = {
     "ETA_SWEEP_POST_EVALUATING_AFTER_S": "300",
     "ETA_MAX_STAGE_ATTEMPTS": "20",
     "ETA_RETRY_BACKOFF_MAX_S": "2",
-    "ETA_CALLBACK_SECRET": CALLBACK_SECRET,
+    # The callback receiver of the tests listens on 127.0.0.1, which callbacks may only reach when allowed.
+    "ETA_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",
     "ETA_CALLBACK_TIMEOUT_S": "5",
     # The worker runs the beat schedule; sweeping every second finds what a test leaves stalled on purpose.
     "ETA_SWEEP_INTERVAL_S": "1",

@@ -16,13 +16,13 @@ import sqlalchemy as sa
 
 from eta.config import ETAConfig, ModelsConfig
 from eta.images import decode_image
-from eta.store.models import Batch, Job, JobResult
+from eta.store.models import Batch, Job, JobResult, Tenant
 from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK
 from workers.callbacks import verify_signature
 from workers.enqueue import enqueue_jobs, stage_chain
 from workers.stages import storable
 
-from .conftest import CALLBACK_SECRET, Item, snapshot, wait_for_batch, wait_until_terminal
+from .conftest import Item, snapshot, wait_for_batch, wait_until_terminal
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
 
@@ -186,10 +186,12 @@ def test_a_completed_batch_posts_a_signed_summary_retrying_until_accepted(worker
     first, second = receiver.received
     headers = second["headers"]
     assert first["headers"]["ETA-Event-Id"] == headers["ETA-Event-Id"] == str(submitted.batch.id)
-    assert verify_signature(CALLBACK_SECRET, timestamp=headers["ETA-Timestamp"], body=second["body"],
-                            signature=headers["ETA-Signature"])
-    assert not verify_signature("another secret", timestamp=headers["ETA-Timestamp"], body=second["body"],
-                                signature=headers["ETA-Signature"])
+    with sessions() as session:
+        secret = session.scalar(sa.select(Tenant.callback_secret).where(Tenant.id == submitted.batch.tenant_id))
+    signed = {"timestamp": headers["ETA-Timestamp"], "event_id": headers["ETA-Event-Id"], "body": second["body"],
+              "signature": headers["ETA-Signature"]}
+    assert verify_signature(secret, **signed)
+    assert not verify_signature("another secret", **signed)
     summary = json.loads(second["body"])
     assert summary["batch"]["id"] == str(submitted.batch.id)
     assert summary["batch"]["status"] == "completed"

@@ -13,7 +13,7 @@ from eta.commands.demo import demo_items, model_calls_by_stage
 from eta.settings import Settings
 from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK, create_celery_app
 from workers.broker import broker_url, is_embedded, transport_options
-from workers.callbacks import sign, verify_signature
+from workers.callbacks import sign, signature_header, verify_signature
 from workers.enqueue import chunks, stage_chain
 from workers.runtime import roles_for_queues
 from workers.stages import parse_ids, storable
@@ -43,16 +43,21 @@ def test_the_embedded_broker_hands_each_message_to_one_consumer(tmp_path: Path):
         assert not any(Path(options["claimed_folder"]).iterdir())
 
 
-def test_a_callback_signature_needs_the_secret_and_a_recent_timestamp():
+def test_a_callback_signature_needs_the_secret_the_event_and_a_recent_timestamp():
     body = json.dumps({"batch": {"id": "b"}}).encode()
-    signature = sign("s3cret", 1_700_000_000, body)
+    signature = sign("s3cret", 1_700_000_000, "event-1", body)
     assert signature.startswith("v1=")
-    ok = {"timestamp": "1700000000", "body": body, "signature": signature, "now": 1_700_000_100}
+    ok = {"timestamp": "1700000000", "event_id": "event-1", "body": body, "signature": signature,
+          "now": 1_700_000_100}
     assert verify_signature("s3cret", **ok)
     assert not verify_signature("other", **ok)
     assert not verify_signature("s3cret", **{**ok, "body": body + b" "})
+    assert not verify_signature("s3cret", **{**ok, "event_id": "event-2"})
     assert not verify_signature("s3cret", **{**ok, "now": 1_700_001_000})  # replayed later
     assert not verify_signature("s3cret", **{**ok, "timestamp": "soon"})
+    both = signature_header(["new", "s3cret"], 1_700_000_000, "event-1", body)  # during a rotation's overlap
+    assert verify_signature("s3cret", **{**ok, "signature": both})
+    assert verify_signature("new", **{**ok, "signature": both})
 
 
 def test_time_limits_must_leave_the_sweeper_room():

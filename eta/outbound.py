@@ -1,0 +1,263 @@
+"""Outbound HTTP to addresses a tenant chose (batch callbacks), without letting a tenant reach inside.
+
+A tenant-supplied URL is refused when its host resolves to an address that is not public: loopback,
+link-local (cloud metadata at 169.254.169.254), private, shared (CGNAT), multicast, unspecified, reserved
+or documentation ranges, in IPv4, IPv6 and the IPv6 forms that carry an IPv4 address (mapped `::ffff:a.b.c.d`,
+NAT64 `64:ff9b::/96`, 6to4 `2002::/16`, Teredo). An operator may allow listed networks (a receiver on the
+private network, or 127.0.0.1 in tests).
+
+Every address the name resolves to must pass, and the connection then goes to the address that was
+checked (the HTTP `Host` header and the TLS server name stay the URL's host), so a DNS answer that changes
+between the check and the connection (rebinding) cannot redirect it. Redirects are never followed: a 3xx
+is an answer like any other non-2xx. Each attempt has one deadline covering connect, send and the answer.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import logging
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+logger = logging.getLogger(__name__)
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Resolver = Callable[[str, int], list[str]]
+
+MAX_URL_CHARS = 2000
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+# Answers read from a receiver: status line and headers only; the body is never needed.
+_MAX_ANSWER_BYTES = 64 * 1024
+
+
+class OutboundRefused(Exception):
+    """The URL may not be called. `code` is stable (`callback_url_invalid`, `callback_url_forbidden`,
+    `callback_url_unresolvable`); the message says why."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """Every address `host` resolves to (the operating system's resolver)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+_resolver: Resolver = system_resolver
+
+
+def set_resolver(resolver: Resolver | None) -> Resolver:
+    """Replace the resolver of this process (tests point names at chosen addresses); returns the previous one.
+    None restores the system resolver."""
+    global _resolver
+    previous, _resolver = _resolver, resolver or system_resolver
+    return previous
+
+
+def resolve(host: str, port: int) -> list[str]:
+    return _resolver(host, port)
+
+
+def parse_networks(text: str | Iterable[str] | None) -> tuple[IPNetwork, ...]:
+    """`10.0.0.0/8, 127.0.0.1` (comma or space separated) as networks. Raises ValueError naming a bad entry."""
+    if text is None:
+        return ()
+    entries = text.replace(",", " ").split() if isinstance(text, str) else list(text)
+    networks = []
+    for entry in entries:
+        try:
+            networks.append(ipaddress.ip_network(entry.strip(), strict=False))
+        except ValueError as exc:
+            raise ValueError(f"not an IP network: {entry!r}") from exc
+    return tuple(networks)
+
+
+def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, where it carries one."""
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return None
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    return None
+
+
+def _category(ip: IPAddress) -> str | None:
+    """Why `ip` is not a public unicast address, or None when it is."""
+    checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
+              ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved))
+    for name, hit in checks:
+        if hit:
+            return name
+    if not ip.is_global:
+        return "non-public"
+    return None
+
+
+def address_refusal(address: str, allowed: Iterable[IPNetwork] = ()) -> str | None:
+    """Why a connection to `address` is refused, or None when it may be made."""
+    try:
+        ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return f"{address!r} is not an IP address"
+    embedded = _embedded_ipv4(ip)
+    allowed = tuple(allowed)
+    if any(ip in net for net in allowed) or (embedded is not None and any(embedded in net for net in allowed)):
+        return None
+    # A mapped address is the IPv4 host itself; the tunnelled forms must pass as IPv6 and as IPv4.
+    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
+    for candidate in ((embedded,) if mapped else (ip, embedded)):
+        if candidate is not None and (category := _category(candidate)) is not None:
+            return f"{address} is a {category} address"
+    return None
+
+
+@dataclass(frozen=True)
+class Target:
+    """A URL checked for calling: connect to `address`, speak HTTP(S) to `host`."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    path: str  # path and query, as sent in the request line
+    address: str
+
+
+def check_url(url: object) -> tuple[str, str, int, str]:
+    """Syntax only: an absolute http(s) URL without credentials. Returns (scheme, host, port, path).
+
+    Raises:
+        OutboundRefused: `callback_url_invalid`.
+    """
+    def bad(why: str) -> OutboundRefused:
+        return OutboundRefused("callback_url_invalid", f"callback_url {why}")
+
+    if not isinstance(url, str):
+        raise bad("must be a string")
+    if len(url) > MAX_URL_CHARS:
+        raise bad(f"has {len(url)} characters; the limit is {MAX_URL_CHARS}")
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+        raise bad("must be printable ASCII without spaces (percent-encode the rest, punycode the host)")
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise bad(f"is not a valid URL: {exc}") from exc
+    if parts.scheme not in ("http", "https"):
+        raise bad("must be an absolute http or https URL")
+    if not parts.hostname:
+        raise bad("has no host")
+    if parts.username is not None or parts.password is not None:
+        raise bad("must not carry credentials")
+    if port == 0:
+        raise bad("has port 0")
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
+
+
+def check_target(url: object, *, allowed: Iterable[IPNetwork] = ()) -> Target:
+    """Check the URL, resolve its host once, and check every address it resolves to.
+
+    Raises:
+        OutboundRefused: the URL is malformed (`callback_url_invalid`), its host does not resolve
+            (`callback_url_unresolvable`) or resolves to an address that is not allowed (`callback_url_forbidden`).
+    """
+    scheme, host, port, path = check_url(url)
+    try:
+        addresses = resolve(host, port)
+    except (OSError, UnicodeError, ValueError) as exc:
+        raise OutboundRefused("callback_url_unresolvable",
+                              f"callback_url host {host!r} does not resolve: {exc}") from exc
+    if not addresses:
+        raise OutboundRefused("callback_url_unresolvable", f"callback_url host {host!r} does not resolve")
+    allowed = tuple(allowed)
+    for address in addresses:
+        if (why := address_refusal(address, allowed)) is not None:
+            raise OutboundRefused(
+                "callback_url_forbidden",
+                f"callback_url host {host!r} resolves to a non-public address ({why}); callbacks go to public "
+                "addresses only, unless the operator allows the network (ETA_CALLBACK_ALLOWED_NETWORKS)")
+    return Target(url=str(url), scheme=scheme, host=host, port=port, path=path, address=addresses[0])
+
+
+class _PinnedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, target: Target, timeout: float) -> None:
+        super().__init__(target.host, target.port, timeout=timeout)
+        self._address = target.address
+
+    def connect(self) -> None:
+        self.sock = socket.create_connection((self._address, self.port), self.timeout)
+
+
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, target: Target, timeout: float, context: ssl.SSLContext) -> None:
+        super().__init__(target.host, target.port, timeout=timeout, context=context)
+        self._address = target.address
+        self._tls = context
+
+    def connect(self) -> None:
+        raw = socket.create_connection((self._address, self.port), self.timeout)
+        # Certificate and SNI are the URL's host, though the socket goes to the checked address.
+        self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    reason: str
+    location: str | None
+
+
+def post(target: Target, body: bytes, headers: Mapping[str, str], *, timeout_s: float,
+         tls: ssl.SSLContext | None = None) -> Answer:
+    """POST `body` to the checked target; one deadline of `timeout_s` for the whole attempt.
+
+    Redirects are not followed (the answer is returned as is). Raises OSError (including TimeoutError)
+    or http.client.HTTPException when the receiver cannot be reached or answers garbage.
+    """
+    connection: http.client.HTTPConnection
+    if target.scheme == "https":
+        connection = _PinnedHTTPSConnection(target, timeout_s, tls or ssl.create_default_context())
+    else:
+        connection = _PinnedHTTPConnection(target, timeout_s)
+    expired = threading.Event()
+
+    def cut() -> None:
+        # A receiver dribbling its answer a byte at a time would beat every per-read timeout.
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(timeout_s, cut)
+    timer.daemon = True
+    timer.start()
+    try:
+        connection.request("POST", target.path, body=body, headers=dict(headers))
+        response = connection.getresponse()
+        response.read(_MAX_ANSWER_BYTES)
+        return Answer(response.status, response.reason, response.getheader("Location"))
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {timeout_s:g} s") from exc
+        raise
+    finally:
+        timer.cancel()
+        connection.close()
