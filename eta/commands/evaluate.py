@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from eta.cli_options import model_options, parameter_options
+from eta.commands.evaluate_benchmark import benchmark_options
 
 logger = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 
 @click.command("eval")
-@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path), required=False)
 @click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Results JSONL, one line per item (default: DATASET with .results.jsonl).")
 @click.option("--target-fpr", type=float, default=0.05, show_default=True,
@@ -109,9 +110,11 @@ def _print_summary(summary: dict[str, Any]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @model_options
-def eval_command(dataset: Path, out_path: Path | None, target_fpr: float, batch_size: int, as_json: bool,
+@benchmark_options
+def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float, batch_size: int, as_json: bool,
                  no_progress: bool, **options: Any) -> None:
-    """Run ETA on every line of DATASET (JSONL: image, prompt, optional label) and summarise.
+    """Run ETA on every line of DATASET (JSONL: image, prompt, optional label) and summarise; or, with
+    --benchmark and --data, on one of the paper's safety benchmarks, judged by --judge, beside the paper's table.
 
     Unsafe rate by refusal-phrase matching, aligned rate, mean scores per label and, with labels, the
     pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
@@ -120,6 +123,9 @@ def eval_command(dataset: Path, out_path: Path | None, target_fpr: float, batch_
     from eta.evaluation import DatasetError, evaluate_dataset
 
     config = _config({name: options[name] for name in PARAMETER_NAMES})
+    if options["benchmark"] or dataset is None:
+        _eval_benchmark(dataset, out_path, config, batch_size, as_json, no_progress, options)
+        return
     target_fpr = _target_fpr(target_fpr)
     items = _load_items(dataset)
     out_path = out_path or dataset.with_name(dataset.name.removesuffix(".jsonl") + ".results.jsonl")
@@ -140,6 +146,28 @@ def eval_command(dataset: Path, out_path: Path | None, target_fpr: float, batch_
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+
+
+def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, batch_size: int, as_json: bool,
+                    no_progress: bool, options: dict[str, Any]) -> None:
+    from eta.cli_options import MODEL_OPTION_NAMES, PARAMETER_NAMES
+    from eta.commands.evaluate_benchmark import JudgeOptions, ServiceOptions, run_benchmark_eval
+
+    if not options["benchmark"]:
+        raise DatasetCommandError("give a DATASET (JSONL) or --benchmark NAME with --data DIR")
+    if dataset is not None or out_path is not None:
+        raise DatasetCommandError("--benchmark reads --data DIR and writes --out-dir DIR; it takes no DATASET "
+                                  "or --out")
+    judge = JudgeOptions(options["judge_id"], options["judge_format"], options["judge_device"],
+                         options["judge_dtype"], options["judge_trust_remote_code"], options["judge_batch_size"])
+    service = ServiceOptions(options["via"], options["api_key"], options["wait_timeout"]) if options["via"] else None
+    run_benchmark_eval(
+        benchmark_name=options["benchmark"], data_dir=options["data_dir"], subset=options["subset"],
+        limit=options["limit"], out_dir=options["out_dir"], config=config,
+        overrides={name: options[name] for name in PARAMETER_NAMES}, batch_size=batch_size, judge=judge,
+        service=service, plot=options["plot"], as_json=as_json, progress=not no_progress,
+        models_spec=lambda: _models_spec({name: options[name] for name in MODEL_OPTION_NAMES}),
+    )
 
 
 @click.command("calibrate")

@@ -1,0 +1,27 @@
+"""The numbers the ETA paper reports, to print beside a reproduction.
+
+Source: Yi Ding, Bolian Li, Ruqi Zhang, "ETA: Evaluating Then Aligning Safety of Vision Language Models at
+Inference Time", ICLR 2025 (arXiv:2410.06625), Table 1: unsafe rate (USR, %, judged by MD-Judge) of
+LLaVA-1.5-7B without a defence ("vanilla") and with ETA. The cross-modality attack is the visual adversarial
+example attack (Qi et al. 2024) with its unconstrained image.
+"""
+
+from __future__ import annotations
+
+PAPER_CITATION = ("Ding, Li, Zhang. ETA: Evaluating Then Aligning Safety of Vision Language Models at Inference "
+                  "Time. ICLR 2025 (arXiv:2410.06625), Table 1")
+
+# benchmark -> model -> {"usr_vanilla": %, "usr_eta": %}; only the cells the paper reports.
+PAPER_TABLE_1: dict[str, dict[str, dict[str, float]]] = {
+    "spa-vl-harm": {"llava-1.5-7b": {"usr_vanilla": 46.04, "usr_eta": 16.98}},
+    "mm-safetybench": {"llava-1.5-7b": {"usr_vanilla": 40.46, "usr_eta": 15.83}},
+    "figstep": {"llava-1.5-7b": {"usr_vanilla": 58.60, "usr_eta": 7.80}},
+    "cross-modal": {"llava-1.5-7b": {"usr_vanilla": 97.50, "usr_eta": 22.50}},
+}
+
+PAPER_MODEL = "llava-1.5-7b"
+
+
+def paper_values(benchmark: str, model: str = PAPER_MODEL) -> dict[str, float] | None:
+    """The paper's USR (vanilla, ETA) in percent for `benchmark`, or None where the paper has no number."""
+    return PAPER_TABLE_1.get(benchmark, {}).get(model)

@@ -1,0 +1,230 @@
+"""`eta eval --benchmark NAME --data DIR`: reproduce the paper's table on one of its safety benchmarks.
+
+Steps, each resumable (see `eta.benchmarks.run`): read and validate the benchmark; answer every item with ETA
+(the local models, or `--via URL`: a running service, as one batch); free the ETA models; load the judge on its
+own device and judge the vanilla and the final answer of every item; write table.json and table.md (and with
+`--plot` a PNG of the per-category unsafe rates) into the output directory and print the table.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+logger = logging.getLogger(__name__)
+
+
+class BenchmarkCommandError(click.ClickException):
+    """A one-line error and exit status 2 (bad input), as the other commands give."""
+
+    exit_code = 2
+
+
+@dataclass(frozen=True)
+class JudgeOptions:
+    """--judge and its companions."""
+
+    judge_id: str | None
+    judge_format: str | None
+    device: str
+    dtype: str
+    trust_remote_code: bool
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class ServiceOptions:
+    """--via and its companions."""
+
+    url: str
+    api_key: str | None
+    wait_timeout: float | None
+
+
+def _check_judge(options: JudgeOptions) -> None:
+    """Fail before hours of generation: the judge's format must be known and its files (or hub id) readable."""
+    from eta.judges import FORMATS, JudgeError, infer_format
+
+    if options.judge_id is None:
+        return
+    try:
+        name = options.judge_format or infer_format(options.judge_id)
+    except JudgeError as exc:
+        raise BenchmarkCommandError(str(exc)) from exc
+    if name not in FORMATS:
+        raise BenchmarkCommandError(f"unknown judge format {name!r}; choose one of {', '.join(FORMATS)}")
+    if name == "md-judge-v0.2" and not options.trust_remote_code and not Path(options.judge_id).is_dir():
+        raise BenchmarkCommandError(f"{options.judge_id} is an InternLM2 model whose code is in its hub repository: "
+                                    f"pass --judge-trust-remote-code to run it")
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(options.judge_id, trust_remote_code=options.trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise BenchmarkCommandError(f"judge {options.judge_id}: {first}") from exc
+
+
+def _model_identity(spec: Any) -> dict[str, Any]:
+    """The model choices a run's key records (ids, pretrained tags, revisions, precision; not the device)."""
+    identity = {}
+    for role in ("vlm", "clip", "reward"):
+        model = getattr(spec, role, None)
+        if model is not None:
+            identity[role] = {name: getattr(model, name, None) for name in ("id", "pretrained", "revision", "dtype")}
+    return identity
+
+
+def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: str | None, limit: int | None,
+                       out_dir: Path | None, config: Any, overrides: dict[str, Any], batch_size: int,
+                       judge: JudgeOptions, service: ServiceOptions | None, plot: bool, as_json: bool,
+                       progress: bool, models_spec: Callable[[], Any]) -> None:
+    """The body of `eta eval --benchmark`; `models_spec()` gives the model selection of the model options."""
+    from eta.benchmarks import BenchmarkError, load_benchmark
+    from eta.benchmarks.run import judge_answers, write_outputs
+    from eta.benchmarks.table import build_table, plot_table, table_markdown
+
+    if data_dir is None:
+        raise BenchmarkCommandError("--benchmark needs --data DIR (the directory the benchmark was downloaded into)")
+    try:
+        benchmark = load_benchmark(benchmark_name, data_dir, subset=subset, limit=limit)
+    except BenchmarkError as exc:
+        raise BenchmarkCommandError(str(exc)) from exc
+    _check_judge(judge)
+    out_dir = out_dir or Path("eta-eval") / benchmark.name
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchmarkCommandError(f"--out-dir {out_dir} is a file, not a directory")
+
+    try:
+        if service is not None:
+            records, key, run = _answers_via_service(benchmark, service, overrides, out_dir, progress)
+        else:
+            records, key, run = _answers_locally(benchmark, config, models_spec, out_dir, batch_size, progress)
+    except BenchmarkError as exc:
+        raise BenchmarkCommandError(str(exc)) from exc
+
+    verdicts: dict[tuple[str, str], dict[str, Any]] = {}
+    judge_info = None
+    if judge.judge_id is not None:
+        from eta.judges import JudgeError, load_judge
+
+        try:
+            loaded = load_judge(judge.judge_id, judge_format=judge.judge_format, device=judge.device,
+                                dtype=judge.dtype, trust_remote_code=judge.trust_remote_code)
+        except JudgeError as exc:
+            raise BenchmarkCommandError(str(exc)) from exc
+        judge_info = loaded.describe()
+        verdicts = judge_answers(loaded, records, out_dir=out_dir, key=key, batch_size=judge.batch_size,
+                                 progress=progress)
+    ordered = [records[item.item_id] for item in benchmark.items if item.item_id in records]
+    table = build_table(benchmark.name, ordered, verdicts, judge=judge_info, categories=benchmark.categories,
+                        run={**run, "key": key, "items": len(benchmark.items), "out_dir": str(out_dir)})
+    json_path, markdown_path = write_outputs([table], out_dir, markdown=table_markdown)
+    plot_path = plot_table(table, out_dir / "usr_by_category.png") if plot else None
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    click.echo(table_markdown([table]).rstrip())
+    click.echo(f"\nwritten: {json_path}, {markdown_path}" + (f", {plot_path}" if plot_path else ""))
+    if judge.judge_id is None:
+        click.echo("no --judge: USR columns are empty (ASR is the keyword check)")
+
+
+def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any], out_dir: Path, batch_size: int,
+                     progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any]]:
+    from eta.benchmarks.run import finished_records, generate_answers, run_key
+    from eta.models import load_models
+
+    spec = models_spec()
+    identity = _model_identity(spec)
+    key = run_key(benchmark, config.to_dict(), identity)
+    run = {"source": "local", "models": identity, "parameters": config.to_dict()}
+    done = finished_records(benchmark, out_dir, key)
+    if len(done) == len(benchmark.items):
+        return done, key, run  # nothing to generate: no models to load
+    roles = ("vlm", "clip", "reward") if any(item.has_image for item in benchmark.items) else ("vlm", "reward")
+    models = load_models(spec, roles=roles)
+    try:
+        records = generate_answers(models, benchmark, config, out_dir=out_dir, key=key, batch_size=batch_size,
+                                   progress=progress)
+    finally:
+        del models  # the judge may need the memory
+        gc.collect()
+        _empty_cuda_cache()
+    return records, key, run
+
+
+def _answers_via_service(benchmark: Any, service: ServiceOptions, overrides: dict[str, Any], out_dir: Path,
+                         progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any]]:
+    from eta.benchmarks.run import generate_via_service, run_key
+    from eta.client import ETAClient, ETAClientError
+
+    params = {name: value for name, value in overrides.items() if value is not None}
+    key = run_key(benchmark, params, {"service": service.url})
+    run = {"source": "service", "url": service.url, "parameters": params}
+    try:
+        with ETAClient(service.url, service.api_key, progress=progress) as client:
+            records = generate_via_service(client, benchmark, params=params, out_dir=out_dir, key=key,
+                                           wait_timeout=service.wait_timeout, progress=progress)
+    except ETAClientError as exc:
+        raise BenchmarkCommandError(f"service {service.url}: {exc}") from exc
+    return records, key, run
+
+
+def _empty_cuda_cache() -> None:
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+BENCHMARK_OPTION_NAMES = ("benchmark", "data_dir", "subset", "limit", "out_dir", "judge_id", "judge_format",
+                          "judge_device", "judge_dtype", "judge_trust_remote_code", "judge_batch_size", "plot",
+                          "via", "api_key", "wait_timeout")
+
+
+def benchmark_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The options of `eta eval --benchmark` (their keyword names are BENCHMARK_OPTION_NAMES)."""
+    from eta.benchmarks.readers import READERS
+    from eta.config import DTYPES
+    from eta.judges.formats import FORMATS
+
+    options = (
+        click.option("--benchmark", type=click.Choice(list(READERS)),
+                     help="Evaluate one of the paper's safety benchmarks (instead of a JSONL DATASET)."),
+        click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="The benchmark's directory, in its published layout (see docs/evaluation.md)."),
+        click.option("--subset", help="The benchmark's variant: MM-SafetyBench SD_TYPO (default), SD or TYPO; the "
+                                      "cross-modal attack's image file name."),
+        click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the benchmark."),
+        click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
+                     help="Where results.jsonl, verdicts.jsonl, table.json/.md go; a rerun resumes there "
+                          "(default: eta-eval/BENCHMARK)."),
+        click.option("--judge", "judge_id", help="Judge model hub id or directory (MD-Judge, Llama Guard 3)."),
+        click.option("--judge-format", type=click.Choice(list(FORMATS)),
+                     help="The judge's prompt/verdict format (default: from the id or its config)."),
+        click.option("--judge-device", default="auto", show_default=True, help="The judge's own device."),
+        click.option("--judge-dtype", default="auto", show_default=True, type=click.Choice(DTYPES)),
+        click.option("--judge-trust-remote-code", is_flag=True,
+                     help="Run the judge's hub code (MD-Judge v0.2 is InternLM2, defined in its repository)."),
+        click.option("--judge-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+                     help="Verdicts per generate call."),
+        click.option("--plot", is_flag=True, help="Also draw per-category unsafe-rate bars (usr_by_category.png)."),
+        click.option("--via", help="Answer through a running ETA service at this URL (one batch) instead of local "
+                                   "models."),
+        click.option("--api-key", envvar="ETA_API_KEY", help="API key for --via (default $ETA_API_KEY; a review "
+                                                             "key also returns the vanilla answers)."),
+        click.option("--wait-timeout", type=float, help="Seconds to wait for the service's batch (default: no limit)."),
+    )
+    for option in reversed(options):
+        command = option(command)
+    return command
