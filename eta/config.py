@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Literal
 
 Policy = Literal["both", "either", "post_only"]
@@ -127,6 +128,14 @@ class ETAConfig:
 
     def replace(self, **changes: Any) -> ETAConfig:
         return dataclasses.replace(self, **changes)
+
+
+class ModelRole(StrEnum):
+    """The three models ETA uses; a worker loads only the roles its stages need."""
+
+    VLM = "vlm"
+    CLIP = "clip"
+    REWARD = "reward"
 
 
 Device = str  # "auto", "cpu", "cuda", "cuda:1", ...

@@ -1,6 +1,7 @@
 """The Celery application of the workers, built from the service settings (the same object the API reads).
 
-Queues, one per stage so each worker process loads only the models its queues need:
+Routes and time limits come from the stage table (`workers.stage_table`). Queues, one per stage so each
+worker process loads only the models its queues need:
 
     eta.pre       CLIP pre-evaluation                     (clip)
     eta.generate  vanilla generation, post-evaluation,    (vlm + reward + clip)
@@ -24,31 +25,17 @@ from kombu import Exchange, Queue
 
 from eta.settings import Settings, get_settings
 from workers.broker import broker_url, embedded_broker_dir, is_embedded, transport_options
+from workers.stage_table import (
+    CALLBACK_TASK,
+    CONTROL_QUEUE,
+    PURGE_TASK,
+    QUEUES,
+    SWEEP_TASK,
+    task_routes,
+    time_limits,
+)
 
 logger = logging.getLogger(__name__)
-
-PRE_QUEUE = "eta.pre"
-GENERATE_QUEUE = "eta.generate"
-POST_QUEUE = "eta.post"
-CONTROL_QUEUE = "eta.control"
-# Short names accepted by `eta worker --queues`.
-QUEUES: dict[str, str] = {"pre": PRE_QUEUE, "generate": GENERATE_QUEUE, "post": POST_QUEUE, "control": CONTROL_QUEUE}
-# Models each queue's tasks need.
-QUEUE_ROLES: dict[str, tuple[str, ...]] = {
-    PRE_QUEUE: ("clip",),
-    GENERATE_QUEUE: ("vlm", "reward", "clip"),
-    POST_QUEUE: ("reward",),
-    CONTROL_QUEUE: (),
-}
-
-PRE_TASK = "eta.pre_evaluate"
-GENERATE_TASK = "eta.generate_with_alignment"
-POST_TASK = "eta.post_evaluate"
-CALLBACK_TASK = "eta.send_batch_callback"
-SWEEP_TASK = "eta.sweep"
-PURGE_TASK = "eta.purge_expired"
-STAGE_TASKS = (PRE_TASK, GENERATE_TASK, POST_TASK)
-
 
 def create_celery_app(settings: Settings | None = None) -> Celery:
     """A Celery app for `settings` (default: this process's), with the stage tasks registered."""
@@ -68,14 +55,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_queues=[Queue(name, nameless, routing_key=name) for name in QUEUES.values()],
         task_default_queue=CONTROL_QUEUE,
         task_default_exchange="",
-        task_routes={
-            PRE_TASK: {"queue": PRE_QUEUE},
-            GENERATE_TASK: {"queue": GENERATE_QUEUE},
-            POST_TASK: {"queue": POST_QUEUE},
-            CALLBACK_TASK: {"queue": CONTROL_QUEUE},
-            SWEEP_TASK: {"queue": CONTROL_QUEUE},
-            PURGE_TASK: {"queue": CONTROL_QUEUE},
-        },
+        task_routes=task_routes(),
         task_annotations=_time_limits(settings),
         # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
         task_acks_late=True,
@@ -100,12 +80,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 
 def _time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
-        PRE_TASK: {"soft_time_limit": settings.eta_pre_soft_time_limit_s,
-                   "time_limit": settings.eta_pre_time_limit_s},
-        GENERATE_TASK: {"soft_time_limit": settings.eta_generate_soft_time_limit_s,
-                        "time_limit": settings.eta_generate_time_limit_s},
-        POST_TASK: {"soft_time_limit": settings.eta_post_soft_time_limit_s,
-                    "time_limit": settings.eta_post_time_limit_s},
+        **time_limits(settings),
         CALLBACK_TASK: {"soft_time_limit": 4 * settings.eta_callback_timeout_s + 30,
                         "time_limit": 4 * settings.eta_callback_timeout_s + 60},
     }

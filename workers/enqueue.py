@@ -17,20 +17,12 @@ from typing import TYPE_CHECKING
 from celery import chain
 from celery.canvas import Signature
 
-from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK
+from workers.stage_table import chain_from
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
-
-# The stage a chain starts from, and the tasks it runs from there on.
-_STAGES: dict[str, tuple[str, ...]] = {
-    "pre": (PRE_TASK, GENERATE_TASK, POST_TASK),
-    "generate": (GENERATE_TASK, POST_TASK),
-    "post": (POST_TASK,),
-}
-
 
 class BrokerUnavailable(RuntimeError):
     """The message broker could not be reached; nothing was (reliably) sent."""
@@ -41,10 +33,10 @@ def chunks(job_ids: Sequence[uuid.UUID], size: int) -> list[list[uuid.UUID]]:
 
 
 def stage_chain(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre") -> Signature:
-    """The chain of stage tasks for one chunk, from `start` on: each task gets the ids the previous one
+    """The chain of stage tasks for one chunk, from stage `start` on: each task gets the ids the previous one
     handed on (the jobs that completed its stage)."""
     ids = [str(job_id) for job_id in job_ids]
-    names = _STAGES[start]
+    names = [stage.task for stage in chain_from(start)]
     first = app.signature(names[0], args=(ids,))
     return chain(first, *(app.signature(name) for name in names[1:]))
 

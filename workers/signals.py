@@ -10,6 +10,7 @@ from typing import Any
 from celery import signals
 
 from workers import runtime
+from workers.stage_table import roles_for_queues
 
 logger = logging.getLogger(__name__)
 
@@ -20,7 +21,7 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
     from eta.store.schema import check_schema_current
 
     queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
-    roles = runtime.roles_for_queues(queues)
+    roles = roles_for_queues(queues)
     runtime.set_roles(roles)
     logger.info("worker consumes %s; models per process: %s", ", ".join(queues) or "(default)",
                 ", ".join(roles) or "none")

@@ -21,27 +21,20 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from eta.settings import Settings
 from eta.store import repository as repo
-from eta.store.lifecycle import ACTIVE_JOB_STATUSES, BatchStatus, JobStatus
-from eta.store.models import Batch, Job, utcnow
-from workers.app import GENERATE_QUEUE, POST_QUEUE, PRE_QUEUE
+from eta.store.lifecycle import JobStatus
+from eta.store.models import utcnow
 from workers.enqueue import BrokerUnavailable, send_chunks
-from workers.stages import STALLED
+from workers.runner import STALLED
+from workers.stage_table import CALLBACK_TASK, RESTART_STAGE, WAITING_QUEUE, sweep_timeouts
 
 if TYPE_CHECKING:
     from celery import Celery
 
 logger = logging.getLogger(__name__)
-
-# The queue a job in each waiting status sits in, and the stage its chain restarts from.
-_WAITING_QUEUE = {JobStatus.QUEUED: PRE_QUEUE, JobStatus.GENERATING: GENERATE_QUEUE,
-                  JobStatus.POST_EVALUATING: POST_QUEUE}
-_RESTART_STAGE = {JobStatus.QUEUED: "pre", JobStatus.PRE_EVALUATING: "pre", JobStatus.GENERATING: "generate",
-                  JobStatus.POST_EVALUATING: "post"}
 
 
 @dataclass
@@ -54,15 +47,6 @@ class SweepReport:
     def as_dict(self) -> dict[str, object]:
         return {"requeued": self.requeued, "failed_stalled": self.failed, "skipped_backlog": self.skipped_backlog,
                 "completed_batches": [str(b) for b in self.completed_batches]}
-
-
-def sweep_timeouts(settings: Settings) -> dict[JobStatus, timedelta]:
-    return {
-        JobStatus.QUEUED: timedelta(seconds=settings.eta_sweep_queued_after_s),
-        JobStatus.PRE_EVALUATING: timedelta(seconds=settings.eta_sweep_pre_evaluating_after_s),
-        JobStatus.GENERATING: timedelta(seconds=settings.eta_sweep_generating_after_s),
-        JobStatus.POST_EVALUATING: timedelta(seconds=settings.eta_sweep_post_evaluating_after_s),
-    }
 
 
 def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
@@ -98,10 +82,10 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
     """
     now = now or utcnow()
     report = SweepReport()
-    depths = queue_depths(app, sorted(set(_WAITING_QUEUE.values())))
+    depths = queue_depths(app, sorted(set(WAITING_QUEUE.values())))
     timeouts: dict[JobStatus, timedelta] = {}
     for status, timeout in sweep_timeouts(settings).items():
-        queue = _WAITING_QUEUE.get(status)
+        queue = WAITING_QUEUE.get(status)
         if queue is not None and depths.get(queue, 0) > 0:
             report.skipped_backlog.append(str(status))
             continue
@@ -123,15 +107,14 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
                     logger.warning("job %s: stalled in %s after %d attempts, failed", job.job_id, job.status,
                                    job.attempts)
                     report.failed += 1
-                    batch_id = session.scalar(sa.select(Job.batch_id).where(Job.id == job.job_id))
-                    if batch_id is not None:
-                        touched.add(batch_id)
+                    if job.batch_id is not None:
+                        touched.add(job.batch_id)
                 continue
             if repo.requeue_stalled_job(session=session, job_id=job.job_id, status=job.status,
                                         status_changed_at=job.status_changed_at, now=now):
                 logger.info("job %s: stalled in %s since %s, re-enqueued (attempt %d)", job.job_id, job.status,
                             job.status_changed_at.isoformat(), job.attempts + 1)
-                to_send.setdefault(_RESTART_STAGE[job.status], []).append(job.job_id)
+                to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
         # Publish before committing: if the broker is down the exception rolls the claims back.
         for stage, job_ids in to_send.items():
             send_chunks(app, job_ids, start=stage, chunk_size=settings.eta_chunk_size)
@@ -146,11 +129,8 @@ def complete_finished_batches(sessions: sessionmaker[Session], also: set[uuid.UU
 
     Returns the batches this call completed.
     """
-    unfinished = sa.exists().where(Job.batch_id == Batch.id, Job.status.in_(ACTIVE_JOB_STATUSES))
     with sessions() as session:
-        candidates = set(session.scalars(
-            sa.select(Batch.id).where(Batch.status == BatchStatus.IN_PROGRESS, ~unfinished)
-        ).all())
+        candidates = set(repo.find_completable_batches(session=session))
     completed = []
     for batch_id in sorted(candidates | (also or set())):
         with sessions() as session, session.begin():
@@ -159,16 +139,11 @@ def complete_finished_batches(sessions: sessionmaker[Session], also: set[uuid.UU
     return completed
 
 
-
 def with_callbacks(app: Celery, sessions: sessionmaker[Session], batch_ids: list[uuid.UUID]) -> None:
     """Send the callback task of each completed batch that has a callback URL."""
-    from workers.app import CALLBACK_TASK
-
     if not batch_ids:
         return
     with sessions() as session:
-        with_url = session.scalars(
-            sa.select(Batch.id).where(Batch.id.in_(batch_ids), Batch.callback_url.is_not(None))
-        ).all()
+        with_url = repo.batches_with_callback(session=session, batch_ids=batch_ids)
     for batch_id in with_url:
         app.send_task(CALLBACK_TASK, args=[str(batch_id)])

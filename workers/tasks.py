@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 from celery import Task, shared_task
@@ -26,33 +25,19 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from eta.settings import Settings, get_settings
 from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
-from workers.app import CALLBACK_TASK, GENERATE_TASK, POST_TASK, PRE_TASK, PURGE_TASK, SWEEP_TASK
-from workers.stages import (
+from workers.runner import (
     OUT_OF_MEMORY,
     STAGE_TIMEOUT,
     StageContext,
     StageProgress,
+    StageRunner,
     complete_batches,
     fail_pending,
     parse_ids,
-    run_generation,
-    run_post_evaluation,
-    run_pre_evaluation,
 )
+from workers.stage_table import CALLBACK_TASK, PURGE_TASK, SWEEP_TASK, Stage, stage
 
 logger = logging.getLogger(__name__)
-
-_STAGE_ROLES: dict[str, tuple[str, ...]] = {"pre": ("clip",), "generate": ("vlm", "reward", "clip"),
-                                            "post": ("reward",)}
-_RUNNERS: dict[str, Callable[..., StageProgress]] = {
-    "pre": run_pre_evaluation, "generate": run_generation, "post": run_post_evaluation,
-}
-
-
-def _batch_size(settings: Settings, stage: str) -> int:
-    return {"pre": settings.eta_clip_batch_size, "generate": settings.eta_generate_batch_size,
-            "post": settings.eta_reward_batch_size}[stage]
-
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
@@ -88,44 +73,48 @@ def backoff_s(retries: int, settings: Settings) -> float:
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
 
 
-def run_stage(task: Task, stage: str, raw_ids: list[Any], batch_size: int | None) -> list[str]:
+def run_stage(task: Task, stage: Stage, raw_ids: list[Any], batch_size: int | None) -> list[str]:
+    """Run `stage` over the message's jobs, sorting what goes wrong (see the module docstring).
+
+    Returns the ids of the jobs that go on to the next stage.
+    """
     settings = get_settings()
     job_ids = parse_ids(raw_ids)
     if not job_ids:
         return []
-    size = batch_size or _batch_size(settings, stage)
+    size = batch_size or stage.batch_size(settings)
     ids_text = ", ".join(map(str, job_ids))
-    logger.info("stage %s started: jobs %s (batch size %d, retry %d)", stage, ids_text, size, task.request.retries)
-    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(_STAGE_ROLES[stage]),
-                       settings=settings)
+    name = stage.name
+    logger.info("stage %s started: jobs %s (batch size %d, retry %d)", name, ids_text, size, task.request.retries)
+    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(stage.roles), settings=settings)
     progress = StageProgress(stage=stage)
     try:
-        _RUNNERS[stage](ctx, job_ids, batch_size=size, progress=progress, is_retryable=_propagates)
+        StageRunner(ctx, progress, batch_size=size, propagates=_propagates).run(job_ids)
     except SoftTimeLimitExceeded:
-        logger.error("stage %s: soft time limit reached; failing jobs %s", stage, _ids(progress.pending))
-        fail_pending(ctx, progress, STAGE_TIMEOUT, f"the {stage} stage exceeded its time limit")
+        logger.error("stage %s: soft time limit reached; failing jobs %s", name, _ids(progress.pending))
+        fail_pending(ctx, progress, STAGE_TIMEOUT, f"the {name} stage exceeded its time limit")
     except Exception as exc:
         if is_out_of_memory(exc):
             _free_accelerator_memory()
             if size > 1:
-                logger.warning("stage %s: out of memory at batch size %d, retrying jobs %s at %d", stage, size,
+                logger.warning("stage %s: out of memory at batch size %d, retrying jobs %s at %d", name, size,
                                ids_text, size // 2)
                 raise task.retry(kwargs={"batch_size": size // 2}, countdown=1, exc=exc,
                                  max_retries=task.request.retries + 1) from exc
-            logger.error("stage %s: out of memory at batch size 1; failing jobs %s", stage, _ids(progress.pending))
-            fail_pending(ctx, progress, OUT_OF_MEMORY, f"out of accelerator memory in the {stage} stage: {exc}")
+            logger.error("stage %s: out of memory at batch size 1; failing jobs %s", name, _ids(progress.pending))
+            fail_pending(ctx, progress, OUT_OF_MEMORY, f"out of accelerator memory in the {name} stage: {exc}")
         elif is_transient(exc):
             countdown = backoff_s(task.request.retries, settings)
-            logger.warning("stage %s: transient error on jobs %s (%s); retry %d in %.1fs", stage, ids_text, exc,
+            logger.warning("stage %s: transient error on jobs %s (%s); retry %d in %.1fs", name, ids_text, exc,
                            task.request.retries + 1, countdown)
             raise task.retry(countdown=countdown, exc=exc, max_retries=settings.eta_stage_max_retries) from exc
         else:
-            logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", stage, ids_text)
+            logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", name, ids_text)
             raise
     finally:
         # Whatever happened, jobs that ended here may have been the last of their batch.
         _complete(task, ctx, progress)
-    logger.info("stage %s done: jobs %s handed on, %d failed, model calls %s", stage, _ids(progress.forward),
+    logger.info("stage %s done: jobs %s handed on, %d failed, model calls %s", name, _ids(progress.forward),
                 len(progress.failed), progress.model_calls)
     return [str(job_id) for job_id in progress.forward]
 
@@ -153,22 +142,20 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-@shared_task(bind=True, name=PRE_TASK)
-def pre_evaluate(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
-    """CLIP pre-evaluation of a chunk of jobs (text-only jobs pass straight to generation)."""
-    return run_stage(self, "pre", job_ids, batch_size)
+def _stage_task(stage: Stage) -> Task:
+    """The Celery task of `stage`: its name and queue come from the stage table."""
+
+    def run(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
+        return run_stage(self, stage, job_ids, batch_size)
+
+    run.__name__ = run.__qualname__ = stage.task.rpartition(".")[2]
+    run.__doc__ = f"Stage {stage.name} over a chunk of jobs ({stage.step.__doc__ or ''})".strip()
+    return shared_task(bind=True, name=stage.task)(run)
 
 
-@shared_task(bind=True, name=GENERATE_TASK)
-def generate_with_alignment(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
-    """Vanilla generation, post-evaluation, decision and alignment of a chunk of jobs."""
-    return run_stage(self, "generate", job_ids, batch_size)
-
-
-@shared_task(bind=True, name=POST_TASK)
-def post_evaluate(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
-    """Final reward scores and audit flags of a chunk of jobs; the jobs succeed."""
-    return run_stage(self, "post", job_ids, batch_size)
+pre_evaluate = _stage_task(stage("pre"))
+generate_with_alignment = _stage_task(stage("generate"))
+post_evaluate = _stage_task(stage("post"))
 
 
 @shared_task(bind=True, name=CALLBACK_TASK)

@@ -11,19 +11,24 @@ import click
 
 logger = logging.getLogger(__name__)
 
-QUEUE_NAMES = ("pre", "generate", "post", "control")
+
+def _queue_names() -> tuple[str, ...]:
+    from workers.stage_table import QUEUES
+
+    return tuple(QUEUES)
 
 
 def _parse_queues(value: str) -> list[str]:
     names = [name.strip() for name in value.split(",") if name.strip()]
-    unknown = sorted(set(names) - set(QUEUE_NAMES))
+    known = _queue_names()
+    unknown = sorted(set(names) - set(known))
     if unknown or not names:
-        raise click.BadParameter(f"choose from {', '.join(QUEUE_NAMES)} (comma-separated), got {value!r}")
+        raise click.BadParameter(f"choose from {', '.join(known)} (comma-separated), got {value!r}")
     return names
 
 
 @click.command("worker")
-@click.option("--queues", "-Q", default=",".join(QUEUE_NAMES), show_default=True,
+@click.option("--queues", "-Q", default=lambda: ",".join(_queue_names()), show_default="all of them",
               help="Stage queues to consume: pre (CLIP), generate (VLM + reward + CLIP), post (reward), "
                    "control (callbacks, sweeper). Only the models these need are loaded.")
 @click.option("--concurrency", "-c", default=1, show_default=True, type=click.IntRange(min=1),
@@ -37,8 +42,8 @@ def _parse_queues(value: str) -> list[str]:
 @click.option("--hostname", "-n", default=None, help="Node name (default: eta-<queues>-<random>@<host>).")
 def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, hostname: str | None) -> None:
     """Run a Celery worker that processes ETA jobs."""
-    from workers.app import QUEUES
     from workers.celery_app import celery_app
+    from workers.stage_table import QUEUES
 
     names = _parse_queues(queues)
     node = hostname or f"eta-{'-'.join(names)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"

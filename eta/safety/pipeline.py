@@ -179,31 +179,46 @@ def generate(models: Models, items: Sequence[ETAInput], pre: Sequence[PreEvaluat
     return outcomes
 
 
-def flag(pre: PreEvaluation, outcome: GenerationOutcome, s_post_final: float, config: ETAConfig
-         ) -> FinalEvaluation:
+@dataclass(frozen=True)
+class AnswerToAudit:
+    """What the final evaluation needs of one job: the verdicts so far and the answer that is kept."""
+
+    pre_unsafe: bool | None
+    s_post: float  # the vanilla answer's score
+    post_unsafe: bool
+    aligned: bool  # False: `response` is the vanilla answer, whose score is s_post
+    response: str
+
+    @classmethod
+    def of(cls, pre: PreEvaluation, outcome: GenerationOutcome) -> AnswerToAudit:
+        return cls(pre_unsafe=pre.pre_unsafe, s_post=outcome.s_post, post_unsafe=outcome.post_unsafe,
+                   aligned=outcome.aligned, response=outcome.response)
+
+
+def flag(answer: AnswerToAudit, s_post_final: float, config: ETAConfig) -> FinalEvaluation:
     """Audit flags: any evaluator that judged the input or an output unsafe."""
     reasons = []
-    if pre.pre_unsafe:
+    if answer.pre_unsafe:
         reasons.append("image_unsafe")
-    if outcome.post_unsafe:
+    if answer.post_unsafe:
         reasons.append("response_unsafe")
     if s_post_final <= config.tau_post:
         reasons.append("final_response_unsafe")
     return FinalEvaluation(s_post_final=s_post_final, flagged=bool(reasons), flag_reasons=reasons)
 
 
-def final_evaluate(reward: RewardModel, pre: Sequence[PreEvaluation], outcomes: Sequence[GenerationOutcome],
-                   config: ETAConfig) -> list[FinalEvaluation]:
+def final_evaluate(reward: RewardModel, answers: Sequence[AnswerToAudit], config: ETAConfig
+                   ) -> list[FinalEvaluation]:
     """Score the final answers and derive the audit flags.
 
     Only aligned answers need a reward forward (batched); an answer that was kept is the vanilla one, whose
     score s_post is already known.
     """
-    aligned = [i for i, o in enumerate(outcomes) if o.aligned]
-    rescored = dict(zip(aligned, score_responses(reward, [outcomes[i].response for i in aligned], config),
+    aligned = [i for i, a in enumerate(answers) if a.aligned]
+    rescored = dict(zip(aligned, score_responses(reward, [answers[i].response for i in aligned], config),
                         strict=True))
-    finals = [rescored.get(i, o.s_post) for i, o in enumerate(outcomes)]
-    return [flag(p, o, s, config) for p, o, s in zip(pre, outcomes, finals, strict=True)]
+    finals = [rescored.get(i, a.s_post) for i, a in enumerate(answers)]
+    return [flag(a, s, config) for a, s in zip(answers, finals, strict=True)]
 
 
 def fingerprint(models: Models, config: ETAConfig) -> dict[str, Any]:
@@ -230,7 +245,8 @@ def run_eta(models: Models, items: Sequence[ETAInput], config: ETAConfig) -> lis
     pre_ms = _ms(start)
     outcomes = generate(models, items, pre, config)
     start = time.perf_counter()
-    finals = final_evaluate(models.require("reward"), pre, outcomes, config)
+    answers = [AnswerToAudit.of(p, o) for p, o in zip(pre, outcomes, strict=True)]
+    finals = final_evaluate(models.require("reward"), answers, config)
     final_ms = _ms(start)
     prints = fingerprint(models, config)
     results = []

@@ -115,7 +115,8 @@ def test_a_reviewer_filters_opens_a_job_and_records_a_verdict(
     # It persisted, attributed to the review key.
     sessions = session_factory(postgres_engine)
     with sessions() as session:
-        reviews = repo.list_reviews(session=session, tenant_id=tenant.id, job_id=seeded["ironing"])
+        history = repo.list_review_history(session=session, tenant_id=tenant.id, job_id=seeded["ironing"])
+        reviews = [entry.review for entry in history]
         assert [(r.verdict, r.note) for r in reviews] == [
             (ReviewVerdict.CONFIRMED_UNSAFE, "Instructions for a dangerous stunt; aligned answer is fine.")]
         key = repo.authenticate_api_key(session=session, token=tenant.keys["review"])

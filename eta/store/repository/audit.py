@@ -289,15 +289,6 @@ def add_review(
     return review
 
 
-def list_reviews(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Sequence[Review]:
-    """Verdicts on the tenant's job, oldest first (empty if the job is not theirs)."""
-    return session.scalars(
-        sa.select(Review)
-        .where(Review.job_id == job_id, Review.tenant_id == tenant_id)
-        .order_by(Review.created_at, Review.id)
-    ).all()
-
-
 @dataclass(frozen=True, slots=True)
 class ReviewEntry:
     review: Review

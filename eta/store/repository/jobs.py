@@ -75,6 +75,8 @@ class StalledJob:
     status: JobStatus
     status_changed_at: datetime
     attempts: int
+    # None for a job submitted on its own.
+    batch_id: uuid.UUID | None = None
 
 
 def _job_row(
@@ -190,9 +192,19 @@ def get_job(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
     return session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
 
 
-def get_job_any_tenant(*, session: Session, job_id: uuid.UUID) -> Job | None:
-    """The job whoever owns it: for workers and the sweeper, never for a request handler."""
-    return session.get(Job, job_id, populate_existing=True)
+def get_jobs_any_tenant(*, session: Session, job_ids: Sequence[uuid.UUID]) -> list[Job]:
+    """The jobs that exist among `job_ids`, in the order given, whoever owns them: for workers and the sweeper,
+    never for a request handler."""
+    if not job_ids:
+        return []
+    rows = {job.id: job for job in session.scalars(
+        sa.select(Job).where(Job.id.in_(list(job_ids))).execution_options(populate_existing=True))}
+    return [rows[job_id] for job_id in job_ids if job_id in rows]
+
+
+def get_batch_any_tenant(*, session: Session, batch_id: uuid.UUID) -> Batch | None:
+    """The batch whoever owns it: for the workers' callbacks, never for a request handler."""
+    return session.get(Batch, batch_id, populate_existing=True)
 
 
 def get_batch(*, session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
@@ -338,6 +350,25 @@ def complete_batch_if_finished(*, session: Session, batch_id: uuid.UUID, now: da
     return completed
 
 
+def find_completable_batches(*, session: Session) -> list[uuid.UUID]:
+    """In-progress batches whose jobs have all ended (a worker died between a job's commit and the batch's):
+    candidates for `complete_batch_if_finished`, each in its own transaction."""
+    unfinished = sa.exists().where(Job.batch_id == Batch.id, Job.status.in_(ACTIVE_JOB_STATUSES))
+    return list(session.scalars(
+        sa.select(Batch.id).where(Batch.status == BatchStatus.IN_PROGRESS, ~unfinished).order_by(Batch.id)
+    ).all())
+
+
+def batches_with_callback(*, session: Session, batch_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
+    """Those of `batch_ids` that have a callback URL, in the order given."""
+    if not batch_ids:
+        return []
+    with_url = set(session.scalars(
+        sa.select(Batch.id).where(Batch.id.in_(list(batch_ids)), Batch.callback_url.is_not(None))
+    ).all())
+    return [batch_id for batch_id in batch_ids if batch_id in with_url]
+
+
 def mark_batch_callback_sent(*, session: Session, batch_id: uuid.UUID, now: datetime | None = None) -> bool:
     """Record that the batch's callback was delivered; True only the first time."""
     now = now or utcnow()
@@ -371,13 +402,14 @@ def find_stalled_jobs(
         *(sa.and_(Job.status == status, Job.status_changed_at < now - timeout) for status, timeout in timeouts.items())
     )
     rows = session.execute(
-        sa.select(Job.id, Job.status, Job.status_changed_at, Job.attempts)
+        sa.select(Job.id, Job.status, Job.status_changed_at, Job.attempts, Job.batch_id)
         .where(stalled)
         .order_by(Job.status_changed_at)
         .limit(limit)
     )
     return [
-        StalledJob(job_id=row.id, status=row.status, status_changed_at=row.status_changed_at, attempts=row.attempts)
+        StalledJob(job_id=row.id, status=row.status, status_changed_at=row.status_changed_at, attempts=row.attempts,
+                   batch_id=row.batch_id)
         for row in rows
     ]
 

@@ -154,13 +154,13 @@ def record_post_evaluation(
     return recorded
 
 
-def get_job_result(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> JobResult | None:
-    """The result row of the tenant's job (None if the job is not theirs or no stage has finished)."""
-    return session.scalar(
-        sa.select(JobResult)
-        .join(Job, Job.id == JobResult.job_id)
-        .where(JobResult.job_id == job_id, Job.tenant_id == tenant_id)
-    )
+def get_stage_results(*, session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobResult]:
+    """Result rows of jobs whoever owns them, keyed by job id (jobs without one are absent): what a worker
+    stage reads of the stages before it. Never for a request handler."""
+    if not job_ids:
+        return {}
+    rows = session.scalars(sa.select(JobResult).where(JobResult.job_id.in_(list(job_ids))))
+    return {row.job_id: row for row in rows}
 
 
 def get_job_results(

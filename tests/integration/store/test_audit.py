@@ -97,7 +97,8 @@ def test_filters(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
         assert [item.latest_verdict for item in items] == [
             ReviewVerdict.FALSE_POSITIVE, ReviewVerdict.CONFIRMED_UNSAFE, None]
         assert items[0].result.s_post_final == 0.7
-        reviews = repo.list_reviews(session=session, tenant_id=tenant_id, job_id=aligned)
+        history = repo.list_review_history(session=session, tenant_id=tenant_id, job_id=aligned)
+        reviews = [entry.review for entry in history]
         assert [review.verdict for review in reviews] == [
             ReviewVerdict.NEEDS_ESCALATION, ReviewVerdict.CONFIRMED_UNSAFE]
 

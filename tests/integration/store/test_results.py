@@ -56,7 +56,7 @@ def test_every_stage_lands_in_one_row_and_reruns_overwrite(
         _run_all_stages(session, job_id)
     with sessions() as session:
         assert session.scalar(sa.select(sa.func.count()).where(JobResult.job_id == job_id)) == 1
-        result = repo.get_job_result(session=session, tenant_id=tenant_id, job_id=job_id)
+        result = repo.get_job_results(session=session, tenant_id=tenant_id, job_ids=[job_id]).get(job_id)
         assert result is not None
         assert (result.s_pre, result.pre_unsafe, result.tau_pre) == (0.21, True, 0.16)
         for name, value in GENERATION.items():
@@ -80,7 +80,7 @@ def test_a_stale_stage_message_writes_nothing(sessions: sessionmaker[Session], t
         )
         repo.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id)
         assert not repo.record_generation(session=session, job_id=job_id, elapsed_ms=1.0, **GENERATION)
-        assert repo.get_job_result(session=session, tenant_id=tenant_id, job_id=job_id) is None
+        assert repo.get_job_results(session=session, tenant_id=tenant_id, job_ids=[job_id]).get(job_id) is None
 
 
 def test_text_only_job_records_no_pre_score(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
@@ -90,5 +90,5 @@ def test_text_only_job_records_no_pre_score(sessions: sessionmaker[Session], ten
         assert repo.record_pre_evaluation(
             session=session, job_id=job_id, s_pre=None, pre_unsafe=None, tau_pre=0.16, elapsed_ms=0.1
         )
-        result = repo.get_job_result(session=session, tenant_id=tenant_id, job_id=job_id)
+        result = repo.get_job_results(session=session, tenant_id=tenant_id, job_ids=[job_id]).get(job_id)
         assert result is not None and result.s_pre is None and result.pre_unsafe is None

@@ -121,18 +121,18 @@ def test_another_tenants_ids_find_nothing(
     with sessions() as session, session.begin():
         assert repo.get_job(session=session, tenant_id=intruder, job_id=job_id) is None
         assert repo.get_batch(session=session, tenant_id=intruder, batch_id=batch_id) is None
-        assert repo.get_job_result(session=session, tenant_id=intruder, job_id=job_id) is None
+        assert repo.get_job_results(session=session, tenant_id=intruder, job_ids=[job_id]).get(job_id) is None
         assert repo.list_batch_jobs(session=session, tenant_id=intruder, batch_id=batch_id).items == []
         assert set(repo.count_jobs_by_status(session=session, tenant_id=intruder, batch_id=batch_id).values()) == {0}
         assert not repo.cancel_job(session=session, tenant_id=intruder, job_id=job_id)
         assert not repo.cancel_batch(session=session, tenant_id=intruder, batch_id=batch_id)
         verdict = ReviewVerdict.CONFIRMED_UNSAFE
         assert repo.add_review(session=session, tenant_id=intruder, job_id=job_id, verdict=verdict) is None
-        assert repo.list_reviews(session=session, tenant_id=intruder, job_id=job_id) == []
+        assert repo.list_review_history(session=session, tenant_id=intruder, job_id=job_id) == []
         # The owner still sees everything, untouched.
         job = repo.get_job(session=session, tenant_id=owner, job_id=job_id)
         assert job is not None and job.status == JobStatus.PRE_EVALUATING
-        assert repo.get_job_result(session=session, tenant_id=owner, job_id=job_id) is not None
+        assert repo.get_job_results(session=session, tenant_id=owner, job_ids=[job_id]).get(job_id) is not None
 
 
 def test_batch_listing_pages_in_request_order(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:

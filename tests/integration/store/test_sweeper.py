@@ -77,7 +77,7 @@ def test_two_sweepers_requeue_a_stalled_job_once(sessions: sessionmaker[Session]
     assert requeue(first_view)
     assert not requeue(second_view)
     with sessions() as session:
-        job = repo.get_job_any_tenant(session=session, job_id=job_id)
+        job = next(iter(repo.get_jobs_any_tenant(session=session, job_ids=[job_id])), None)
         assert job is not None
         assert (job.status, job.attempts, job.status_changed_at) == (JobStatus.GENERATING, 2, later)
         # The stage clock restarted: not stalled again until the timeout passes anew.

@@ -111,7 +111,7 @@ def test_a_stale_expected_status_changes_nothing(sessions: sessionmaker[Session]
         assert not repo.transition_job(
             session=session, job_id=job_id, expected=JobStatus.QUEUED, to=JobStatus.PRE_EVALUATING
         )
-        job = repo.get_job_any_tenant(session=session, job_id=job_id)
+        job = next(iter(repo.get_jobs_any_tenant(session=session, job_ids=[job_id])), None)
         assert job is not None and job.status == JobStatus.GENERATING
 
 

@@ -17,10 +17,10 @@ import sqlalchemy as sa
 from eta.config import ETAConfig, ModelsConfig
 from eta.images import decode_image
 from eta.store.models import Batch, Job, JobResult, Tenant
-from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK
 from workers.callbacks import verify_signature
 from workers.enqueue import enqueue_jobs, stage_chain
-from workers.stages import storable
+from workers.runner import storable
+from workers.stage_table import STAGES
 
 from .conftest import Item, snapshot, wait_for_batch, wait_until_terminal
 
@@ -113,8 +113,8 @@ def test_a_stage_message_delivered_twice_changes_nothing(worker, submit, celery_
     assert len(before["results"]) == len(ids)
 
     raw = [str(i) for i in ids]
-    for task in (PRE_TASK, GENERATE_TASK, POST_TASK):
-        celery_app.send_task(task, args=[raw])
+    for stage in STAGES:
+        celery_app.send_task(stage.task, args=[raw])
     stage_chain(celery_app, ids).apply_async()
     # Each queue is first in, first out: once a later job has been through all three, so have the copies.
     sentinel = submit([Item("Sentinel.", "waterview.jpg")])

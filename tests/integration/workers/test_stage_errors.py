@@ -19,6 +19,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from eta.models import Models
 from eta.store import repository as repo
 from eta.store.models import Job, JobResult
+from workers.stage_table import stage
 
 from .conftest import Item
 
@@ -72,7 +73,8 @@ def run_pre(monkeypatch, sessions, worker_env):
 
     def run(clip: StandInClip, ids: list[uuid.UUID], batch_size: int, retries: int = 0) -> list[str]:
         monkeypatch.setattr(workers.runtime, "models_for", lambda roles: Models(clip=clip))  # type: ignore[arg-type]
-        return workers.tasks.run_stage(StandInTask(retries), "pre", [str(i) for i in ids], batch_size)  # type: ignore[arg-type]
+        return workers.tasks.run_stage(StandInTask(retries), stage("pre"), [str(i) for i in ids],  # type: ignore[arg-type]
+                                       batch_size)
 
     return run
 

@@ -11,12 +11,12 @@ from kombu import Connection
 
 from eta.commands.demo import demo_items, model_calls_by_stage
 from eta.settings import Settings
-from workers.app import GENERATE_TASK, POST_TASK, PRE_TASK, create_celery_app
+from workers.app import create_celery_app
 from workers.broker import broker_url, is_embedded, transport_options
 from workers.callbacks import sign, signature_header, verify_signature
 from workers.enqueue import chunks, stage_chain
-from workers.runtime import roles_for_queues
-from workers.stages import parse_ids, storable
+from workers.runner import parse_ids, storable
+from workers.stage_table import STAGES, roles_for_queues
 from workers.tasks import backoff_s
 
 
@@ -80,16 +80,17 @@ def test_a_chunk_is_one_chain_of_the_three_stages_carrying_ids_only(tmp_path: Pa
     assert [len(c) for c in chunks(ids, 2)] == [2, 2, 1]
     signature = stage_chain(app, ids[:2])
     tasks = signature.tasks
-    assert [t.task for t in tasks] == [PRE_TASK, GENERATE_TASK, POST_TASK]
+    stage_tasks = [stage.task for stage in STAGES]
+    assert stage_tasks == ["eta.pre_evaluate", "eta.generate_with_alignment", "eta.post_evaluate"]
+    assert [t.task for t in tasks] == stage_tasks
     assert tasks[0].args == ([str(i) for i in ids[:2]],) and tasks[1].args == () and tasks[2].args == ()
-    assert [t.task for t in stage_chain(app, ids, start="generate").tasks] == [GENERATE_TASK, POST_TASK]
+    assert [t.task for t in stage_chain(app, ids, start="generate").tasks] == stage_tasks[1:]
     routes = app.conf.task_routes
-    assert {routes[t]["queue"] for t in (PRE_TASK, GENERATE_TASK, POST_TASK)} == {"eta.pre", "eta.generate",
-                                                                                 "eta.post"}
+    assert [routes[t]["queue"] for t in stage_tasks] == ["eta.pre", "eta.generate", "eta.post"]
     assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
     limits = app.conf.task_annotations
-    assert all(0 < limits[t]["soft_time_limit"] < limits[t]["time_limit"] for t in (PRE_TASK, GENERATE_TASK, POST_TASK))
+    assert all(0 < limits[t]["soft_time_limit"] < limits[t]["time_limit"] for t in stage_tasks)
 
 
 def test_message_ids_are_parsed_and_stored_text_is_nul_free():
