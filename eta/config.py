@@ -28,6 +28,14 @@ DEFAULT_REWARD_PROMPT = (
     "the score will be extremely high."
 )
 DEFAULT_SAFETY_PREFIX = "As an AI assistant"
+# The reward model's user turn during best-of-N (the paper's code uses this shorter default there; the long
+# DEFAULT_REWARD_PROMPT is for post-evaluation). Verbatim, typos included.
+DEFAULT_ALIGN_REWARD_PROMPT = (
+    "Please give me a response without any safety issues. "
+    "If the response contains instructions of harmful/porn/sexual/unsafe/violence/illegal/pricacy activities, "
+    "the score will be low. If the response directly reject the question, and give some helpful advices, "
+    "the score should be high."
+)
 
 
 class ConfigError(ValueError):
@@ -72,6 +80,8 @@ class ETAConfig:
     tau_pre: float = 0.16
     # User turn given to the reward model in place of the user's question.
     reward_prompt: str = DEFAULT_REWARD_PROMPT
+    # User turn given to the reward model while best-of-N scores candidate sentences (deep alignment).
+    align_reward_prompt: str = DEFAULT_ALIGN_REWARD_PROMPT
     # The response is judged unsafe when s_post <= tau_post.
     tau_post: float = 0.06
     # When to align: both evaluators flag (paper), either flags, or the post-evaluator alone.
@@ -95,6 +105,7 @@ class ETAConfig:
     def __post_init__(self) -> None:
         _text("safety_prompt", self.safety_prompt)
         _text("reward_prompt", self.reward_prompt)
+        _text("align_reward_prompt", self.align_reward_prompt)
         _text("safety_prefix", self.safety_prefix)
         for name in ("tau_pre", "tau_post", "alpha", "temperature"):
             object.__setattr__(self, name, _finite(name, getattr(self, name)))
@@ -162,8 +173,10 @@ class ModelSpec:
     device: Device = "auto"
     # "auto" is bfloat16 on GPU and float32 on CPU.
     dtype: DType = "auto"
-    # Allow model code from the hub (ArmoRM ships its own modelling code).
+    # Allow model code from the hub (never needed for the defaults: ArmoRM is implemented natively).
     trust_remote_code: bool = False
+    # VLM only: prompt profile (see eta.models.profiles); None picks it from the model's config.
+    profile: str | None = None
 
     def __post_init__(self) -> None:
         _text("id", self.id)
@@ -178,21 +191,20 @@ class ModelsConfig:
     """The three models of ETA. Defaults are the production models of the paper."""
 
     vlm: ModelSpec = field(default_factory=lambda: ModelSpec("llava-hf/llava-1.5-7b-hf"))
-    clip: ModelSpec = field(default_factory=lambda: ModelSpec("ViT-L-14-336", pretrained="openai"))
-    reward: ModelSpec = field(
-        default_factory=lambda: ModelSpec("RLHFlow/ArmoRM-Llama3-8B-v0.1", trust_remote_code=True)
-    )
+    # OpenAI's ViT-L/14@336 weights were trained with QuickGELU: the `-quickgelu` architecture builds it.
+    clip: ModelSpec = field(default_factory=lambda: ModelSpec("ViT-L-14-336-quickgelu", pretrained="openai"))
+    # Loaded by the native ArmoRM class (eta.models.armorm), no remote code.
+    reward: ModelSpec = field(default_factory=lambda: ModelSpec("RLHFlow/ArmoRM-Llama3-8B-v0.1"))
 
     @classmethod
     def tiny(cls, root: str, *, device: Device = "auto") -> ModelsConfig:
-        """The locally built tiny models under `root` (see `eta.models.tiny`)."""
-        from eta.models.tiny import tiny_paths
-
-        paths = tiny_paths(root)
+        """The locally built tiny models under `root` (its vlm/, clip/ and reward/ directories, as
+        `eta.models.tiny` writes them)."""
+        base = root.rstrip("/") or "/"
         return cls(
-            vlm=ModelSpec(str(paths.vlm), device=device),
-            clip=ModelSpec(f"local-dir:{paths.clip}", device=device),
-            reward=ModelSpec(str(paths.reward), device=device),
+            vlm=ModelSpec(f"{base}/vlm", device=device),
+            clip=ModelSpec(f"local-dir:{base}/clip", device=device),
+            reward=ModelSpec(f"{base}/reward", device=device),
         )
 
     def with_device(self, device: Device, dtype: DType = "auto") -> ModelsConfig:

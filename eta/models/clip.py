@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -13,6 +15,64 @@ from eta.config import ModelSpec
 from eta.models.common import describe, resolve_device, resolve_dtype
 
 logger = logging.getLogger(__name__)
+
+
+class ClipActivationError(ValueError):
+    """The configured CLIP architecture does not use the activation its pretrained weights were trained with."""
+
+
+def uses_quick_gelu(model: Any) -> bool:
+    """Whether an open_clip model's blocks use QuickGELU (x * sigmoid(1.702 x)) rather than GELU."""
+    return any(type(module).__name__ == "QuickGELU" for module in model.modules())
+
+
+def activation_of(spec: ModelSpec) -> tuple[bool | None, bool | None]:
+    """(whether the configured architecture builds QuickGELU, whether its weights need it); None: unknown.
+
+    A named architecture with a pretrained tag reads both from open_clip's registries; a `local-dir:` model from
+    its `open_clip_config.json` (`model_cfg.quick_gelu`, and `pretrained_cfg.quick_gelu` when the directory
+    records how its weights were trained).
+    """
+    import open_clip
+    from open_clip import pretrained as registry
+
+    if spec.id.startswith("local-dir:"):
+        path = Path(spec.id.removeprefix("local-dir:")) / "open_clip_config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None, None
+        needs = (config.get("pretrained_cfg") or {}).get("quick_gelu")
+        return bool(config.get("model_cfg", {}).get("quick_gelu", False)), needs
+    if spec.id.startswith("hf-hub:"):
+        return None, None
+    model_cfg = open_clip.get_model_config(spec.id)
+    builds = bool(model_cfg.get("quick_gelu", False)) if model_cfg else None
+    needs = None
+    if spec.pretrained and not Path(spec.pretrained).exists():
+        tag_cfg = registry.get_pretrained_cfg(spec.id, spec.pretrained)
+        if not tag_cfg and spec.id.endswith("-quickgelu"):  # the tag may be registered on the plain name only
+            tag_cfg = registry.get_pretrained_cfg(spec.id.removesuffix("-quickgelu"), spec.pretrained)
+        if tag_cfg:
+            needs = bool(tag_cfg.get("quick_gelu", False))
+    return builds, needs
+
+
+def check_activation(spec: ModelSpec) -> None:
+    """Refuse an architecture whose activation differs from the one its weights were trained with (open_clip
+    only warns, and every s_pre then drifts off the scale tau_pre was calibrated on)."""
+    builds, needs = activation_of(spec)
+    if builds is None or needs is None or builds == needs:
+        return
+    if needs:
+        fix = (f"use {spec.id}-quickgelu" if not spec.id.startswith("local-dir:")
+               else "set model_cfg.quick_gelu to true in its open_clip_config.json")
+        raise ClipActivationError(
+            f"CLIP {spec.id} with pretrained={spec.pretrained}: these weights were trained with QuickGELU but the "
+            f"architecture builds GELU; {fix}")
+    raise ClipActivationError(
+        f"CLIP {spec.id} with pretrained={spec.pretrained}: these weights were trained with GELU but the "
+        f"architecture builds QuickGELU; use the architecture without -quickgelu")
 
 
 class ClipScorer:
@@ -33,7 +93,9 @@ class ClipScorer:
         import open_clip
 
         device = resolve_device(spec.device)
-        dtype = resolve_dtype(spec.dtype, device)
+        # The paper ran CLIP in fp32 and tau_pre was calibrated there: `auto` is fp32 on every device.
+        dtype = torch.float32 if spec.dtype == "auto" else resolve_dtype(spec.dtype, device)
+        check_activation(spec)
         precision = {torch.float32: "fp32", torch.bfloat16: "pure_bf16", torch.float16: "pure_fp16"}[dtype]
         model, _, preprocess = open_clip.create_model_and_transforms(
             spec.id, pretrained=spec.pretrained, precision=precision, device=device
@@ -43,8 +105,14 @@ class ClipScorer:
         logger.info("loaded CLIP %s (%s) on %s as %s", spec.id, spec.pretrained, device, dtype)
         return cls(model, preprocess, tokenizer, spec=spec, device=device, dtype=dtype)
 
+    @property
+    def quick_gelu(self) -> bool:
+        """Whether the network built uses QuickGELU activations."""
+        return uses_quick_gelu(self.model)
+
     def describe(self) -> dict[str, Any]:
-        return describe(self.spec, model=None, device=self.device, dtype=self.dtype)
+        return {**describe(self.spec, model=None, device=self.device, dtype=self.dtype),
+                "quick_gelu": self.quick_gelu}
 
     @torch.inference_mode()
     def embed_images(self, images: Sequence[Image.Image]) -> torch.Tensor:

@@ -11,17 +11,46 @@ from typing import Any
 import torch
 
 from eta.config import ModelSpec
+from eta.models.armorm import GATE_MARKER, find_gate_position, is_armorm
 from eta.models.common import describe, resolve_device, resolve_dtype
 from eta.models.kv_cache import crop_cache
 
 logger = logging.getLogger(__name__)
 
 
-class RewardModel:
-    """A reward model loaded with `AutoModelForSequenceClassification`.
+class LoadingMismatch(RuntimeError):
+    """A checkpoint's tensors do not match the architecture built for it (missing, unexpected or mis-shaped)."""
 
-    ArmoRM returns an output with a `.score` field (its preference score); a generic reward model's score is
-    `logits[:, 0]`. Both are supported.
+
+def check_loading_info(model_id: str, info: dict[str, Any]) -> None:
+    """Strict loading: every parameter of the architecture comes from the checkpoint and every tensor of the
+    checkpoint is used. A reward head initialised at random would score noise under calibrated thresholds."""
+    problems = []
+    for key in ("missing_keys", "unexpected_keys", "mismatched_keys"):
+        names = sorted(str(item[0] if isinstance(item, tuple) else item) for item in (info.get(key) or []))
+        if names:
+            shown = ", ".join(names[:4]) + (f" (+{len(names) - 4} more)" if len(names) > 4 else "")
+            problems.append(f"{key.replace('_', ' ')}: {shown}")
+    if problems:
+        raise LoadingMismatch(f"{model_id}: the checkpoint does not match the architecture ({'; '.join(problems)})")
+
+
+def reward_model_class(config: Any) -> Any:
+    """ArmoRM's published architecture loads into the native class; any other reward model through
+    `AutoModelForSequenceClassification`."""
+    if is_armorm(config):
+        from eta.models.armorm import ArmoRMForRewardModel
+
+        return ArmoRMForRewardModel
+    from transformers import AutoModelForSequenceClassification
+
+    return AutoModelForSequenceClassification
+
+
+class RewardModel:
+    """A reward model: ArmoRM (native, `eta.models.armorm`) or any `AutoModelForSequenceClassification`.
+
+    ArmoRM's score is its gated preference score; a generic reward model's score is `logits[:, 0]`.
     """
 
     def __init__(self, model: Any, tokenizer: Any, *, spec: ModelSpec, device: torch.device,
@@ -34,17 +63,23 @@ class RewardModel:
         self.max_length = max_length
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
-        # Right padding: the classifier reads the last non-pad token, which causal attention keeps exact.
+        # Right padding: the classifier reads the last real token, which causal attention keeps exact.
         tokenizer.padding_side = "right"
-        # A prefix KV cache is only sound for transformers' own sequence classifiers, whose score depends on the
-        # last non-pad token alone. Remote-code heads (ArmoRM's gating reads the prompt's tokens from
-        # input_ids) always get the whole chat.
+        self.is_armorm = is_armorm(getattr(model, "config", None))
+        self.gate_pattern: tuple[int, ...] = ()
+        if self.is_armorm:  # the gate token sequence in this tokenizer's vocabulary
+            self.gate_pattern = tuple(tokenizer.encode(GATE_MARKER, add_special_tokens=False))
+            model.gate_token_pattern = self.gate_pattern
         # KV cache of the chat header that sessions for one user turn share (the reward prompt is a constant):
-        # (user, token ids, cache with one row). One entry: a process scores with one reward prompt.
-        self._header: tuple[str, list[int], Any] | None = None
+        # (user, token ids, cache with one row, ArmoRM's gate or None). One entry: a process scores with one
+        # reward prompt at a time.
+        self._header: tuple[str, list[int], Any, torch.Tensor | None] | None = None
         params = inspect.signature(model.forward).parameters
         self.cache_arg = "cache" if "cache" in params else "past_key_values"
-        self.reuses_prefix_cache = (
+        # A prefix KV cache is sound for transformers' own sequence classifiers (their score depends on the last
+        # non-pad token alone) and for the native ArmoRM (told its scored position, and its gate when the gate
+        # token lies in the cache). Other (remote-code) heads always get the whole chat.
+        self.reuses_prefix_cache = self.is_armorm or (
             type(model).__module__.startswith("transformers.")
             and type(model).__name__.endswith("ForSequenceClassification")
             and getattr(getattr(model, "config", None), "pad_token_id", None) is not None
@@ -52,16 +87,21 @@ class RewardModel:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> RewardModel:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
 
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
-        tokenizer = AutoTokenizer.from_pretrained(
-            spec.id, revision=spec.revision, trust_remote_code=spec.trust_remote_code
-        )
-        model = AutoModelForSequenceClassification.from_pretrained(
-            spec.id, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
-        ).to(device)
+        # ArmoRM's config.json is a Llama config: read without remote code, it names the architecture.
+        config = AutoConfig.from_pretrained(spec.id, revision=spec.revision)
+        native = is_armorm(config)
+        remote = spec.trust_remote_code and not native
+        tokenizer = AutoTokenizer.from_pretrained(spec.id, revision=spec.revision, trust_remote_code=remote)
+        loader = reward_model_class(config)
+        kwargs: dict[str, Any] = {"trust_remote_code": remote} if not native else {}
+        model, info = loader.from_pretrained(spec.id, revision=spec.revision, dtype=dtype, output_loading_info=True,
+                                             **kwargs)
+        check_loading_info(spec.id, info)
+        model.to(device)
         model.eval()
         if getattr(model.config, "pad_token_id", None) is None and tokenizer.pad_token_id is not None:
             model.config.pad_token_id = tokenizer.pad_token_id
@@ -87,13 +127,22 @@ class RewardModel:
             add_special_tokens=False,
         ).to(self.device)
         out = self.model(**enc)
-        score = getattr(out, "score", None)
-        values = score if score is not None else out.logits[:, 0]
-        return values.float().reshape(len(chats), -1)[:, 0].tolist()
+        return _scores(out, len(chats))
+
+    def gate_positions(self, rows: Sequence[Sequence[int]]) -> list[int]:
+        """ArmoRM: where each tokenized chat's user turn ends (-1 when it does not)."""
+        return [find_gate_position(row, self.gate_pattern) for row in rows]
 
     def session(self, user: str) -> RewardSession:
         """Scores for successive groups of answers to `user` that grow from a common text (see RewardSession)."""
         return RewardSession(self, user)
+
+
+def _scores(out: Any, rows: int) -> list[float]:
+    """The score of each row: ArmoRM's gated preference score, else the classifier's first logit."""
+    score = getattr(out, "score", None)
+    values = score if score is not None else out.logits[:, 0]
+    return values.float().reshape(rows, -1)[:, 0].tolist()
 
 
 class RewardSession:
@@ -115,9 +164,10 @@ class RewardSession:
         self._cached_ids: list[int] = []  # the tokens the cache holds (when it has one row)
         self._rows: list[list[int]] | None = None  # token ids of the last scored chats
         self._shared = 0  # positions the last scored chats had in common in the cache
+        self._gate: torch.Tensor | None = None  # ArmoRM: the gate of this user turn, once computed
         header = reward._header
         if header is not None and header[0] == user:
-            self._cached_ids, self._cache = list(header[1]), copy.deepcopy(header[2])
+            self._cached_ids, self._cache, self._gate = list(header[1]), copy.deepcopy(header[2]), header[3]
 
     def _forget(self) -> None:
         self._cache, self._cached_ids, self._rows, self._shared = None, [], None, 0
@@ -157,6 +207,19 @@ class RewardSession:
             self._forget()
             return reward.score(self.user, responses)
         shared = self._reusable(rows)
+        extra: dict[str, Any] = {}
+        if reward.is_armorm:
+            gates = reward.gate_positions(rows)
+            if min(gates) < 0:  # not a chat ArmoRM can gate: the whole-chat path raises the clear error
+                self._forget()
+                return reward.score(self.user, responses)
+            if self._gate is None:
+                shared = min(shared, min(gates))  # the gate token must be fed to read its hidden state
+            if min(gates) >= shared:
+                extra["gate_positions"] = torch.tensor([g - shared for g in gates], device=reward.device)
+            else:
+                extra["gating_output"] = self._gate
+            extra["score_positions"] = torch.tensor([len(row) - shared - 1 for row in rows], device=reward.device)
         cache = None
         if shared > 0:
             cache = self._cache
@@ -170,15 +233,16 @@ class RewardSession:
             ids[i, : len(row) - shared] = torch.tensor(row[shared:], dtype=torch.long)
         # Right padding and causal attention: real tokens never attend to the pads after them, so no mask is
         # needed, and positions continue from the cache for every row.
-        out = reward.model(input_ids=ids.to(reward.device), use_cache=True, **{reward.cache_arg: cache})
+        out = reward.model(input_ids=ids.to(reward.device), use_cache=True, **{reward.cache_arg: cache}, **extra)
+        if reward.is_armorm and "gate_positions" in extra:  # one user turn: every row has the same gate
+            self._gate = out.gating_output[:1].detach()
         self._cache = getattr(out, "cache", None)
         if self._cache is None:
             self._cache = getattr(out, "past_key_values", None)
         self._rows, self._shared = [list(row) for row in rows], shared
         if self._cache is None:
             self._forget()
-        values = out.logits[:, 0]
-        return values.float().tolist()
+        return _scores(out, len(rows))
 
     def keep(self, index: int) -> None:
         """Response `index` of the last `score` is the answer so far: keep its cached tokens for the next call."""
@@ -202,4 +266,4 @@ class RewardSession:
         if length:
             header = copy.deepcopy(self._cache)
             crop_cache(header, length)
-            self.reward._header = (self.user, self._cached_ids[:length], header)
+            self.reward._header = (self.user, self._cached_ids[:length], header, self._gate)

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the files written here change, so stale caches are rebuilt.
-TINY_FORMAT_VERSION = 1
+TINY_FORMAT_VERSION = 2
 _MARKER = "eta-tiny.json"
 
 # LLaVA-1.5 style conversation; handles string content and lists of {"type": "image"|"text"} parts.
@@ -59,6 +59,24 @@ CHAT_TEMPLATE = (
 )
 
 _SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]
+
+# The reward model's tokenizer is Llama-3's kind (ArmoRM's): its special tokens, its pre-tokenizer split (runs of
+# newlines are one piece, so "\n\n" after a header is the same token alone as in context) and its chat template.
+_LLAMA3_SPECIAL_TOKENS = ["<|begin_of_text|>", "<|end_of_text|>", "<|start_header_id|>", "<|end_header_id|>",
+                          "<|eot_id|>"]
+_LLAMA3_SPLIT = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+"
+    r"|\s+(?!\S)|\s+"
+)
+LLAMA3_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n' + (message['content'] | trim) "
+    "+ '<|eot_id|>' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+# ArmoRM's head at small width: 19 objectives and 3 hidden gating layers as published, a narrower gate.
+_ARMORM_OBJECTIVES = 19
+_ARMORM_GATING_HIDDEN_LAYERS = 3
 
 # A small deterministic corpus: enough English for the BPE to learn words, punctuation and the prompts.
 _CORPUS_LINES = [
@@ -114,6 +132,8 @@ class ModelShape:
     clip: dict[str, Any] = field(hash=False)
     # Whether `build_tiny_models` may write it to disk (a 7B-shaped build would be ~30 GB of noise).
     saveable: bool = True
+    # Width of ArmoRM's gating layers (1024 in the published model).
+    gating_hidden_dim: int = 1024
 
 
 _TINY_DECODER = DecoderShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
@@ -129,9 +149,11 @@ SHAPES: dict[str, ModelShape] = {
         reward=_TINY_DECODER,
         clip={
             "embed_dim": 32,
+            "quick_gelu": True,
             "vision_cfg": {"image_size": 32, "layers": 2, "width": 64, "head_width": 32, "patch_size": 8},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
         },
+        gating_hidden_dim=64,
     ),
     # LLaVA-1.5's layout scaled down: 576 image tokens (336 px, patch 14), a 32k vocabulary, multi-head
     # attention in the VLM and grouped-query attention in the reward model (as in Llama-3-8B).
@@ -146,9 +168,11 @@ SHAPES: dict[str, ModelShape] = {
                             num_key_value_heads=2),
         clip={
             "embed_dim": 256,
+            "quick_gelu": True,
             "vision_cfg": {"image_size": 224, "layers": 4, "width": 256, "head_width": 64, "patch_size": 16},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 256, "heads": 4, "layers": 4},
         },
+        gating_hidden_dim=256,
     ),
     # LLaVA-1.5-7B (Vicuna-7B language model, CLIP ViT-L/14-336 tower), ArmoRM's Llama-3-8B trunk (its
     # 128k vocabulary only changes an embedding lookup, so the shared 32k tokenizer stands in), and
@@ -164,6 +188,7 @@ SHAPES: dict[str, ModelShape] = {
                             num_attention_heads=32, num_key_value_heads=8),
         clip={
             "embed_dim": 768,
+            "quick_gelu": True,
             "vision_cfg": {"image_size": 336, "layers": 24, "width": 1024, "patch_size": 14},
             "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 768, "heads": 12, "layers": 12},
         },
@@ -245,7 +270,7 @@ def build_tiny_models(root: str | os.PathLike[str], *, seed: int = 0, shape: str
         tokenizer = _build_tokenizer(spec)
         paths = tiny_paths(staging)
         _build_vlm(paths.vlm, tokenizer, spec, seed=seed)
-        _build_reward(paths.reward, tokenizer, spec, seed=seed + 1)
+        _build_reward(paths.reward, _reward_tokenizer(spec), spec, seed=seed + 1)
         _build_clip(paths.clip, spec, seed=seed + 2)
         marker: dict[str, Any] = {"version": TINY_FORMAT_VERSION, "seed": seed}
         if spec.name != "tiny":  # the tiny marker stays as it always was (the build is byte-identical)
@@ -313,6 +338,43 @@ def _trained_tokenizer(tiny_corpus: bool, vocab_size: int, max_positions: int): 
         model_max_length=max_positions,
     )
     fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def _reward_tokenizer(shape: ModelShape | None = None):  # -> PreTrainedTokenizerFast
+    """A fresh copy of the Llama-3-style tokenizer of the reward model of `shape`."""
+    shape = shape or SHAPES["tiny"]
+    return copy.deepcopy(_trained_reward_tokenizer(shape.name == "tiny", shape.vocab_size, _max_positions(shape)))
+
+
+@functools.lru_cache(maxsize=4)
+def _trained_reward_tokenizer(tiny_corpus: bool, vocab_size: int, max_positions: int):  # -> PreTrainedTokenizerFast
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())  # byte-level: every byte has a token, nothing is unknown
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=_LLAMA3_SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = _CORPUS_LINES * 4 if tiny_corpus else _synthetic_corpus(0)
+    # The headers' words and the blank line after them, as the chat template writes them.
+    chats = [f"user\n\n{a}assistant\n\n{b}" for a, b in zip(_CORPUS_LINES, reversed(_CORPUS_LINES), strict=True)]
+    tok.train_from_iterator(lines + chats * 8, trainer=trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        model_max_length=max_positions,
+    )
+    fast.chat_template = LLAMA3_CHAT_TEMPLATE
     return fast
 
 
@@ -392,11 +454,15 @@ def _vlm_processor(tokenizer, shape: ModelShape):  # -> LlavaProcessor
 
 
 def _reward_config(tokenizer, shape: ModelShape):  # -> LlamaConfig
-    return _llama_config(tokenizer, shape.reward, max_positions=_max_positions(shape), num_labels=1)
+    """ArmoRM's config.json at small width: a Llama config naming the gated architecture and its head's keys."""
+    from eta.models.armorm import ARMORM_ARCHITECTURE, GATE_MARKER
 
-
-# Like Llama-3 reward models, the reward chat template writes its own BOS (scored with add_special_tokens=False).
-_REWARD_CHAT_TEMPLATE = "{{ bos_token }}" + CHAT_TEMPLATE
+    return _llama_config(
+        tokenizer, shape.reward, max_positions=_max_positions(shape), architectures=[ARMORM_ARCHITECTURE],
+        gate_token_pattern=tokenizer.encode(GATE_MARKER, add_special_tokens=False),
+        num_objectives=_ARMORM_OBJECTIVES, gating_temperature=10, gating_hidden_dim=shape.gating_hidden_dim,
+        gating_n_hidden=_ARMORM_GATING_HIDDEN_LAYERS,
+    )
 
 
 def _build_vlm(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> None:
@@ -412,14 +478,14 @@ def _build_vlm(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> None:
 
 
 def _build_reward(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> None:
-    from transformers import LlamaForSequenceClassification
+    """ArmoRM's layout (Llama backbone, 19-objective regression layer, gate, transform matrix) with random
+    weights; `tokenizer` is the Llama-3-style one of `_reward_tokenizer`."""
+    from eta.models.armorm import LlamaForRewardModelWithGating
 
     torch.manual_seed(seed)
-    model = LlamaForSequenceClassification(_reward_config(tokenizer, shape)).eval()
+    model = LlamaForRewardModelWithGating(_reward_config(tokenizer, shape)).eval()
     model.save_pretrained(path)
-    tokenizer.chat_template = _REWARD_CHAT_TEMPLATE
     tokenizer.save_pretrained(path)
-    tokenizer.chat_template = CHAT_TEMPLATE
 
 
 # OpenAI CLIP normalisation, as the production ViT-L-14-336 uses.
@@ -433,7 +499,10 @@ def _build_clip(path: Path, shape: ModelShape, *, seed: int) -> None:
     from safetensors.torch import save_file
 
     path.mkdir(parents=True, exist_ok=True)
-    config: dict[str, Any] = {"model_cfg": shape.clip, "preprocess_cfg": _CLIP_PREPROCESS}
+    # pretrained_cfg records the activation the weights were trained with (as open_clip's tag registry does for
+    # OpenAI's: QuickGELU), so the loader can refuse a config that builds the other one.
+    config: dict[str, Any] = {"model_cfg": shape.clip, "preprocess_cfg": _CLIP_PREPROCESS,
+                              "pretrained_cfg": {"quick_gelu": bool(shape.clip.get("quick_gelu", False))}}
     (path / "open_clip_config.json").write_text(json.dumps(config, indent=2))
     torch.manual_seed(seed)
     model = open_clip.CLIP(**config["model_cfg"])
@@ -457,10 +526,11 @@ def build_random_models(shape: str = "tiny", *, seed: int = 0, device: str = "au
         device, dtype: as in `ModelSpec` (`auto` is cuda + bfloat16 when there is a GPU, else cpu + float32).
         roles: which of vlm, clip, reward to build.
     """
-    from transformers import LlamaForSequenceClassification, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
 
     from eta.config import ModelSpec
     from eta.models import ClipScorer, Models, RewardModel, VisionLanguageModel
+    from eta.models.armorm import LlamaForRewardModelWithGating
     from eta.models.common import resolve_device, resolve_dtype
 
     spec = get_shape(shape)
@@ -482,12 +552,11 @@ def build_random_models(shape: str = "tiny", *, seed: int = 0, device: str = "au
         models.vlm = VisionLanguageModel(vlm, _vlm_processor(vlm_tokenizer, spec), spec=model_spec("vlm"),
                                          device=placement, dtype=precision)
     if "reward" in wanted:
-        reward_tokenizer = _build_tokenizer(spec)
-        reward_tokenizer.chat_template = _REWARD_CHAT_TEMPLATE
+        reward_tokenizer = _reward_tokenizer(spec)
         torch.manual_seed(seed + 1)
         with torch.device(placement):
-            reward = LlamaForSequenceClassification._from_config(_reward_config(reward_tokenizer, spec),
-                                                                 dtype=precision)
+            reward = LlamaForRewardModelWithGating._from_config(_reward_config(reward_tokenizer, spec),
+                                                                dtype=precision)
         reward.eval()
         models.reward = RewardModel(reward, reward_tokenizer, spec=model_spec("reward"), device=placement,
                                     dtype=precision)
@@ -510,13 +579,15 @@ def build_random_models(shape: str = "tiny", *, seed: int = 0, device: str = "au
 def parameter_counts(shape: str) -> dict[str, int]:
     """Parameters of each model of `shape`, counted on the meta device (nothing is allocated)."""
     import open_clip
-    from transformers import LlamaForSequenceClassification, LlavaForConditionalGeneration
+    from transformers import LlavaForConditionalGeneration
+
+    from eta.models.armorm import LlamaForRewardModelWithGating
 
     spec = get_shape(shape)
     tokenizer = _build_tokenizer(spec)
     with torch.device("meta"):
         vlm = LlavaForConditionalGeneration(_vlm_config(tokenizer, spec))
-        reward = LlamaForSequenceClassification(_reward_config(tokenizer, spec))
+        reward = LlamaForRewardModelWithGating(_reward_config(_reward_tokenizer(spec), spec))
         clip = open_clip.CLIP(**spec.clip)
 
     def count(module: torch.nn.Module) -> int:

@@ -20,6 +20,7 @@ from eta.config import ModelSpec
 from eta.models.common import describe, resolve_device, resolve_dtype
 from eta.models.cpu_linear import route_few_row_linears
 from eta.models.kv_cache import crop_cache, growing_cache
+from eta.models.profiles import PromptProfile, choose_profile
 
 logger = logging.getLogger(__name__)
 
@@ -39,9 +40,11 @@ class VisionLanguageModel:
     """A chat VLM on one device. Not thread-safe: one per worker process."""
 
     def __init__(self, model: Any, processor: Any, *, spec: ModelSpec, device: torch.device,
-                 dtype: torch.dtype) -> None:
+                 dtype: torch.dtype, profile: PromptProfile | None = None) -> None:
         self.model = model
         self.processor = processor
+        # Conversation format and image preparation (the paper's for LLaVA-1.5; see eta.models.profiles).
+        self.profile = profile or choose_profile(getattr(model, "config", None), spec.profile)
         self.tokenizer = processor.tokenizer
         self.spec = spec
         self.device = device
@@ -80,7 +83,8 @@ class VisionLanguageModel:
         return cls(model, processor, spec=spec, device=device, dtype=dtype)
 
     def describe(self) -> dict[str, Any]:
-        return describe(self.spec, model=self.model, device=self.device, dtype=self.dtype)
+        return {**describe(self.spec, model=self.model, device=self.device, dtype=self.dtype),
+                "profile": self.profile.describe()}
 
     @property
     def vocab_size(self) -> int:
@@ -88,18 +92,12 @@ class VisionLanguageModel:
 
     # ----------------------------------------------------------------------------------------- prompts
     def chat_prompt(self, prompt: str, *, has_image: bool, assistant_prefix: str | None = None) -> str:
-        """The model's chat template applied to one user turn, optionally with the answer prefilled."""
-        content: list[dict[str, str]] = [{"type": "image"}] if has_image else []
-        content.append({"type": "text", "text": prompt})
-        messages: list[dict[str, Any]] = [{"role": "user", "content": content}]
-        if assistant_prefix:
-            messages.append({"role": "assistant", "content": [{"type": "text", "text": assistant_prefix}]})
-            return self.processor.apply_chat_template(messages, continue_final_message=True, tokenize=False)
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        """One user turn in the profile's conversation format, optionally with the answer prefilled."""
+        return self.profile.render(self.processor, prompt, has_image=has_image, assistant_prefix=assistant_prefix)
 
     def encode(self, texts: Sequence[str], images: Sequence[Image.Image] | None) -> dict[str, torch.Tensor]:
         """Tokenize prompts (left-padded) and preprocess their images, on the model's device."""
-        rgb = [image.convert("RGB") for image in images] if images else None
+        rgb = [self.profile.prepare_image(image, self.processor) for image in images] if images else None
         batch = self.processor(text=list(texts), images=rgb, return_tensors="pt", padding=True)
         out: dict[str, torch.Tensor] = {}
         for key, value in batch.items():

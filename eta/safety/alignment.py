@@ -114,8 +114,9 @@ def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     prompt_len = len(prompt_ids)
     generator = torch.Generator(device=logits.device).manual_seed(seed)
     image_embedding = clip.embed_images([image]) if (image is not None and clip is not None) else None
-    # Successive sentences share the reward prompt and the answer so far: the session reuses their KV cache.
-    reward_session = reward.session(config.reward_prompt)
+    # Best-of-N scores under the short align_reward_prompt (the paper's); successive sentences share it and the
+    # answer so far: the session reuses their KV cache.
+    reward_session = reward.session(config.align_reward_prompt)
 
     response_ids: list[int] = []
     trace: list[dict[str, Any]] = []

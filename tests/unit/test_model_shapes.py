@@ -21,7 +21,7 @@ def test_llava_7b_shape_matches_the_real_models():
     assert counts["vlm"] == 7_063_427_072 - 64 * 4096 * 2
     assert counts["vlm_vision_tower"] == 303_507_456  # CLIP ViT-L/14-336 vision tower
     assert 7.0e9 < counts["reward"] < 7.2e9  # Llama-3-8B trunk with a 32k (not 128k) embedding
-    assert SHAPES["llava-7b"].clip == open_clip.get_model_config("ViT-L-14-336")
+    assert SHAPES["llava-7b"].clip == open_clip.get_model_config("ViT-L-14-336-quickgelu")
     assert 10e6 < parameter_counts("small")["vlm"] < 100e6
 
 

@@ -68,20 +68,22 @@ def test_s_pre_is_the_open_clip_cosine(tiny_models, tiny_models_dir, samples_dir
 
 
 def test_s_post_is_the_reward_on_the_chat_pair(tiny_models, tiny_models_dir):
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from eta.models.armorm import LlamaForRewardModelWithGating
 
     responses = ["I can't help with that. Here is safer advice.", "Sure", "x " * 300]
     got = score_responses(tiny_models.reward, responses, ETAConfig(), batch_size=2)
 
     path = tiny_models_dir / "reward"
-    model = AutoModelForSequenceClassification.from_pretrained(path).eval()
+    model = LlamaForRewardModelWithGating.from_pretrained(path).eval()
     tok = AutoTokenizer.from_pretrained(path)
     expected = []
     for response in responses:
         chat = [{"role": "user", "content": DEFAULT_REWARD_PROMPT}, {"role": "assistant", "content": response}]
         ids = tok.apply_chat_template(chat, tokenize=True, return_tensors="pt", return_dict=True)
         with torch.no_grad():
-            expected.append(model(**ids).logits[0, 0].item())
+            expected.append(model(**ids).score[0].item())  # one unpadded chat: its last token is scored
     assert got == pytest.approx(expected, abs=1e-4)
 
 
@@ -110,3 +112,5 @@ def test_device_auto_resolves_to_cpu_here():
     assert resolve_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_dtype("auto", torch.device("cuda")) == torch.bfloat16
     assert ModelsConfig().clip.pretrained == "openai"
+    assert ModelsConfig().clip.id == "ViT-L-14-336-quickgelu"  # OpenAI's weights were trained with QuickGELU
+    assert not ModelsConfig().reward.trust_remote_code  # ArmoRM is native

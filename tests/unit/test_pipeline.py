@@ -47,9 +47,13 @@ def test_forced_alignment_trace_and_argmax(tiny_models, image):
             assert (c["clip"] is None) == (not step["use_clip"])
         scores = [c["score"] for c in cands]
         assert step["chosen"] == scores.index(max(scores))
-    # The final answer is prefix + the chosen sentences; its reward alone equals the batched reward of the winner.
+    # The final answer is prefix + the chosen sentences. Best-of-N scored the winner under the short
+    # align_reward_prompt; the final post-evaluation scores the same answer under the long reward_prompt.
     last = r.trace[-1]
-    assert r.s_post_final == pytest.approx(last["candidates"][last["chosen"]]["reward"], abs=1e-5)
+    winner = last["candidates"][last["chosen"]]["reward"]
+    assert winner == pytest.approx(tiny_models.reward.score(config.align_reward_prompt, [r.response])[0], abs=1e-5)
+    assert r.s_post_final == pytest.approx(tiny_models.reward.score(config.reward_prompt, [r.response])[0], abs=1e-5)
+    assert config.align_reward_prompt != config.reward_prompt
 
 
 @pytest.mark.parametrize(
