@@ -29,13 +29,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from eta.outbound import OutboundRefused, check_target, parse_networks, post
 from eta.settings import Settings
 from eta.store import repository as repo
-from eta.store.models import Batch, Tenant
 from eta.store.repository.tenants import callback_secrets
 
 logger = logging.getLogger(__name__)
@@ -83,10 +81,10 @@ def verify_signature(secret: str, *, timestamp: str, event_id: str, body: bytes,
 
 def batch_summary(session: Session, batch_id: uuid.UUID) -> Callback | None:
     """The callback of a completed batch, or None when there is nothing (left) to send."""
-    batch = session.scalar(sa.select(Batch).where(Batch.id == batch_id))
+    batch = repo.get_batch_any_tenant(session=session, batch_id=batch_id)
     if batch is None or not batch.callback_url or batch.callback_sent_at is not None or not batch.status.is_terminal:
         return None
-    tenant = session.get(Tenant, batch.tenant_id)
+    tenant = repo.get_tenant(session=session, tenant_id=batch.tenant_id)
     signing = tuple(callback_secrets(tenant)) if tenant is not None else ()
     if not signing:
         raise CallbackError(f"tenant {batch.tenant_id} has no callback secret", retryable=False)
