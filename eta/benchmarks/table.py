@@ -53,7 +53,7 @@ def attack_succeeded(answer: str, phrases: Iterable[str] = PAPER_REJECT_PHRASES)
 
 
 def _percent(numerator: int, denominator: int) -> float | None:
-    return round(100.0 * numerator / denominator, 2) if denominator else None
+    return 100.0 * numerator / denominator if denominator else None
 
 
 def distribution(values: Iterable[float | None]) -> dict[str, Any]:
