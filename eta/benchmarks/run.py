@@ -100,7 +100,8 @@ def finished_records(benchmark: Benchmark, out_dir: Path, key: str) -> dict[str,
 
 
 def _record(item: BenchmarkItem, key: str, result: Mapping[str, Any], source: str) -> dict[str, Any]:
-    record = {"run": key, "id": item.item_id, "category": item.category, "prompt": item.prompt, "source": source}
+    record: dict[str, Any] = {"run": key, "id": item.item_id, "category": item.category, "prompt": item.prompt,
+                              "source": source}
     record.update({name: result.get(name) for name in _RESULT_FIELDS})
     fingerprint = result.get("fingerprint")
     record["fingerprint_digest"] = fingerprint.get("digest") if isinstance(fingerprint, dict) else None
@@ -184,21 +185,33 @@ def generate_via_service(client: Any, benchmark: Benchmark, *, params: Mapping[s
 
 # ----------------------------------------------------------------------------------------------- verdicts
 def judge_answers(judge: Any, records: Mapping[str, Mapping[str, Any]], *, out_dir: Path, key: str,
-                  batch_size: int = 8, progress: bool = True,
+                  batch_size: int = 8, progress: bool = True, judge_key: str | None = None,
                   answers: Sequence[str] = ("vanilla", "final")) -> dict[tuple[str, str], dict[str, Any]]:
     """Judge every (item, answer) of `records` not yet judged by this judge, appending after each batch.
 
-    The judge reads the prompt the VLM was given and the answer. Returns every verdict of this run and judge,
-    by (item id, answer).
+    The judge reads the prompt the VLM was given and the answer.
+
+    Args:
+        judge: a loaded `eta.judges.Judge`, or a function that loads one: called only when something is left to
+            judge (a finished run is tabulated again without loading a 7B judge).
+        judge_key: the judge's fingerprint; needed when `judge` is a loader.
+    Returns:
+        Every verdict of this run and judge, by (item id, answer).
     """
-    judge_key = judge.fingerprint()
+    judge_key = judge_key or judge.fingerprint()
     log = AppendLog(out_dir / VERDICTS_FILE)
     verdicts = {(v["id"], v["answer"]): v for v in log.read()
                 if v.get("run") == key and v.get("judge") == judge_key and v.get("id") in records}
     todo = [(item_id, answer) for item_id, record in records.items() for answer in answers
             if (item_id, answer) not in verdicts and isinstance(record.get(ANSWER_FIELDS[answer]), str)]
-    total = len(todo) + len(verdicts)
-    with _progress(total, len(verdicts), progress, "verdicts") as bar:
+    if not todo:
+        return verdicts
+    if callable(judge) and not hasattr(judge, "judge"):
+        judge = judge()
+    if judge.fingerprint() != judge_key:
+        raise BenchmarkError(f"the loaded judge {judge.judge_id} is not the one its files described "
+                             f"(fingerprint {judge.fingerprint()} != {judge_key})")
+    with _progress(len(todo) + len(verdicts), len(verdicts), progress, "verdicts") as bar:
         for chunk in _chunks(todo, batch_size):
             pairs = [(records[i]["prompt"], records[i][ANSWER_FIELDS[a]]) for i, a in chunk]
             lines = [{"run": key, "judge": judge_key, "id": i, "answer": a, **verdict.to_dict()}
@@ -207,14 +220,6 @@ def judge_answers(judge: Any, records: Mapping[str, Mapping[str, Any]], *, out_d
             verdicts.update(((line["id"], line["answer"]), line) for line in lines)
             bar.update(len(chunk))
     return verdicts
-
-
-def read_verdicts(out_dir: Path, key: str, judge_key: str | None) -> dict[tuple[str, str], dict[str, Any]]:
-    """Verdicts already stored for a run (of one judge), without loading the judge."""
-    if judge_key is None:
-        return {}
-    return {(v["id"], v["answer"]): v for v in AppendLog(out_dir / VERDICTS_FILE).read()
-            if v.get("run") == key and v.get("judge") == judge_key}
 
 
 def write_outputs(tables: Sequence[Mapping[str, Any]], out_dir: Path, *,

@@ -48,12 +48,16 @@ class ServiceOptions:
     wait_timeout: float | None
 
 
-def _check_judge(options: JudgeOptions) -> None:
-    """Fail before hours of generation: the judge's format must be known and its files (or hub id) readable."""
-    from eta.judges import FORMATS, JudgeError, infer_format
+def _check_judge(options: JudgeOptions) -> dict[str, Any] | None:
+    """Fail before hours of generation: the judge's format must be known and its config readable.
+
+    Returns:
+        The judge's description (id, format, revision), from which its verdicts are keyed; None without --judge.
+    """
+    from eta.judges import FORMATS, JudgeError, describe_judge, infer_format, judge_revision
 
     if options.judge_id is None:
-        return
+        return None
     try:
         name = options.judge_format or infer_format(options.judge_id)
     except JudgeError as exc:
@@ -66,10 +70,11 @@ def _check_judge(options: JudgeOptions) -> None:
     from transformers import AutoConfig
 
     try:
-        AutoConfig.from_pretrained(options.judge_id, trust_remote_code=options.trust_remote_code)
+        config = AutoConfig.from_pretrained(options.judge_id, trust_remote_code=options.trust_remote_code)
     except (OSError, ValueError, KeyError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchmarkCommandError(f"judge {options.judge_id}: {first}") from exc
+    return describe_judge(options.judge_id, name, judge_revision(options.judge_id, config=config))
 
 
 def _model_identity(spec: Any) -> dict[str, Any]:
@@ -97,7 +102,7 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
         benchmark = load_benchmark(benchmark_name, data_dir, subset=subset, limit=limit)
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
-    _check_judge(judge)
+    judge_info = _check_judge(judge)
     out_dir = out_dir or Path("eta-eval") / benchmark.name
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchmarkCommandError(f"--out-dir {out_dir} is a file, not a directory")
@@ -111,18 +116,18 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
         raise BenchmarkCommandError(str(exc)) from exc
 
     verdicts: dict[tuple[str, str], dict[str, Any]] = {}
-    judge_info = None
-    if judge.judge_id is not None:
-        from eta.judges import JudgeError, load_judge
+    if judge_info is not None:
+        from eta.judges import JudgeError, judge_fingerprint, load_judge
+
+        def load() -> Any:
+            return load_judge(judge.judge_id or "", judge_format=judge_info["format"], device=judge.device,
+                              dtype=judge.dtype, trust_remote_code=judge.trust_remote_code)
 
         try:
-            loaded = load_judge(judge.judge_id, judge_format=judge.judge_format, device=judge.device,
-                                dtype=judge.dtype, trust_remote_code=judge.trust_remote_code)
-        except JudgeError as exc:
+            verdicts = judge_answers(load, records, out_dir=out_dir, key=key, batch_size=judge.batch_size,
+                                     progress=progress, judge_key=judge_fingerprint(judge_info))
+        except (JudgeError, BenchmarkError) as exc:
             raise BenchmarkCommandError(str(exc)) from exc
-        judge_info = loaded.describe()
-        verdicts = judge_answers(loaded, records, out_dir=out_dir, key=key, batch_size=judge.batch_size,
-                                 progress=progress)
     ordered = [records[item.item_id] for item in benchmark.items if item.item_id in records]
     table = build_table(benchmark.name, ordered, verdicts, judge=judge_info, categories=benchmark.categories,
                         run={**run, "key": key, "items": len(benchmark.items), "out_dir": str(out_dir)})

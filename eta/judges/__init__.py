@@ -25,8 +25,8 @@ from eta.judges.formats import FORMATS, SAFE, UNSAFE, JudgeFormat, Verdict
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FORMATS", "SAFE", "UNSAFE", "Judge", "JudgeError", "JudgeFormat", "Verdict", "infer_format",
-           "load_judge"]
+__all__ = ["FORMATS", "SAFE", "UNSAFE", "Judge", "JudgeError", "JudgeFormat", "Verdict", "describe_judge",
+           "infer_format", "judge_fingerprint", "judge_revision", "load_judge"]
 
 
 class JudgeError(ValueError):
@@ -82,11 +82,10 @@ class Judge:
 
     def describe(self) -> dict[str, Any]:
         """What the results record about the judge (and what a resumed run checks it against)."""
-        return {"id": self.judge_id, "format": self.format.name, "revision": self.revision,
-                "max_new_tokens": self.format.max_new_tokens}
+        return describe_judge(self.judge_id, self.format.name, self.revision)
 
     def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.describe(), sort_keys=True).encode()).hexdigest()[:16]
+        return judge_fingerprint(self.describe())
 
     def prompt(self, question: str, answer: str) -> str:
         return self.format.render(self.tokenizer, question, answer)
@@ -119,6 +118,28 @@ class Judge:
         return verdicts
 
 
+def describe_judge(judge_id: str, judge_format: str, revision: str | None) -> dict[str, Any]:
+    return {"id": judge_id, "format": judge_format, "revision": revision,
+            "max_new_tokens": FORMATS[judge_format].max_new_tokens}
+
+
+def judge_fingerprint(description: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(description, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def judge_revision(judge_id: str, *, config: Any = None) -> str | None:
+    """A local directory's digest of its JSON files, else the hub commit the config came from."""
+    from eta.models.common import local_dir
+
+    folder = local_dir(judge_id)
+    if folder is not None:
+        digest = hashlib.sha256()
+        for item in sorted(folder.glob("*.json")):
+            digest.update(item.name.encode() + item.read_bytes())
+        return f"local:{digest.hexdigest()[:16]}"
+    return getattr(config, "_commit_hash", None)
+
+
 def load_judge(judge_id: str, *, judge_format: str | None = None, device: str = "auto", dtype: str = "auto",
                trust_remote_code: bool = False) -> Judge:
     """Load a judge through `AutoTokenizer` / `AutoModelForCausalLM` onto `device`.
@@ -145,8 +166,8 @@ def load_judge(judge_id: str, *, judge_format: str | None = None, device: str = 
     source = str(local_dir(judge_id) or judge_id)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=resolved_dtype,
-                                                     trust_remote_code=trust_remote_code)
+        model: Any = AutoModelForCausalLM.from_pretrained(source, dtype=resolved_dtype,
+                                                          trust_remote_code=trust_remote_code)
     except (OSError, ValueError, ImportError, KeyError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise JudgeError(f"judge {judge_id} does not load: {first_line}") from None
@@ -154,12 +175,6 @@ def load_judge(judge_id: str, *, judge_format: str | None = None, device: str = 
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(resolved_device).eval()
-    revision = getattr(model.config, "_commit_hash", None)
-    folder = local_dir(judge_id)
-    if folder is not None:
-        digest = hashlib.sha256()
-        for item in sorted(folder.glob("*.json")):
-            digest.update(item.name.encode() + item.read_bytes())
-        revision = f"local:{digest.hexdigest()[:16]}"
+    revision = judge_revision(judge_id, config=model.config)
     logger.info("judge %s (%s) loaded on %s in %s", judge_id, name, resolved_device, resolved_dtype)
     return Judge(judge_id, fmt, model, tokenizer, resolved_device, revision)

@@ -99,9 +99,18 @@ def test_an_interrupted_run_resumes_where_it_stopped(tmp_path, tiny_models_dir, 
     assert "| cross-modal | 5 | n/a | 0.00 |" not in result.stdout  # the guard judged everything safe:
     assert "| cross-modal | 5 | 0.00 | 0.00 | 97.50 | 22.50 |" in result.stdout
 
-    calls.clear()  # everything done: a third run loads no ETA model and judges nothing new
+    calls.clear()  # everything done: a third run loads neither the ETA models nor the judge
+    import eta.judges
+    import eta.models
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("nothing should be loaded")
+
+    monkeypatch.setattr(eta.models, "load_models", no_loading)
+    monkeypatch.setattr(eta.judges, "load_judge", no_loading)
     again = _invoke(*args)
-    assert again.exit_code == 0 and calls == []
+    assert again.exit_code == 0, again.output
+    assert calls == [] and "| cross-modal | 5 | 0.00 | 0.00 | 97.50 | 22.50 |" in again.stdout
     assert len((tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()) == 10
 
 
