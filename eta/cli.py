@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from eta.cli_options import model_options, parameter_options
-from eta.config import ConfigError, ETAConfig, ModelsConfig, ModelSpec
+from eta.config import ConfigError, ETAConfig, ModelsConfig
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +23,20 @@ class CommandError(click.ClickException):
     exit_code = 2
 
 
-@click.group()
+class _Main(click.Group):
+    """The `eta` group: a model set that cannot be chosen or loaded ends any command with its one-line error and
+    exit status 2 (see eta.models.selection)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        from eta.models.selection import ModelLoadError, ModelSelectionError
+
+        try:
+            return super().invoke(ctx)
+        except (ModelLoadError, ModelSelectionError) as exc:
+            raise CommandError(str(exc)) from exc
+
+
+@click.group(cls=_Main)
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug).")
 def main(verbose: int) -> None:
     """ETA: Evaluating Then Aligning, inference-time safety for vision-language models."""
@@ -64,20 +77,11 @@ def build_tiny(directory: Path, seed: int) -> None:
 
 def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,
                   reward: str | None, device: str, dtype: str) -> ModelsConfig:
-    """The production models when any model option is given, else the tiny ones (built on first use)."""
-    if not any([vlm, clip, reward]):
-        from eta.models.tiny import ensure_tiny_models
-        from eta.settings import get_settings
+    """All three named models, or none (the tiny ones, built on first use): see eta.models.selection."""
+    from eta.models.selection import models_config_from_options
 
-        root = tiny_dir or get_settings().tiny_models_dir
-        ensure_tiny_models(root)
-        return ModelsConfig.tiny(str(root)).with_device(device, dtype)  # type: ignore[arg-type]
-    default = ModelsConfig()
-    return ModelsConfig(
-        vlm=ModelSpec(vlm) if vlm else default.vlm,
-        clip=ModelSpec(clip, pretrained=clip_pretrained) if clip else default.clip,
-        reward=ModelSpec(reward, trust_remote_code=True) if reward else default.reward,
-    ).with_device(device, dtype)  # type: ignore[arg-type]
+    return models_config_from_options(tiny_dir=tiny_dir, vlm=vlm, clip=clip, clip_pretrained=clip_pretrained,
+                                      reward=reward, device=device, dtype=dtype)
 
 
 # ------------------------------------------------------------------------------------------------ run

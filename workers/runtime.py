@@ -8,7 +8,6 @@ loads them on first use instead.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import threading
 from collections.abc import Iterable
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from eta.config import ModelsConfig, ModelSpec
+from eta.config import ModelsConfig
 from eta.settings import Settings, get_settings
 from eta.store.db import make_engine, session_factory
 
@@ -36,40 +35,25 @@ _roles: tuple[str, ...] | None = None
 
 
 def models_config(settings: Settings) -> ModelsConfig:
-    """The models named by the settings; the tiny ones (built on first use) when none is named.
+    """The model specs named by the settings (see eta.models.selection); the tiny ones, built on first use, when
+    none is named.
 
     Raises:
-        ValueError: only some of ETA_VLM, ETA_CLIP, ETA_REWARD are set (mixing a real model with the
-            random-weight ones would produce meaningless scores under real thresholds).
+        eta.models.selection.ModelSelectionError: only some of ETA_VLM, ETA_CLIP, ETA_REWARD are set.
     """
-    named = [settings.eta_vlm, settings.eta_clip, settings.eta_reward]
-    if not any(named):
-        root = settings.tiny_models_dir
-        ensure_tiny_models_locked(root)
-        return ModelsConfig.tiny(str(root)).with_device(settings.eta_device, settings.eta_dtype)
-    if not all(named):
-        raise ValueError("set all of ETA_VLM, ETA_CLIP and ETA_REWARD, or none of them (the tiny models)")
-    return ModelsConfig(
-        vlm=ModelSpec(str(settings.eta_vlm), revision=settings.eta_vlm_revision),
-        clip=ModelSpec(str(settings.eta_clip), pretrained=settings.eta_clip_pretrained),
-        reward=ModelSpec(str(settings.eta_reward), revision=settings.eta_reward_revision, trust_remote_code=True),
-    ).with_device(settings.eta_device, settings.eta_dtype)
+    from eta.models.selection import ensure_tiny_models_locked, selection_from_settings
+
+    selection = selection_from_settings(settings)
+    if selection.tiny_root is not None:
+        ensure_tiny_models_locked(selection.tiny_root)
+    return selection.config
 
 
 def ensure_tiny_models_locked(root: Path) -> None:
-    """Build the tiny models into `root` unless they are there, holding a file lock so that several
-    processes starting at once build them once (the build replaces the directory wholesale)."""
-    from eta.models.tiny import ensure_tiny_models, is_built
+    """Build the tiny models into `root` once, whichever process gets there first (eta.models.selection)."""
+    from eta.models import selection
 
-    if is_built(root):
-        return
-    root.parent.mkdir(parents=True, exist_ok=True)
-    with open(root.parent / f".{root.name}.lock", "w") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            ensure_tiny_models(root)
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+    selection.ensure_tiny_models_locked(root)
 
 
 def set_roles(roles: Iterable[str]) -> None:
@@ -120,22 +104,21 @@ def _empty_models() -> Models:
 
 
 def load(roles: Iterable[str]) -> Models:
-    """Load `roles` of the configured models (the tiny ones are built first if needed)."""
-    from eta.models import load_models
+    """Load `roles` of the models the settings select (eta.models.selection; the tiny ones are built first if
+    needed, ETA_MODELS=instant gives the stand-ins).
+
+    Raises:
+        eta.models.selection.ModelLoadError, ModelSelectionError: one line naming the model, the cause, the fix.
+    """
+    from eta.models.selection import load_selection, selection_from_settings
 
     roles = tuple(roles)
     if not roles:
         return _empty_models()
     settings = get_settings()
-    if settings.eta_models == "instant":
-        from eta.models.instant import load_instant_models
-
-        logger.warning("loading the instant models %s: benchmark and chaos-test stand-ins, not real models",
-                       ", ".join(roles))
-        return load_instant_models(roles)  # type: ignore[no-any-return]
-    config = models_config(settings)
-    logger.info("loading models %s (device %s)", ", ".join(roles), settings.eta_device)
-    return load_models(config, roles=roles)
+    selection = selection_from_settings(settings)
+    logger.info("loading models %s: %s (device %s)", ", ".join(roles), selection.describe(), settings.models.device)
+    return load_selection(selection, roles)
 
 
 def preload() -> None:

@@ -1,7 +1,7 @@
 """`eta eval` and `eta calibrate`: ETA over a JSONL dataset, and choosing tau_pre for a CLIP model.
 
 The logic lives in `eta.evaluation`; these commands parse options, load the models through
-`eta.cli.models_config` (the same model options as `eta run`) and print the summary.
+`eta.models.selection` (the same model options as `eta run`) and print the summary.
 """
 
 from __future__ import annotations
@@ -55,9 +55,9 @@ def _load_items(dataset: Path) -> list[Any]:
 
 
 def _models_spec(model_args: dict[str, Any]) -> Any:
-    from eta.cli import models_config
+    from eta.models.selection import models_config_from_options
 
-    return models_config(**model_args)
+    return models_config_from_options(**model_args)
 
 
 def _short(model_id: str) -> str:

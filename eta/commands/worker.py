@@ -46,6 +46,7 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, 
     from workers.stage_table import QUEUES
 
     names = _parse_queues(queues)
+    _check_models([QUEUES[name] for name in names])
     node = hostname or f"eta-{'-'.join(names)}-{uuid.uuid4().hex[:6]}@{socket.gethostname()}"
     argv = ["worker", "--queues", ",".join(QUEUES[name] for name in names), "--concurrency", str(concurrency),
             "--loglevel", loglevel.upper(), "--pool", pool, "--hostname", node,
@@ -54,6 +55,25 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, 
     if beat:
         argv.append("--beat")
     celery_app.worker_main(argv)
+
+
+def _check_models(queues: list[str]) -> None:
+    """Refuse to start, with the one-line error of eta.models.selection, when the models these queues need are not
+    a usable set (a partial one, a wrong id, missing files, no network and no cache): without this, each pool
+    process would fail on its own and the jobs would wait for the sweeper."""
+    from eta.models.selection import ModelLoadError, ModelSelectionError, preflight, selection_from_settings
+    from eta.settings import get_settings
+    from workers.stage_table import roles_for_queues
+
+    roles = roles_for_queues(queues)
+    if not roles:
+        return
+    try:
+        preflight(selection_from_settings(get_settings()), roles)
+    except (ModelLoadError, ModelSelectionError) as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = 2
+        raise error from exc
 
 
 @click.command("sweep")

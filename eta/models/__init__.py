@@ -38,16 +38,11 @@ class Models:
 
 
 def load_models(config: ModelsConfig, roles: Iterable[str] = ROLES) -> Models:
-    """Load the requested roles from `config`."""
-    wanted = set(roles)
-    unknown = wanted - set(ROLES)
-    if unknown:
-        raise ValueError(f"unknown model roles: {sorted(unknown)}")
-    models = Models()
-    if "clip" in wanted:
-        models.clip = ClipScorer.load(config.clip)
-    if "reward" in wanted:
-        models.reward = RewardModel.load(config.reward)
-    if "vlm" in wanted:
-        models.vlm = VisionLanguageModel.load(config.vlm)
-    return models
+    """Load the requested roles from `config`.
+
+    Raises:
+        eta.models.selection.ModelLoadError: a model cannot be loaded (one line: model, cause, fix).
+    """
+    from eta.models.selection import Selection, load_selection
+
+    return load_selection(Selection(config=config), roles)
