@@ -67,12 +67,25 @@ def models() -> None:
 @models.command("build-tiny")
 @click.argument("directory", type=click.Path(file_okay=False, path_type=Path))
 @click.option("--seed", default=0, show_default=True, help="Seeds the random weights.")
-def build_tiny(directory: Path, seed: int) -> None:
-    """Build the tiny VLM, CLIP and reward models (and their tokenizer) into DIRECTORY."""
+@click.option("--shape", default="tiny", show_default=True, type=click.Choice(["tiny", "small"]),
+              help="Size: tiny (tests, demo) or small (a CPU benchmark). Both have the production architectures: "
+                   "LLaVA-1.5 with the llava-1.5 prompt profile, ArmoRM with a Llama-3-style tokenizer, QuickGELU "
+                   "CLIP.")
+def build_tiny(directory: Path, seed: int, shape: str) -> None:
+    """Build random-weight VLM, CLIP and reward models (and their tokenizers) into DIRECTORY."""
     from eta.models.tiny import build_tiny_models
 
-    paths = build_tiny_models(directory, seed=seed)
-    click.echo(f"tiny models written to {paths.root} (vlm/, clip/, reward/)")
+    paths = build_tiny_models(directory, seed=seed, shape=shape)
+    click.echo(f"{shape} models written to {paths.root} (vlm/, clip/, reward/)")
+
+
+def _register_model_commands() -> None:
+    from eta.commands.models import check
+
+    models.add_command(check)
+
+
+_register_model_commands()
 
 
 def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,

@@ -47,6 +47,7 @@ class VisionLanguageModel:
         self.profile = profile or choose_profile(getattr(model, "config", None), spec.profile)
         self.tokenizer = processor.tokenizer
         self.spec = spec
+        self.loading_info: dict[str, list[str]] | None = None  # set by load()
         self.device = device
         self.dtype = dtype
         self.tokenizer.padding_side = "left"  # generation appends on the right
@@ -74,13 +75,19 @@ class VisionLanguageModel:
         processor = AutoProcessor.from_pretrained(
             spec.id, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
-        model = AutoModelForImageTextToText.from_pretrained(
-            spec.id, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            spec.id, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code,
+            output_loading_info=True,
         )
         model.to(device)  # type: ignore[arg-type]
         model.eval()
         logger.info("loaded VLM %s on %s as %s", spec.id, device, dtype)
-        return cls(model, processor, spec=spec, device=device, dtype=dtype)
+        loaded = cls(model, processor, spec=spec, device=device, dtype=dtype)
+        # Missing / unexpected / mis-shaped tensors, for `eta models check` (the VLM is not refused on them here:
+        # hub checkpoints may carry buffers a newer transformers no longer keeps).
+        loaded.loading_info = {key: [str(k) for k in (info.get(key) or [])]
+                               for key in ("missing_keys", "unexpected_keys", "mismatched_keys")}
+        return loaded
 
     def describe(self) -> dict[str, Any]:
         return {**describe(self.spec, model=self.model, device=self.device, dtype=self.dtype),
