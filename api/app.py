@@ -24,7 +24,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
 
     Args:
         settings: defaults to the environment's (`eta.settings.get_settings()`).
-        engine: defaults to one built from `settings.database_url` (embedded SQLite when unset).
+        engine: defaults to one built from `settings.database.url` (embedded SQLite when unset).
         enqueue: sends committed jobs to the workers; defaults to `workers.enqueue.enqueue_jobs`.
     Raises:
         ValueError: production mode without a real SECRET_KEY.
@@ -34,15 +34,14 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from api.routes import audit, batches, health, jobs, tenant
 
     settings = settings or get_settings()
-    settings.require_production_secrets()
-    engine = engine or make_engine(settings.database_url or None)
+    engine = engine or make_engine(settings.database.url or None)
     check_schema_current(engine)
 
     app = Flask("eta-api")
-    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_request_bytes
     # Multipart forms: Werkzeug's own per-part caps sit far below our image limit; lift them to the body cap.
-    app.config["MAX_FORM_MEMORY_SIZE"] = settings.max_request_bytes
-    app.config["MAX_FORM_PARTS"] = 4 * settings.max_batch_items + 100
+    app.config["MAX_FORM_MEMORY_SIZE"] = settings.limits.max_request_bytes
+    app.config["MAX_FORM_PARTS"] = 4 * settings.limits.max_batch_items + 100
     app.config["SECRET_KEY"] = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 

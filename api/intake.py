@@ -135,11 +135,11 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
     defaults of today are stored, so a later change of defaults never alters a queued job). A `seed` param
     becomes the job's seed; otherwise one is drawn at submission.
     """
-    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                         formats=frozenset(settings.image_formats))
+    limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
+                         formats=frozenset(settings.limits.image_formats))
     items = list(items)
     errors: list[ItemError] = []
-    max_items = max_items or settings.max_batch_items
+    max_items = max_items or settings.limits.max_batch_items
     if len(items) > max_items:
         raise SubmissionInvalid([ItemError(max_items, "items", "too_many_items",
                                            f"{len(items)} items; the limit is {max_items}")])
@@ -155,7 +155,7 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
         def bad(field_name: str, code: str, message: str, _index: int = index, _cid: str | None = custom_id) -> None:
             item_errors.append(ItemError(_index, field_name, code, message, _cid))  # noqa: B023
 
-        if (message := _check_text(item.prompt, name="prompt", limit=settings.max_prompt_chars, required=True)):
+        if (message := _check_text(item.prompt, name="prompt", limit=settings.limits.max_prompt_chars, required=True)):
             bad("prompt", "prompt_invalid", message)
         if (message := _check_text(item.custom_id, name="custom_id", limit=255, required=False)):
             bad("custom_id", "custom_id_invalid", message)

@@ -80,7 +80,7 @@ def load_models_for(args: argparse.Namespace) -> tuple[Models, dict[str, Any]]:
     else:
         from eta.settings import get_settings
 
-        root = args.models_dir or get_settings().eta_data_dir / "bench-models" / shape.name
+        root = args.models_dir or get_settings().data_dir / "bench-models" / shape.name
         ensure_tiny_models(root, seed=args.seed, shape=shape.name)
         models = load_models(ModelsConfig.tiny(str(root)).with_device(args.device, args.dtype))
         source = f"saved under {root}, loaded with from_pretrained / open_clip"

@@ -1,126 +1,189 @@
-"""Process settings read from the environment (one typed object, shared by CLI, API and workers)."""
+"""Process settings read from the environment: one typed object, shared by CLI, API and workers.
+
+Every variable starts with `ETA_`; the conventional names of a few (`DATABASE_URL`, `REDIS_URL`,
+`SECRET_KEY`, and the unprefixed names earlier versions read: `BLOB_BACKEND`, `MAX_IMAGE_BYTES`, ...) are
+read as fallbacks when the `ETA_` one is unset. An empty variable counts as unset.
+
+The fields are grouped by what they configure:
+
+    settings.env, .data_dir, .secret_key        the process
+    settings.database                           ETA_DATABASE_URL
+    settings.blobs                              where image bytes live
+    settings.broker                             the message broker
+    settings.limits                             what one request may ask for
+    settings.models                             which models the workers load, and where
+    settings.workers                            batching, time limits, retries, the sweeper, callbacks
+    settings.retention                          how long inputs are kept, and the purge
+    settings.api                                review sessions, exports
+
+Each group's docstring-comments name its variables. To build settings in code (tests, benchmarks), pass
+variable names, in any case: `Settings(eta_chunk_size=4, database_url=url)`; `settings.with_values(...)`
+copies with changes. Validation runs in every process that reads settings: production without a real
+secret, or time limits that would let the sweeper re-send running stages, fail at start-up.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Any, ClassVar, Literal
 
 import platformdirs
-from pydantic import Field, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 
 def _default_data_dir() -> Path:
     return Path(platformdirs.user_data_dir("eta-service", appauthor=False))
 
 
-class Settings(BaseSettings):
-    """Service-wide settings. Every field can be set as an environment variable (upper case)."""
+class SettingsGroup(BaseModel):
+    """A group of settings. A field's variable is `env_prefix` + its name in upper case, unless `env_names`
+    lists its variables (the first is its own, the others fallbacks)."""
 
-    model_config = SettingsConfigDict(env_prefix="", extra="ignore", case_sensitive=False)
+    model_config = ConfigDict(extra="forbid")
 
-    # Where the embedded database, blobs and the tiny-model cache live.
-    eta_data_dir: Path = Field(default_factory=_default_data_dir)
-    # SQLAlchemy URL of the database; empty means the embedded SQLite file under eta_data_dir.
-    database_url: str | None = None
-    # Redis URL of the broker; empty means the embedded broker (no server needed).
-    redis_url: str | None = None
+    env_prefix: ClassVar[str] = "ETA_"
+    env_names: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    @classmethod
+    def variables(cls, field: str) -> tuple[str, ...]:
+        return cls.env_names.get(field, (f"{cls.env_prefix}{field.upper()}",))
+
+
+class DatabaseSettings(SettingsGroup):
+    env_prefix = "ETA_DATABASE_"
+    env_names = {"url": ("ETA_DATABASE_URL", "DATABASE_URL")}
+
+    # SQLAlchemy URL of the database; empty means the embedded SQLite file under ETA_DATA_DIR.
+    url: str | None = None
+
+
+class BlobSettings(SettingsGroup):
+    env_prefix = "ETA_BLOB_"
+    env_names = {"backend": ("ETA_BLOB_BACKEND", "BLOB_BACKEND"), "dir": ("ETA_BLOB_DIR", "BLOB_DIR")}
+
     # Where image bytes live: rows of the database (default, one backup covers everything) or files.
-    blob_backend: Literal["database", "filesystem"] = "database"
-    # Root of the filesystem blob backend; empty means eta_data_dir/blobs.
-    blob_dir: Path | None = None
+    backend: Literal["database", "filesystem"] = "database"
+    # Root of the filesystem backend; empty means ETA_DATA_DIR/blobs.
+    dir: Path | None = None
 
-    # ---- intake API
-    # "production" refuses to start without a real secret_key; "development" makes up one per process.
-    eta_env: Literal["development", "production"] = "development"
-    # Signs session cookies (review page) and is the default HMAC key of batch callbacks.
-    secret_key: str | None = None
+
+class BrokerSettings(SettingsGroup):
+    env_prefix = "ETA_BROKER_"
+    env_names = {"url": ("ETA_BROKER_URL", "ETA_REDIS_URL", "REDIS_URL")}
+
+    # URL of the broker (Redis); empty means the embedded broker, a folder under ETA_DATA_DIR (no server).
+    url: str | None = None
+    # Prefix of every Redis key the broker writes (lets test sessions share one Redis server).
+    key_prefix: str = ""
+    # Seconds to connect to the broker before an enqueue gives up (the API then leaves jobs queued).
+    connect_timeout_s: float = Field(default=2.0, gt=0)
+    # Seconds the Redis broker waits for an unacknowledged message before redelivering it; longer than any
+    # hard time limit, or a slow stage would be delivered twice.
+    visibility_timeout_s: int = Field(default=7200, gt=0)
+
+
+_UNPREFIXED_LIMITS = ("max_request_bytes", "max_image_bytes", "max_image_pixels", "image_formats",
+                      "max_prompt_chars", "max_batch_items")
+
+
+class LimitSettings(SettingsGroup):
+    """Bounds on what one request may ask for (ETA_MAX_*, ETA_IMAGE_FORMATS)."""
+
+    env_names = {name: (f"ETA_{name.upper()}", name.upper()) for name in _UNPREFIXED_LIMITS}
+
     # Largest request body accepted (a 10,000-item batch with images needs room); larger gets 413.
     max_request_bytes: int = Field(default=512 * 1024 * 1024, gt=0)
     # Per image: encoded bytes, and width x height checked from the header before decoding.
     max_image_bytes: int = Field(default=20 * 1024 * 1024, gt=0)
     max_image_pixels: int = Field(default=40_000_000, gt=0)
-    # Image formats accepted (Pillow format names).
+    # Image formats accepted (Pillow format names; a JSON list or comma-separated).
     image_formats: frozenset[str] = frozenset({"JPEG", "PNG", "BMP", "WEBP", "GIF"})
     # Longest prompt, in characters.
     max_prompt_chars: int = Field(default=8000, gt=0)
     # Items per batch.
     max_batch_items: int = Field(default=10_000, gt=0)
+    # Upper bounds of the ETA parameters a client may set (each costs compute); a larger value is a 422.
+    # Tokens of the vanilla and of the aligned answer (the paper uses 1024).
+    max_new_tokens: int = Field(default=2048, gt=0)
+    # Candidates per sentence and top-k of their sampling (paper: 5 and 5).
+    max_num_candidates: int = Field(default=16, gt=0)
+    max_top_k: int = Field(default=200, gt=0)
+    # Tokens of one candidate sentence (paper: 70).
+    max_sentence_tokens: int = Field(default=256, gt=0)
+    # Characters of each text parameter (safety_prompt, reward_prompt, safety_prefix, ...): copied into
+    # every job of a batch and into every reward-model call.
+    max_param_chars: int = Field(default=2000, gt=0)
+    # Jobs of one tenant that may be unfinished (queued or running) at once; a submission that would go
+    # beyond is a 429. 0: no cap.
+    max_unfinished_jobs: int = Field(default=50_000, ge=0)
 
-    # ---- workers
-    # Models. Unset vlm/clip/reward mean the tiny random-weight models, built on first use into
-    # tiny_models_dir; set all three for production (see `eta run --help` for the accepted forms).
-    eta_vlm: str | None = None
-    eta_clip: str | None = None
-    eta_clip_pretrained: str | None = None
-    eta_reward: str | None = None
+
+class ModelSettings(SettingsGroup):
+    """The models the workers load (ETA_VLM, ETA_CLIP, ...; ETA_MODELS for the backend)."""
+
+    env_names = {"backend": ("ETA_MODELS",)}
+
+    # Unset vlm/clip/reward mean the tiny random-weight models, built on first use under ETA_DATA_DIR; set all
+    # three for production (see `eta run --help` for the accepted forms).
+    vlm: str | None = None
+    clip: str | None = None
+    clip_pretrained: str | None = None
+    reward: str | None = None
     # Hub revision pinned for each model (recorded in every result's fingerprint).
-    eta_vlm_revision: str | None = None
-    eta_reward_revision: str | None = None
+    vlm_revision: str | None = None
+    reward_revision: str | None = None
     # "instant": deterministic stand-ins that answer in microseconds (eta.models.instant), for benchmarks and
     # chaos tests of the service only, never for real traffic; "configured": the models named above.
-    eta_models: Literal["configured", "instant"] = "configured"
+    backend: Literal["configured", "instant"] = "configured"
     # Placement of all three models: "auto" is cuda when available; dtype "auto" is bf16 on GPU, fp32 on CPU.
-    eta_device: str = "auto"
-    eta_dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    # Broker URL overriding the default (REDIS_URL, else the embedded filesystem broker under eta_data_dir).
-    eta_broker_url: str | None = None
-    # Prefix of every Redis key the broker writes (lets test sessions share one Redis server).
-    eta_broker_key_prefix: str = ""
-    # Seconds to connect to the broker before an enqueue gives up (the API then leaves jobs queued).
-    eta_broker_connect_timeout_s: float = Field(default=2.0, gt=0)
+    device: str = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+
+
+class WorkerSettings(SettingsGroup):
+    """Batching, time limits, retries, the sweeper and batch callbacks (ETA_<NAME>)."""
+
     # Jobs per stage message: the three stages of a chunk are chained, so this bounds cross-job batching.
-    eta_chunk_size: int = Field(default=32, gt=0)
+    chunk_size: int = Field(default=32, gt=0)
     # Images per CLIP forward (pre), texts per reward forward (post), prompts per vanilla `generate` call.
-    eta_clip_batch_size: int = Field(default=32, gt=0)
-    eta_reward_batch_size: int = Field(default=32, gt=0)
-    eta_generate_batch_size: int = Field(default=8, gt=0)
+    clip_batch_size: int = Field(default=32, gt=0)
+    reward_batch_size: int = Field(default=32, gt=0)
+    generate_batch_size: int = Field(default=8, gt=0)
     # Soft time limit (the jobs still in the stage fail with `stage_timeout`) and hard limit (the process is
     # killed; the sweeper picks the jobs up) of one stage message, in seconds.
-    eta_pre_soft_time_limit_s: int = Field(default=300, gt=0)
-    eta_pre_time_limit_s: int = Field(default=360, gt=0)
-    eta_generate_soft_time_limit_s: int = Field(default=3600, gt=0)
-    eta_generate_time_limit_s: int = Field(default=3720, gt=0)
-    eta_post_soft_time_limit_s: int = Field(default=300, gt=0)
-    eta_post_time_limit_s: int = Field(default=360, gt=0)
+    pre_soft_time_limit_s: int = Field(default=300, gt=0)
+    pre_time_limit_s: int = Field(default=360, gt=0)
+    generate_soft_time_limit_s: int = Field(default=3600, gt=0)
+    generate_time_limit_s: int = Field(default=3720, gt=0)
+    post_soft_time_limit_s: int = Field(default=300, gt=0)
+    post_time_limit_s: int = Field(default=360, gt=0)
     # Retries of a stage message after a transient error (database or broker unreachable, CUDA out of
-    # memory), with exponential backoff capped at eta_retry_backoff_max_s.
-    eta_stage_max_retries: int = Field(default=5, ge=0)
-    eta_retry_backoff_max_s: int = Field(default=300, gt=0)
+    # memory), with exponential backoff capped at retry_backoff_max_s.
+    stage_max_retries: int = Field(default=5, ge=0)
+    retry_backoff_max_s: int = Field(default=300, gt=0)
     # Sweeper: how often it runs (beat), and how long a job may sit in each status before it is re-enqueued.
     # A stage's timeout must exceed its hard time limit, so a running stage is never swept.
-    eta_sweep_interval_s: float = Field(default=60.0, gt=0)
-    eta_sweep_queued_after_s: int = Field(default=600, gt=0)
-    eta_sweep_pre_evaluating_after_s: int = Field(default=420, gt=0)
-    eta_sweep_generating_after_s: int = Field(default=3900, gt=0)
-    eta_sweep_post_evaluating_after_s: int = Field(default=420, gt=0)
+    sweep_interval_s: float = Field(default=60.0, gt=0)
+    sweep_queued_after_s: int = Field(default=600, gt=0)
+    sweep_pre_evaluating_after_s: int = Field(default=420, gt=0)
+    sweep_generating_after_s: int = Field(default=3900, gt=0)
+    sweep_post_evaluating_after_s: int = Field(default=420, gt=0)
     # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
-    eta_max_stage_attempts: int = Field(default=3, gt=0)
-    # Seconds the Redis broker waits for an unacknowledged message before redelivering it; longer than any
-    # hard time limit, or a slow stage would be delivered twice.
-    eta_broker_visibility_timeout_s: int = Field(default=7200, gt=0)
+    max_stage_attempts: int = Field(default=3, gt=0)
     # Networks batch callbacks may reach although they are not public (loopback, private, link-local...),
     # comma separated CIDRs, e.g. "10.20.0.0/16". Empty: callbacks go to public addresses only.
-    eta_callback_allowed_networks: str = ""
+    callback_allowed_networks: str = ""
     # Per-attempt timeout and number of retries (exponential backoff) of a batch callback POST.
-    eta_callback_timeout_s: float = Field(default=10.0, gt=0)
-    eta_callback_max_retries: int = Field(default=8, ge=0)
+    callback_timeout_s: float = Field(default=10.0, gt=0)
+    callback_max_retries: int = Field(default=8, ge=0)
 
-    # ---- audit and review
-    # Days a finished job keeps its image bytes and vanilla answer; scores, final answers and verdicts stay.
-    # 0 keeps everything forever.
-    eta_retention_days: int = Field(default=30, ge=0)
-    # How often the workers' beat schedule runs the purge, in seconds.
-    eta_purge_interval_s: float = Field(default=3600.0, gt=0)
-    # Jobs purged per transaction (short transactions, short row locks).
-    eta_purge_batch_size: int = Field(default=1000, gt=0)
-    # Hours a review-page sign-in lasts before the reviewer must present the key again.
-    eta_review_session_hours: float = Field(default=8.0, gt=0)
-    # Rows fetched per round trip while streaming an audit export (a server-side cursor on Postgres).
-    eta_export_fetch_rows: int = Field(default=1000, gt=0)
-
-    @field_validator("eta_callback_allowed_networks")
+    @field_validator("callback_allowed_networks")
     @classmethod
     def _check_networks(cls, value: str) -> str:
         from eta.outbound import parse_networks
@@ -129,12 +192,12 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_worker_time_limits(self) -> Settings:
+    def _check_time_limits(self) -> WorkerSettings:
         """A soft limit below its hard limit, and every sweeper timeout above its stage's hard limit."""
         for stage, swept in (("pre", "pre_evaluating"), ("generate", "generating"), ("post", "post_evaluating")):
-            soft = getattr(self, f"eta_{stage}_soft_time_limit_s")
-            hard = getattr(self, f"eta_{stage}_time_limit_s")
-            sweep = getattr(self, f"eta_sweep_{swept}_after_s")
+            soft = getattr(self, f"{stage}_soft_time_limit_s")
+            hard = getattr(self, f"{stage}_time_limit_s")
+            sweep = getattr(self, f"sweep_{swept}_after_s")
             if soft >= hard:
                 raise ValueError(f"ETA_{stage.upper()}_SOFT_TIME_LIMIT_S ({soft}) must be below "
                                  f"ETA_{stage.upper()}_TIME_LIMIT_S ({hard})")
@@ -143,28 +206,170 @@ class Settings(BaseSettings):
                                  f"ETA_{stage.upper()}_TIME_LIMIT_S ({hard}), or running stages would be swept")
         return self
 
-    @property
-    def tiny_models_dir(self) -> Path:
-        return self.eta_data_dir / "tiny-models"
 
-    @property
-    def blobs_dir(self) -> Path:
-        return self.blob_dir or self.eta_data_dir / "blobs"
+class RetentionSettings(SettingsGroup):
+    """How long inputs are kept (ETA_RETENTION_DAYS) and the purge that applies it (ETA_PURGE_*)."""
 
-    def require_production_secrets(self) -> None:
-        """Fail at start-up when production runs without a real secret (placeholders count as missing)."""
-        if self.eta_env != "production":
-            return
-        if not self.secret_key or self.secret_key.lower() in _PLACEHOLDERS or len(self.secret_key) < 16:
-            raise ValueError(
-                "SECRET_KEY must be set to a random value of at least 16 characters when ETA_ENV=production"
-            )
+    # Days a finished job keeps its image bytes and vanilla answer; scores, final answers and verdicts stay.
+    # 0 keeps everything forever.
+    retention_days: int = Field(default=30, ge=0)
+    # How often the workers' beat schedule runs the purge, in seconds.
+    purge_interval_s: float = Field(default=3600.0, gt=0)
+    # Jobs purged per transaction (short transactions, short row locks).
+    purge_batch_size: int = Field(default=1000, gt=0)
+
+
+class ApiSettings(SettingsGroup):
+    """The intake API and the review page (ETA_<NAME>)."""
+
+    # Hours a review-page sign-in lasts before the reviewer must present the key again.
+    review_session_hours: float = Field(default=8.0, gt=0)
+    # Rows fetched per round trip while streaming an audit export (a server-side cursor on Postgres).
+    export_fetch_rows: int = Field(default=1000, gt=0)
 
 
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "dev", "development", "xxx", "todo"})
 
 
+class Settings(BaseSettings):
+    """Service-wide settings (see the module docstring for the variables and the groups)."""
+
+    model_config = SettingsConfigDict(extra="ignore")
+
+    # Variables of the top-level fields (the groups' are declared on each group).
+    env_names: ClassVar[dict[str, tuple[str, ...]]] = {
+        "env": ("ETA_ENV",), "data_dir": ("ETA_DATA_DIR",), "secret_key": ("ETA_SECRET_KEY", "SECRET_KEY"),
+    }
+
+    # "production" refuses to start without a real secret_key; "development" makes up one per process.
+    env: Literal["development", "production"] = "development"
+    # Where the embedded database, blobs, broker and the tiny-model cache live.
+    data_dir: Path = Field(default_factory=_default_data_dir)
+    # Signs the review page's session cookies.
+    secret_key: str | None = None
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    blobs: BlobSettings = Field(default_factory=BlobSettings)
+    broker: BrokerSettings = Field(default_factory=BrokerSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    models: ModelSettings = Field(default_factory=ModelSettings)
+    workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Keyword arguments first, then the environment (its own source: grouped fields, flat variable names).
+        return init_settings, _EnvironmentSource(settings_cls)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _route_variable_names(cls, data: Any) -> Any:
+        """Accept settings by variable name (`eta_chunk_size=4`, `database_url=...`) beside grouped values."""
+        if not isinstance(data, dict):
+            return data
+        routed: dict[str, Any] = {}
+        flat: list[tuple[str | None, str, Any]] = []
+        for key, value in data.items():
+            route = None if key in cls.model_fields else _ROUTES.get(key.upper())
+            if route is None:
+                routed[key] = value
+            else:
+                flat.append((*route, value))
+        # Values given by variable name win over grouped ones (they come from keyword arguments).
+        for group, field, value in flat:
+            if group is None:
+                routed[field] = value
+                continue
+            current = routed.get(group)
+            if isinstance(current, BaseModel):
+                current = current.model_dump(exclude_unset=True)
+            routed[group] = {**(current or {}), field: value}
+        return routed
+
+    @model_validator(mode="after")
+    def _check_production_secret(self) -> Settings:
+        """Production must not run without a real secret (placeholders count as missing)."""
+        if self.env == "production" and (not self.secret_key or self.secret_key.lower() in _PLACEHOLDERS
+                                         or len(self.secret_key) < 16):
+            raise ValueError(
+                "SECRET_KEY must be set to a random value of at least 16 characters when ETA_ENV=production"
+            )
+        return self
+
+    @property
+    def tiny_models_dir(self) -> Path:
+        return self.data_dir / "tiny-models"
+
+    @property
+    def blobs_dir(self) -> Path:
+        return self.blobs.dir or self.data_dir / "blobs"
+
+    def with_values(self, **values: Any) -> Settings:
+        """A copy with some settings changed, named like the constructor's keywords (no environment read)."""
+        return type(self).model_validate({**self.model_dump(exclude_unset=False), **values})
+
+    @classmethod
+    def variables(cls) -> dict[str, tuple[str | None, str]]:
+        """Every variable read (fallbacks included) -> (group or None for a top-level field, field)."""
+        return dict(_ROUTES)
+
+
+def _fields() -> Iterator[tuple[str | None, str, FieldInfo, tuple[str, ...]]]:
+    """(group, field, its FieldInfo, its variables) for every setting; group None for top-level fields."""
+    for name, info in Settings.model_fields.items():
+        group = info.annotation
+        if isinstance(group, type) and issubclass(group, SettingsGroup):
+            for field, field_info in group.model_fields.items():
+                yield name, field, field_info, group.variables(field)
+        else:
+            yield None, name, info, Settings.env_names[name]
+
+
+# Model fields are resolved once the module has defined every class.
+Settings.model_rebuild()
+_ROUTES: dict[str, tuple[str | None, str]] = {
+    variable: (group, field) for group, field, _, variables in _fields() for variable in variables
+}
+
+
+def _is_collection(info: FieldInfo) -> bool:
+    origin = getattr(info.annotation, "__origin__", None)
+    return origin in (frozenset, set, list, tuple)
+
+
+class _EnvironmentSource(PydanticBaseSettingsSource):
+    """Reads each setting from its variables (the first that is set and not empty), into its group."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads everything at once
+
+    def __call__(self) -> dict[str, Any]:
+        environ = {name.upper(): value for name, value in os.environ.items()}
+        values: dict[str, Any] = {}
+        for group, field, info, variables in _fields():
+            raw = next((environ[v] for v in variables if environ.get(v, "") != ""), None)
+            if raw is None:
+                continue
+            value: Any = raw
+            if _is_collection(info):
+                value = json.loads(raw) if raw.lstrip().startswith("[") else [p.strip() for p in raw.split(",")]
+            if group is None:
+                values[field] = value
+            else:
+                values.setdefault(group, {})[field] = value
+        return values
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
-    """Settings of this process, read once from the environment."""
+    """Settings of this process, read once from the environment.
+
+    Raises:
+        pydantic.ValidationError: a variable does not parse, or the settings contradict each other (the
+            message names the variables); production without a real SECRET_KEY.
+    """
     return Settings()

@@ -45,7 +45,7 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
     embedded = is_embedded(settings)
     app.conf.update(
         broker_transport_options=transport_options(settings),
-        broker_connection_timeout=settings.eta_broker_connect_timeout_s,
+        broker_connection_timeout=settings.broker.connect_timeout_s,
         broker_connection_retry_on_startup=True,
         # No result backend: chains hand results on in the message, and Postgres holds every outcome.
         task_ignore_result=True,
@@ -67,13 +67,13 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         # The embedded broker is one folder: no remote control (its fanout files outlive dead workers).
         worker_enable_remote_control=not embedded,
         beat_schedule={
-            "sweep-stalled-jobs": {"task": SWEEP_TASK, "schedule": settings.eta_sweep_interval_s},
-            "purge-expired-jobs": {"task": PURGE_TASK, "schedule": settings.eta_purge_interval_s},
+            "sweep-stalled-jobs": {"task": SWEEP_TASK, "schedule": settings.workers.sweep_interval_s},
+            "purge-expired-jobs": {"task": PURGE_TASK, "schedule": settings.retention.purge_interval_s},
         },
         beat_schedule_filename=str(embedded_broker_dir(settings).parent / "celerybeat-schedule"),
         timezone="UTC",
         # Read by `workers.enqueue` (the API builds its app from its own settings object).
-        eta_chunk_size=settings.eta_chunk_size,
+        eta_chunk_size=settings.workers.chunk_size,
     )
     return app
 
@@ -81,6 +81,6 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
 def _time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
     return {
         **time_limits(settings),
-        CALLBACK_TASK: {"soft_time_limit": 4 * settings.eta_callback_timeout_s + 30,
-                        "time_limit": 4 * settings.eta_callback_timeout_s + 60},
+        CALLBACK_TASK: {"soft_time_limit": 4 * settings.workers.callback_timeout_s + 30,
+                        "time_limit": 4 * settings.workers.callback_timeout_s + 60},
     }

@@ -70,12 +70,12 @@ class EmbeddedTransport(filesystem.Transport):
 
 
 def embedded_broker_dir(settings: Settings) -> Path:
-    return Path(settings.eta_data_dir).expanduser() / "broker"
+    return Path(settings.data_dir).expanduser() / "broker"
 
 
 def broker_url(settings: Settings) -> str:
     """`ETA_BROKER_URL`, else `REDIS_URL`, else the embedded broker."""
-    return settings.eta_broker_url or settings.redis_url or f"{EMBEDDED_SCHEME}://localhost/"
+    return settings.broker.url or f"{EMBEDDED_SCHEME}://localhost/"
 
 
 def is_embedded(settings: Settings) -> bool:
@@ -99,11 +99,11 @@ def transport_options(settings: Settings) -> dict[str, Any]:
             "polling_interval": 0.05,
         }
     options: dict[str, Any] = {
-        "socket_connect_timeout": settings.eta_broker_connect_timeout_s,
-        "socket_timeout": max(settings.eta_broker_connect_timeout_s, 10.0),
-        "visibility_timeout": settings.eta_broker_visibility_timeout_s,
+        "socket_connect_timeout": settings.broker.connect_timeout_s,
+        "socket_timeout": max(settings.broker.connect_timeout_s, 10.0),
+        "visibility_timeout": settings.broker.visibility_timeout_s,
         "health_check_interval": 25,
     }
-    if settings.eta_broker_key_prefix:
-        options["global_keyprefix"] = settings.eta_broker_key_prefix
+    if settings.broker.key_prefix:
+        options["global_keyprefix"] = settings.broker.key_prefix
     return options

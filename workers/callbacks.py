@@ -113,7 +113,7 @@ def post_callback(callback: Callback, *, settings: Settings) -> int:
             `retryable` for network errors, an unresolvable host, 5xx, 408 and 429.
     """
     try:
-        target = check_target(callback.url, allowed=parse_networks(settings.eta_callback_allowed_networks))
+        target = check_target(callback.url, allowed=parse_networks(settings.workers.callback_allowed_networks))
     except OutboundRefused as exc:
         raise CallbackError(str(exc), retryable=exc.code == "callback_url_unresolvable") from exc
     timestamp = int(time.time())
@@ -125,7 +125,7 @@ def post_callback(callback: Callback, *, settings: Settings) -> int:
         "ETA-Signature": signature_header(callback.secrets, timestamp, callback.event_id, callback.body),
     }
     try:
-        answer = post(target, callback.body, headers, timeout_s=settings.eta_callback_timeout_s)
+        answer = post(target, callback.body, headers, timeout_s=settings.workers.callback_timeout_s)
     except (OSError, http.client.HTTPException) as exc:
         raise CallbackError(f"the receiver is unreachable: {exc}", retryable=True) from exc
     if 200 <= answer.status < 300:

@@ -274,8 +274,8 @@ class StageRunner:
     def decode_images(self, work: list[Work]) -> list[Work]:
         """Decode each job's image under the intake limits; a job whose image does not decode fails."""
         settings = self.ctx.settings
-        limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                             formats=frozenset(settings.image_formats))
+        limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
+                             formats=frozenset(settings.limits.image_formats))
         ready = []
         for item in work:
             if item.image_bytes is not None:

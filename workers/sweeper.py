@@ -99,7 +99,7 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
         to_send: dict[str, list[uuid.UUID]] = {}
         touched: set[uuid.UUID] = set()
         for job in stalled:
-            if job.attempts >= settings.eta_max_stage_attempts:
+            if job.attempts >= settings.workers.max_stage_attempts:
                 if repo.transition_job(session=session, job_id=job.job_id, expected=job.status, to=JobStatus.FAILED,
                                        error_code=STALLED, now=now,
                                        error_message=f"no progress in status {job.status} after "
@@ -117,7 +117,7 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
                 to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
         # Publish before committing: if the broker is down the exception rolls the claims back.
         for stage, job_ids in to_send.items():
-            send_chunks(app, job_ids, start=stage, chunk_size=settings.eta_chunk_size)
+            send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
             report.requeued[stage] = len(job_ids)
     report.completed_batches = complete_finished_batches(sessions, touched)
     return report

@@ -69,7 +69,7 @@ def _propagates(exc: BaseException) -> bool:
 
 def backoff_s(retries: int, settings: Settings) -> float:
     """Exponential backoff with full jitter: up to 2, 4, 8, ... seconds, capped."""
-    cap = min(2.0 ** (retries + 1), float(settings.eta_retry_backoff_max_s))
+    cap = min(2.0 ** (retries + 1), float(settings.workers.retry_backoff_max_s))
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
 
 
@@ -107,7 +107,7 @@ def run_stage(task: Task, stage: Stage, raw_ids: list[Any], batch_size: int | No
             countdown = backoff_s(task.request.retries, settings)
             logger.warning("stage %s: transient error on jobs %s (%s); retry %d in %.1fs", name, ids_text, exc,
                            task.request.retries + 1, countdown)
-            raise task.retry(countdown=countdown, exc=exc, max_retries=settings.eta_stage_max_retries) from exc
+            raise task.retry(countdown=countdown, exc=exc, max_retries=settings.workers.stage_max_retries) from exc
         else:
             logger.exception("stage %s: unexpected error on jobs %s; the sweeper will retry them", name, ids_text)
             raise
@@ -180,7 +180,7 @@ def send_batch_callback(self: Task, batch_id: str) -> None:
         countdown = backoff_s(self.request.retries, settings)
         logger.warning("batch %s: callback failed (%s); retry %d in %.1fs", batch_id, exc, self.request.retries + 1,
                        countdown)
-        raise self.retry(countdown=countdown, exc=exc, max_retries=settings.eta_callback_max_retries) from exc
+        raise self.retry(countdown=countdown, exc=exc, max_retries=settings.workers.callback_max_retries) from exc
     from eta.store import repository as repo
 
     with sessions() as session, session.begin():

@@ -66,8 +66,8 @@ def load_job_image(*, session: Session, settings: Settings, tenant_id: uuid.UUID
 
 def make_thumbnail(image: JobImage, settings: Settings, *, side: int = THUMBNAIL_SIDE) -> JobImage:
     """A JPEG of at most `side` pixels on the long side (decoded under the intake limits)."""
-    limits = ImageLimits(max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels,
-                         formats=frozenset(settings.image_formats))
+    limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
+                         formats=frozenset(settings.limits.image_formats))
     try:
         decoded = decode_image(image.data, limits=limits).image
     except ImageError as exc:

@@ -52,8 +52,8 @@ def configure_cookie(app: Flask) -> None:
         SESSION_COOKIE_PATH="/review",
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
-        SESSION_COOKIE_SECURE=settings.eta_env == "production",
-        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.eta_review_session_hours),
+        SESSION_COOKIE_SECURE=settings.env == "production",
+        PERMANENT_SESSION_LIFETIME=timedelta(hours=settings.api.review_session_hours),
     )
 
 
@@ -113,7 +113,7 @@ def _load_reviewer() -> Reviewer | None:
     raw_id, signed_in_at = session.get(_KEY_ID), session.get(_SIGNED_IN_AT)
     if raw_id is None:
         return None
-    lifetime = state().settings.eta_review_session_hours * 3600
+    lifetime = state().settings.api.review_session_hours * 3600
     try:
         key_id = uuid.UUID(str(raw_id))
         expired = time.time() - float(signed_in_at or 0) > lifetime

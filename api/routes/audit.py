@@ -93,7 +93,7 @@ def export_flagged() -> StreamedResponse:
     principal = current_principal()
     query: ExportQuery = validated("query")
     filters, with_vanilla = query.to_filter(), principal.can(REVIEW)
-    sessions, fetch_rows = state().sessions, state().settings.eta_export_fetch_rows
+    sessions, fetch_rows = state().sessions, state().settings.api.export_fetch_rows
     # Authentication's session is done with: return its connection now rather than hold it for the stream.
     close_request_session()
 

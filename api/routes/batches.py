@@ -38,7 +38,7 @@ def _check_callback_url(url: Any) -> str | None:
     if url is None or url == "":
         return None
     try:
-        check_target(url, allowed=parse_networks(state().settings.eta_callback_allowed_networks))
+        check_target(url, allowed=parse_networks(state().settings.workers.callback_allowed_networks))
     except OutboundRefused as exc:
         raise invalid(single_error("callback_url", exc.code, str(exc)), what="batch") from exc
     return str(url)

@@ -251,7 +251,7 @@ def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None
     click.echo(f"database: {_redact(database)}")
     click.echo(f"broker:   {_redact(broker)}")
 
-    if not any([settings.eta_vlm, settings.eta_clip, settings.eta_reward]):
+    if not any([settings.models.vlm, settings.models.clip, settings.models.reward]):
         click.echo(f"models:   tiny random-weight models in {settings.tiny_models_dir} (answers are noise; "
                    "scores and decisions are real)")
         ensure_tiny_models_locked(settings.tiny_models_dir)
@@ -263,7 +263,7 @@ def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None
         engine.dispose()
     click.echo(f"tenant:   {tenant} (admin key created in-process)")
 
-    log_dir = Path(settings.eta_data_dir).expanduser() / "demo-logs"
+    log_dir = Path(settings.data_dir).expanduser() / "demo-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"

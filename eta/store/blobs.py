@@ -143,8 +143,8 @@ class FilesystemBlobStore:
 
 
 def make_blob_store(*, session: Session, settings: Settings | None = None) -> BlobStore:
-    """The blob backend chosen by `settings.blob_backend` (the database one writes through `session`)."""
+    """The blob backend chosen by `settings.blobs.backend` (the database one writes through `session`)."""
     settings = settings or get_settings()
-    if settings.blob_backend == "filesystem":
+    if settings.blobs.backend == "filesystem":
         return FilesystemBlobStore(settings.blobs_dir)
     return DatabaseBlobStore(session)

@@ -22,9 +22,9 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 def default_database_url(settings: Settings | None = None) -> str:
     """`DATABASE_URL` when set, else a SQLite file under `ETA_DATA_DIR` (the directory is created)."""
     settings = settings or get_settings()
-    if settings.database_url:
-        return settings.database_url
-    data_dir = Path(settings.eta_data_dir).expanduser()
+    if settings.database.url:
+        return settings.database.url
+    data_dir = Path(settings.data_dir).expanduser()
     data_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data_dir / 'eta.sqlite3'}"
 

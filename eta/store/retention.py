@@ -31,7 +31,7 @@ class PurgeReport:
 
 def retention_cutoff(settings: Settings, *, days: int | None = None, now: datetime | None = None) -> datetime | None:
     """Jobs created before the returned time are expired; None when retention is off (0 days)."""
-    days = settings.eta_retention_days if days is None else days
+    days = settings.retention.retention_days if days is None else days
     if days <= 0:
         return None
     return (now or utcnow()) - timedelta(days=days)
@@ -49,7 +49,7 @@ def purge_expired(
     days: int | None = None,
     now: datetime | None = None,
 ) -> PurgeReport:
-    """Purge every finished job older than the retention period (`settings.eta_retention_days`, or `days`)."""
+    """Purge every finished job older than the retention period (`settings.retention.retention_days`, or `days`)."""
     settings = settings or get_settings()
     now = now or utcnow()
     cutoff = retention_cutoff(settings, days=days, now=now)
@@ -60,7 +60,8 @@ def purge_expired(
     while True:
         deferred: list[str] = []
         with sessions() as session, session.begin():
-            purged = purge_expired_jobs(session=session, cutoff=cutoff, limit=settings.eta_purge_batch_size, now=now)
+            purged = purge_expired_jobs(session=session, cutoff=cutoff, limit=settings.retention.purge_batch_size,
+                                        now=now)
             blobs = make_blob_store(session=session, settings=settings)
             if isinstance(blobs, DatabaseBlobStore):
                 images += sum(blobs.delete(digest) for digest in purged.unreferenced_images)
@@ -68,7 +69,7 @@ def purge_expired(
                 deferred = purged.unreferenced_images
         images += sum(blobs.delete(digest) for digest in deferred)
         jobs += len(purged.job_ids)
-        if len(purged.job_ids) < settings.eta_purge_batch_size:
+        if len(purged.job_ids) < settings.retention.purge_batch_size:
             break
     logger.info("purge done: %d jobs created before %s, %d image blobs deleted", jobs, cutoff.isoformat(), images)
     return PurgeReport(cutoff=cutoff, jobs=jobs, images=images)

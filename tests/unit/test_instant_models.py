@@ -84,4 +84,4 @@ def test_workers_load_them_when_configured(monkeypatch: pytest.MonkeyPatch) -> N
     finally:
         monkeypatch.delenv("ETA_MODELS")
         get_settings.cache_clear()
-    assert get_settings().eta_models == "configured"
+    assert get_settings().models.backend == "configured"

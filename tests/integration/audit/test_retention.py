@@ -61,7 +61,7 @@ def test_purge_keeps_scores_and_verdicts_and_images_still_in_use(
         assert client.post(f"/v1/jobs/{s[job]}/review", json={"verdict": "confirmed_unsafe"},
                            headers=tenant.auth("review")).status_code == 201
     # Finish the running job later: it is not purged while it runs.
-    report = purge_expired(sessions, settings=settings.model_copy(update={"eta_retention_days": 30}), now=NOW)
+    report = purge_expired(sessions, settings=settings.with_values(eta_retention_days=30), now=NOW)
     assert report.jobs >= 2  # other tests' tenants may have old jobs too
 
     with sessions() as session:
@@ -95,7 +95,7 @@ def test_the_last_user_of_an_image_takes_its_bytes_with_it(
     with sessions() as session, session.begin():
         digest = store_sample(session, settings, unique_png())
         job = seed_job(session, tenant.id, image_sha256=digest, created_at=OLD)
-    purge_expired(sessions, settings=settings.model_copy(update={"eta_retention_days": 30}), now=NOW)
+    purge_expired(sessions, settings=settings.with_values(eta_retention_days=30), now=NOW)
     with sessions() as session:
         assert session.get(Blob, digest) is None
         assert session.get(Job, job).image_sha256 == digest  # the digest stays for the audit trail
@@ -103,8 +103,8 @@ def test_the_last_user_of_an_image_takes_its_bytes_with_it(
 
 def test_filesystem_blobs_are_deleted_after_the_commit(
         postgres_engine: Engine, settings: Settings, make_tenant, tmp_path: Path) -> None:
-    fs_settings = settings.model_copy(update={"blob_backend": "filesystem", "blob_dir": tmp_path / "blobs",
-                                              "eta_retention_days": 30})
+    fs_settings = settings.with_values(blob_backend="filesystem", blob_dir=tmp_path / "blobs",
+                                       eta_retention_days=30)
     from eta.store import session_factory
 
     sessions = session_factory(postgres_engine)
@@ -119,7 +119,7 @@ def test_filesystem_blobs_are_deleted_after_the_commit(
 
 
 def test_retention_off_purges_nothing(sessions, settings: Settings) -> None:
-    report = purge_expired(sessions, settings=settings.model_copy(update={"eta_retention_days": 0}))
+    report = purge_expired(sessions, settings=settings.with_values(eta_retention_days=0))
     assert report.cutoff is None and report.jobs == 0
 
 
@@ -154,7 +154,7 @@ def test_the_review_page_shows_a_placeholder_for_a_purged_image(postgres_engine,
     with sessions() as session, session.begin():
         digest = store_sample(session, settings, sample_bytes("waterview.jpg"))
         job = seed_job(session, tenant.id, image_sha256=digest, created_at=OLD)
-    purge_expired(sessions, settings=settings.model_copy(update={"eta_retention_days": 30}), now=NOW)
+    purge_expired(sessions, settings=settings.with_values(eta_retention_days=30), now=NOW)
     client = create_app(settings, engine=postgres_engine, enqueue=lambda ids: None).test_client()
     from tests.integration.audit.test_review_page import sign_in
 

@@ -98,7 +98,7 @@ def test_after_a_redis_flush_the_sweeper_recovers_every_job(worker, submit, cele
 
 def test_jobs_left_queued_while_the_broker_was_down_are_enqueued_by_the_sweeper(worker, submit, celery_app,
                                                                                 sessions, worker_env):
-    down = create_celery_app(worker_env.settings.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"}))
+    down = create_celery_app(worker_env.settings.with_values(redis_url="redis://127.0.0.1:1/0"))
     submitted = submit([Item("Submitted during an outage.", "waterview.jpg"), Item("Me too.", None)])
     start = time.monotonic()
     with pytest.raises(BrokerUnavailable):

@@ -117,8 +117,8 @@ def test_a_lost_database_connection_is_retried_with_backoff(run_pre, submit, ses
     lost = sa.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection unexpectedly"))
     with pytest.raises(Retried) as retried:
         run_pre(StandInClip(lambda images: lost), ids, 4)
-    assert 0 < retried.value.options["countdown"] <= worker_env.settings.eta_retry_backoff_max_s
-    assert retried.value.options["max_retries"] == worker_env.settings.eta_stage_max_retries
+    assert 0 < retried.value.options["countdown"] <= worker_env.settings.workers.retry_backoff_max_s
+    assert retried.value.options["max_retries"] == worker_env.settings.workers.stage_max_retries
     job = _jobs(sessions, ids)[ids[0]]
     assert str(job.status) == "pre_evaluating"  # not the job's fault: not failed
     with sessions() as session, session.begin():  # leave nothing for another test's sweeper

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eta.settings import Settings
+from eta.settings import LimitSettings, Settings
 
 DOCKER = Path(__file__).resolve().parents[3] / "docker"
 ENV_LINE = re.compile(r"^#?\s?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -45,7 +45,23 @@ def _compose() -> dict:
 
 
 def _setting_names() -> set[str]:
-    return {name.upper() for name in Settings.model_fields}
+    """Each setting's own variable (ETA_...), not the fallbacks read when it is unset."""
+    routes = Settings.variables()
+    return {min((name for name, route in routes.items() if route == target), key=lambda n: not n.startswith("ETA_"))
+            for target in set(routes.values())}
+
+
+def _value(settings: Settings, name: str) -> object:
+    group, field = Settings.variables()[name]
+    return getattr(getattr(settings, group) if group else settings, field)
+
+
+def test_every_variable_is_eta_prefixed():
+    assert all(name.startswith("ETA_") for name in _setting_names())
+    # The conventional names stay readable as fallbacks.
+    fallbacks = Settings.variables()
+    assert fallbacks["DATABASE_URL"] == ("database", "url") and fallbacks["REDIS_URL"] == ("broker", "url")
+    assert fallbacks["SECRET_KEY"] == (None, "secret_key")
 
 
 def test_env_example_lists_every_setting():
@@ -53,7 +69,7 @@ def test_env_example_lists_every_setting():
     missing = sorted(_setting_names() - set(listed))
     assert not missing, "add these settings to docker/.env.example (commented, at their default): " + ", ".join(missing)
     unknown = sorted(set(listed) - _setting_names() - COMPOSE_ONLY)
-    assert not unknown, f"docker/.env.example lists variables that are not settings: {unknown}"
+    assert not unknown, f"docker/.env.example lists variables that are not settings' own names: {unknown}"
 
 
 def test_env_example_values_are_valid_settings(monkeypatch):
@@ -63,27 +79,28 @@ def test_env_example_values_are_valid_settings(monkeypatch):
     for name, value in listed.items():
         if name in _setting_names() and value != "":
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("ETA_SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("ETA_ENV", "production")  # the production checks run as settings are read
     monkeypatch.setenv("ETA_DATA_DIR", "/tmp/eta-env-example")  # noqa: S108 - parsed, never written
-    settings = Settings(_env_file=None)
-    settings.require_production_secrets()
-    assert settings.image_formats == Settings.model_fields["image_formats"].default
-    assert active.get("SECRET_KEY") == "", "the example must not ship a usable secret"
+    settings = Settings()
+    assert settings.env == "production"
+    assert settings.limits.image_formats == LimitSettings.model_fields["image_formats"].default
+    assert active.get("ETA_SECRET_KEY") == "", "the example must not ship a usable secret"
 
 
 def test_commented_settings_show_their_defaults(monkeypatch):
     """A commented line says what you get by leaving it commented (except where compose sets the value)."""
-    set_by_compose = {"ETA_DATA_DIR", "DATABASE_URL", "REDIS_URL", "BLOB_DIR", "ETA_ENV"}
+    set_by_compose = {"ETA_DATA_DIR", "ETA_DATABASE_URL", "ETA_BROKER_URL", "ETA_BLOB_DIR", "ETA_ENV"}
     listed, active = _env_example()
     shown = {name: value for name, value in listed.items()
              if name in _setting_names() and name not in active and name not in set_by_compose and value != ""}
     for name, value in shown.items():
         monkeypatch.setenv(name, value)
-    from_file = Settings(_env_file=None)
+    from_file = Settings()
     for name in shown:
         monkeypatch.delenv(name)
-    defaults = Settings(_env_file=None)
-    differ = [name for name in shown if getattr(from_file, name.lower()) != getattr(defaults, name.lower())]
+    defaults = Settings()
+    differ = [name for name in shown if _value(from_file, name) != _value(defaults, name)]
     assert not differ, f"docker/.env.example shows other values than the defaults for {differ}"
 
 
