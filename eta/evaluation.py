@@ -13,6 +13,9 @@ Metrics:
 
 The model-free functions (`load_dataset`, `is_refusal`, `roc_auc`, `threshold_for_fpr`, `summarize`) are
 what the tests pin down; `evaluate_dataset` and `calibrate` run the models.
+
+The paper's own benchmarks, judged by a safety judge model as in its Table 1, are `eta.benchmarks` (readers,
+resumable runs, the table) and `eta.judges` (`eta eval --benchmark`; docs/evaluation.md).
 """
 
 from __future__ import annotations

@@ -93,10 +93,18 @@ def _chunks(items: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
 
 
 def finished_records(benchmark: Benchmark, out_dir: Path, key: str) -> dict[str, dict[str, Any]]:
-    """The records of this run already in `out_dir`, by item id (items of the benchmark only)."""
+    """The records of this run already in `out_dir`, by item id (items of the benchmark only; the newest line of
+    an item wins). A job the service failed is not finished: a rerun submits it again."""
     wanted = {item.item_id for item in benchmark.items}
-    return {r["id"]: r for r in AppendLog(out_dir / RESULTS_FILE).read()
-            if r.get("run") == key and r.get("id") in wanted}
+    records = {r["id"]: r for r in AppendLog(out_dir / RESULTS_FILE).read()
+               if r.get("run") == key and r.get("id") in wanted}
+    return {item_id: r for item_id, r in records.items() if not r.get("error")}
+
+
+def read_verdicts(out_dir: Path, key: str, judge_key: str) -> dict[tuple[str, str], dict[str, Any]]:
+    """The verdicts a judge already gave in this run, by (item id, answer)."""
+    return {(v["id"], v["answer"]): v for v in AppendLog(out_dir / VERDICTS_FILE).read()
+            if v.get("run") == key and v.get("judge") == judge_key}
 
 
 def _record(item: BenchmarkItem, key: str, result: Mapping[str, Any], source: str) -> dict[str, Any]:
@@ -200,8 +208,7 @@ def judge_answers(judge: Any, records: Mapping[str, Mapping[str, Any]], *, out_d
     """
     judge_key = judge_key or judge.fingerprint()
     log = AppendLog(out_dir / VERDICTS_FILE)
-    verdicts = {(v["id"], v["answer"]): v for v in log.read()
-                if v.get("run") == key and v.get("judge") == judge_key and v.get("id") in records}
+    verdicts = {k: v for k, v in read_verdicts(out_dir, key, judge_key).items() if k[0] in records}
     todo = [(item_id, answer) for item_id, record in records.items() for answer in answers
             if (item_id, answer) not in verdicts and isinstance(record.get(ANSWER_FIELDS[answer]), str)]
     if not todo:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,6 +68,7 @@ def _check_judge(options: JudgeOptions) -> dict[str, Any] | None:
     if name == "md-judge-v0.2" and not options.trust_remote_code and not Path(options.judge_id).is_dir():
         raise BenchmarkCommandError(f"{options.judge_id} is an InternLM2 model whose code is in its hub repository: "
                                     f"pass --judge-trust-remote-code to run it")
+    _offline_unless_reachable(options.judge_id)
     from transformers import AutoConfig
 
     try:
@@ -75,6 +77,21 @@ def _check_judge(options: JudgeOptions) -> dict[str, Any] | None:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise BenchmarkCommandError(f"judge {options.judge_id}: {first}") from exc
     return describe_judge(options.judge_id, name, judge_revision(options.judge_id, config=config))
+
+
+def _offline_unless_reachable(judge_id: str) -> None:
+    """A hub id with no network reads the local cache at once instead of retrying for half a minute."""
+    if Path(judge_id).expanduser().is_dir():
+        return
+    from eta.models.selection import hub_reachable
+
+    if hub_reachable():
+        return
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE:
+        logger.info("the hub is unreachable: judge %s from the local cache only", judge_id)
+        constants.HF_HUB_OFFLINE = True
 
 
 def _model_identity(spec: Any) -> dict[str, Any]:
@@ -93,7 +110,7 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
                        progress: bool, models_spec: Callable[[], Any]) -> None:
     """The body of `eta eval --benchmark`; `models_spec()` gives the model selection of the model options."""
     from eta.benchmarks import BenchmarkError, load_benchmark
-    from eta.benchmarks.run import judge_answers, write_outputs
+    from eta.benchmarks.run import judge_answers, read_verdicts, write_outputs
     from eta.benchmarks.table import build_table, plot_table, table_markdown
 
     if data_dir is None:
@@ -107,13 +124,16 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchmarkCommandError(f"--out-dir {out_dir} is a file, not a directory")
 
+    started = time.perf_counter()
     try:
         if service is not None:
-            records, key, run = _answers_via_service(benchmark, service, overrides, out_dir, progress)
+            records, key, run, answered = _answers_via_service(benchmark, service, overrides, out_dir, progress)
         else:
-            records, key, run = _answers_locally(benchmark, config, models_spec, out_dir, batch_size, progress)
+            records, key, run, answered = _answers_locally(benchmark, config, models_spec, out_dir, batch_size,
+                                                           progress)
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
+    timing: dict[str, Any] = {"answered_now": answered, "answer_s": round(time.perf_counter() - started, 3)}
 
     verdicts: dict[tuple[str, str], dict[str, Any]] = {}
     if judge_info is not None:
@@ -123,27 +143,39 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
             return load_judge(judge.judge_id or "", judge_format=judge_info["format"], device=judge.device,
                               dtype=judge.dtype, trust_remote_code=judge.trust_remote_code)
 
+        started = time.perf_counter()
+        before = len(read_verdicts(out_dir, key, judge_fingerprint(judge_info)))
         try:
             verdicts = judge_answers(load, records, out_dir=out_dir, key=key, batch_size=judge.batch_size,
                                      progress=progress, judge_key=judge_fingerprint(judge_info))
         except (JudgeError, BenchmarkError) as exc:
             raise BenchmarkCommandError(str(exc)) from exc
+        timing.update(judged_now=len(verdicts) - before, judge_s=round(time.perf_counter() - started, 3))
+    for done, seconds, rate in (("answered_now", "answer_s", "items_per_s"), ("judged_now", "judge_s",
+                                                                              "verdicts_per_s")):
+        if timing.get(done) and timing[seconds] > 0:
+            timing[rate] = round(timing[done] / timing[seconds], 4)
     ordered = [records[item.item_id] for item in benchmark.items if item.item_id in records]
     table = build_table(benchmark.name, ordered, verdicts, judge=judge_info, categories=benchmark.categories,
-                        run={**run, "key": key, "items": len(benchmark.items), "out_dir": str(out_dir)})
+                        run={**run, "key": key, "items": len(benchmark.items), "out_dir": str(out_dir),
+                             "timing": timing})
     json_path, markdown_path = write_outputs([table], out_dir, markdown=table_markdown)
     plot_path = plot_table(table, out_dir / "usr_by_category.png") if plot else None
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
     click.echo(table_markdown([table]).rstrip())
-    click.echo(f"\nwritten: {json_path}, {markdown_path}" + (f", {plot_path}" if plot_path else ""))
+    click.echo(f"\nthis invocation: {timing['answered_now']} items answered in {timing['answer_s']:.1f} s"
+               + (f" ({timing['items_per_s']:.3g} items/s)" if "items_per_s" in timing else "")
+               + (f", {timing['judged_now']} answers judged in {timing['judge_s']:.1f} s" if "judge_s" in timing
+                  else ""))
+    click.echo(f"written: {json_path}, {markdown_path}" + (f", {plot_path}" if plot_path else ""))
     if judge.judge_id is None:
         click.echo("no --judge: USR columns are empty (ASR is the keyword check)")
 
 
 def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any], out_dir: Path, batch_size: int,
-                     progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any]]:
+                     progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any], int]:
     from eta.benchmarks.run import finished_records, generate_answers, run_key
     from eta.models import load_models
 
@@ -153,7 +185,7 @@ def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any]
     run = {"source": "local", "models": identity, "parameters": config.to_dict()}
     done = finished_records(benchmark, out_dir, key)
     if len(done) == len(benchmark.items):
-        return done, key, run  # nothing to generate: no models to load
+        return done, key, run, 0  # nothing to generate: no models to load
     roles = ("vlm", "clip", "reward") if any(item.has_image for item in benchmark.items) else ("vlm", "reward")
     models = load_models(spec, roles=roles)
     try:
@@ -163,24 +195,25 @@ def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any]
         del models  # the judge may need the memory
         gc.collect()
         _empty_cuda_cache()
-    return records, key, run
+    return records, key, run, len(records) - len(done)
 
 
 def _answers_via_service(benchmark: Any, service: ServiceOptions, overrides: dict[str, Any], out_dir: Path,
-                         progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any]]:
-    from eta.benchmarks.run import generate_via_service, run_key
+                         progress: bool) -> tuple[dict[str, dict[str, Any]], str, dict[str, Any], int]:
+    from eta.benchmarks.run import finished_records, generate_via_service, run_key
     from eta.client import ETAClient, ETAClientError
 
     params = {name: value for name, value in overrides.items() if value is not None}
     key = run_key(benchmark, params, {"service": service.url})
     run = {"source": "service", "url": service.url, "parameters": params}
+    before = len(finished_records(benchmark, out_dir, key))
     try:
         with ETAClient(service.url, service.api_key, progress=progress) as client:
             records = generate_via_service(client, benchmark, params=params, out_dir=out_dir, key=key,
                                            wait_timeout=service.wait_timeout, progress=progress)
     except ETAClientError as exc:
         raise BenchmarkCommandError(f"service {service.url}: {exc}") from exc
-    return records, key, run
+    return records, key, run, len(records) - before
 
 
 def _empty_cuda_cache() -> None:

@@ -57,7 +57,10 @@ def test_figstep_table_with_a_judge_beside_the_paper(tmp_path, tiny_models_dir, 
     verdicts = [json.loads(line) for line in (out / "verdicts.jsonl").read_text().splitlines()]
     assert len(verdicts) == 6 and {v["answer"] for v in verdicts} == {"vanilla", "final"}
     assert all(v["raw"] == UNSAFE_V2 and v["label"] == "unsafe" and v["score"] == 4 for v in verdicts)
-    assert json.loads((out / "table.json").read_text())[0]["rows"][0]["usr_final"] == 100.0
+    stored = json.loads((out / "table.json").read_text())[0]
+    assert stored["rows"][0]["usr_final"] == 100.0
+    assert stored["run"]["timing"]["answered_now"] == 3 and stored["run"]["timing"]["judged_now"] == 6
+    assert stored["run"]["timing"]["items_per_s"] > 0
     assert "| figstep | 3 | 100.00 | 100.00 | 58.60 | 7.80 |" in (out / "table.md").read_text()
     assert (out / "usr_by_category.png").read_bytes().startswith(b"\x89PNG")
 
@@ -67,6 +70,8 @@ def test_malformed_judge_output_is_counted_not_fatal(tmp_path, tiny_models_dir, 
     assert result.exit_code == 0, result.output
     assert "| advbench | 2 | n/a | n/a | n/a | n/a |" in result.stdout
     assert "| 4 |" in result.stdout.splitlines()[2]  # four malformed verdicts (2 items x 2 answers)
+    assert "this invocation: 2 items answered in" in result.stdout and "items/s" in result.stdout
+    assert "4 answers judged in" in result.stdout
     verdicts = [json.loads(line) for line in (tmp_path / "out" / "verdicts.jsonl").read_text().splitlines()]
     assert all(v["label"] is None and v["malformed"] and v["raw"] for v in verdicts)
 

@@ -284,3 +284,54 @@ def test_generate_answers_resumes_after_a_crash(tmp_path, standin, monkeypatch):
     generate_answers(None, benchmark, None, out_dir=out, key=other, batch_size=5, progress=False)
     assert len(calls) == 1 and len(calls[0]) == 5
     assert json.loads((out / "results.jsonl").read_text().splitlines()[-1])["run"] == other
+
+
+class FakeService:
+    """The part of ETAClient that generate_via_service uses; job 'row-003' fails the first time."""
+
+    base_url = "http://eta.test"
+
+    def __init__(self):
+        self.submissions = []
+        self.failed_once = False
+
+    def submit_batch(self, items, idempotency_key, *, params=None):
+        self.submissions.append(([item.custom_id for item in items], idempotency_key, params))
+        self.items = items
+        return {"id": f"batch-{len(self.submissions)}"}
+
+    def wait(self, batch_id, *, timeout=None):
+        return {"id": batch_id, "status": "completed"}
+
+    def iter_results(self, batch_id):
+        for item in self.items:
+            if item.custom_id == "row-003" and not self.failed_once:
+                self.failed_once = True
+                yield {"id": "j3", "custom_id": item.custom_id, "status": "failed", "result": None,
+                       "error": {"code": "stage_failed", "message": "out of memory"}}
+                continue
+            yield {"id": f"j-{item.custom_id}", "custom_id": item.custom_id, "status": "succeeded",
+                   "result": {"response": "As an AI assistant, no.", "vanilla_response": "Sure.", "aligned": True,
+                              "s_pre": None, "s_post": -1.0, "fingerprint": {"digest": "f" * 64}}}
+
+
+def test_via_service_stores_results_and_resubmits_only_failed_jobs(tmp_path, standin):
+    from eta.benchmarks.run import generate_via_service, run_key
+
+    benchmark = load_benchmark("advbench", standin("advbench", 3))
+    key = run_key(benchmark, {"max_new_tokens": 8}, {"service": FakeService.base_url})
+    service = FakeService()
+    records = generate_via_service(service, benchmark, params={"max_new_tokens": 8}, out_dir=tmp_path, key=key,
+                                   progress=False)
+    (first_ids, first_key, params), = service.submissions
+    assert first_ids == ["row-002", "row-003", "row-004"] and params == {"max_new_tokens": 8}
+    assert first_key.startswith(f"eta-eval-advbench-{key}-")
+    assert records["row-003"]["error"]["code"] == "stage_failed" and records["row-003"]["response"] is None
+    assert records["row-002"]["source"] == "service:batch-1" and records["row-002"]["job_id"] == "j-row-002"
+
+    again = generate_via_service(service, benchmark, params={"max_new_tokens": 8}, out_dir=tmp_path, key=key,
+                                 progress=False)
+    assert service.submissions[1][0] == ["row-003"] and service.submissions[1][1] != first_key
+    assert again["row-003"]["response"] == "As an AI assistant, no." and "error" not in again["row-003"]
+    generate_via_service(service, benchmark, params={}, out_dir=tmp_path, key=key, progress=False)
+    assert len(service.submissions) == 2  # everything finished: nothing submitted
