@@ -126,6 +126,7 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
     if options["benchmark"] or dataset is None:
         _eval_benchmark(dataset, out_path, config, batch_size, as_json, no_progress, options)
         return
+    _no_benchmark_options(options)
     target_fpr = _target_fpr(target_fpr)
     items = _load_items(dataset)
     out_path = out_path or dataset.with_name(dataset.name.removesuffix(".jsonl") + ".results.jsonl")
@@ -146,6 +147,15 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
         click.echo(json.dumps(summary, indent=2))
     else:
         _print_summary(summary)
+
+
+def _no_benchmark_options(options: dict[str, Any]) -> None:
+    """A JSONL dataset run refuses the options that only --benchmark reads, rather than ignoring them."""
+    flags = {"data_dir": "--data", "subset": "--subset", "limit": "--limit", "out_dir": "--out-dir",
+             "judge_id": "--judge", "judge_format": "--judge-format", "via": "--via", "plot": "--plot"}
+    given = [flag for name, flag in flags.items() if options.get(name)]
+    if given:
+        raise DatasetCommandError(f"{', '.join(given)}: only with --benchmark (a JSONL DATASET run takes --out)")
 
 
 def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, batch_size: int, as_json: bool,

@@ -148,3 +148,7 @@ def test_option_mistakes_are_one_line_errors(tmp_path, tiny_models_dir):
     assert remote.exit_code == 2 and "--judge-trust-remote-code" in remote.stderr
     assert not (tmp_path / "out").exists()
     assert _invoke("eval").exit_code == 2
+    dataset = tmp_path / "set.jsonl"
+    dataset.write_text('{"prompt": "p"}\n')
+    jsonl_with_judge = _invoke("eval", dataset, "--judge", "x", "--out-dir", tmp_path / "o")
+    assert jsonl_with_judge.exit_code == 2 and "--out-dir, --judge: only with --benchmark" in jsonl_with_judge.stderr
