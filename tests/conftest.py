@@ -10,16 +10,17 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _samples_dir() -> Path:
-    override = os.environ.get("ETA_SAMPLES_DIR")
-    return Path(override) if override else REPO.parent / "shared" / "samples"
-
-
 @pytest.fixture(scope="session")
-def samples_dir() -> Path:
-    path = _samples_dir()
-    assert path.is_dir(), f"sample images not found at {path} (set ETA_SAMPLES_DIR)"
-    return path
+def samples_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The sample images: drawn for this session (tests/samples.py), or the folder ETA_SAMPLES_DIR names."""
+    override = os.environ.get("ETA_SAMPLES_DIR")
+    if override:
+        path = Path(override)
+        assert path.is_dir(), f"ETA_SAMPLES_DIR={override} is not a folder"
+        return path
+    from tests.samples import write_samples
+
+    return write_samples(tmp_path_factory.mktemp("samples"))
 
 
 @pytest.fixture(scope="session")
