@@ -8,6 +8,7 @@ import secrets
 from flask import Flask
 from sqlalchemy.engine import Engine
 
+from api.guards import install_guards
 from api.metrics import ApiMetrics
 from api.problems import install_problem_handlers
 from api.spec import spec
@@ -38,6 +39,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     check_schema_current(engine)
 
     app = Flask("eta-api")
+    install_guards(app)
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_request_bytes
     # Multipart forms: Werkzeug's own per-part caps sit far below our image limit; lift them to the body cap.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.limits.max_request_bytes
@@ -58,5 +60,6 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(tenant.bp)
     app.register_blueprint(review_page)
     spec.register(app)
+    app.view_functions["openapi_docs"] = health.openapi_document  # the completed document there too
     logger.info("API ready (database %s)", engine.url.render_as_string(hide_password=True))
     return app

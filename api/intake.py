@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from api.guards import loads_bounded
+from api.text import text_problem
 from eta.config import ConfigError, ETAConfig
 from eta.images import ImageError, ImageLimits, decode_image
 from eta.settings import Settings
@@ -100,31 +102,49 @@ def parse_params(value: Any, *, where: str) -> dict[str, Any]:
         return {}
     if isinstance(value, str):
         try:
-            value = json.loads(value)
+            value = loads_bounded(value)
         except json.JSONDecodeError as exc:
             raise ConfigError(where, f"not valid JSON: {exc.msg}") from exc
+        except ValueError as exc:
+            raise ConfigError(where, f"not valid JSON: {exc}") from exc
+    if value is None:  # JSON null: no parameters
+        return {}
     if not isinstance(value, dict):
         raise ConfigError(where, "must be a JSON object")
     return value
 
 
-def _check_text(value: Any, *, name: str, limit: int, required: bool) -> str | None:
-    """Returns an error message, or None when the text is acceptable."""
-    if value is None:
-        return f"{name} is required" if required else None
-    if not isinstance(value, str):
-        return f"{name} must be a string"
-    if required and not value.strip():
-        return f"{name} must not be empty"
-    if len(value) > limit:
-        return f"{name} has {len(value)} characters; the limit is {limit}"
-    if "\x00" in value:
-        return f"{name} contains a NUL character"
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return f"{name} is not valid Unicode (lone surrogate)"
-    return None
+# Integer parameters that cost compute, and the setting that bounds each.
+PARAM_LIMITS = {
+    "max_new_tokens": "max_new_tokens",
+    "num_candidates": "max_num_candidates",
+    "top_k": "max_top_k",
+    "max_sentence_tokens": "max_sentence_tokens",
+}
+
+
+def _integral(params: dict[str, Any]) -> dict[str, Any]:
+    """JSON does not tell 72 from 72.0: an integer parameter given as an integral number is that integer."""
+    for name in (*PARAM_LIMITS, "seed"):
+        value = params.get(name)
+        if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:
+            params[name] = int(value)
+    return params
+
+
+def param_problems(params: Mapping[str, Any], settings: Settings) -> list[tuple[str, str]]:
+    """(field, message) for each parameter beyond its operator-set limit or holding unstorable text."""
+    problems = []
+    for name, setting in PARAM_LIMITS.items():
+        value, limit = params.get(name), getattr(settings.limits, setting)
+        if isinstance(value, int) and value > limit:
+            problems.append((f"params.{name}",
+                             f"params.{name} is {value}; the limit is {limit} (ETA_{setting.upper()})"))
+    for name, value in params.items():
+        if isinstance(value, str) and (message := text_problem(value, name=f"params.{name}",
+                                                               limit=settings.limits.max_param_chars)):
+            problems.append((f"params.{name}", message))
+    return problems
 
 
 def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] | None, settings: Settings,
@@ -155,9 +175,9 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
         def bad(field_name: str, code: str, message: str, _index: int = index, _cid: str | None = custom_id) -> None:
             item_errors.append(ItemError(_index, field_name, code, message, _cid))  # noqa: B023
 
-        if (message := _check_text(item.prompt, name="prompt", limit=settings.limits.max_prompt_chars, required=True)):
+        if (message := text_problem(item.prompt, name="prompt", limit=settings.limits.max_prompt_chars, required=True)):
             bad("prompt", "prompt_invalid", message)
-        if (message := _check_text(item.custom_id, name="custom_id", limit=255, required=False)):
+        if (message := text_problem(item.custom_id, name="custom_id", limit=255, required=False)):
             bad("custom_id", "custom_id_invalid", message)
         elif custom_id is not None:
             if custom_id in seen_custom_ids:
@@ -167,12 +187,17 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
 
         config: ETAConfig | None = None
         try:
-            merged = {**base, **parse_params(item.params, where="params")}
+            merged = _integral({**base, **parse_params(item.params, where="params")})
             config = ETAConfig.from_dict(merged)
         except ConfigError as exc:
             bad("params", "params_invalid", str(exc))
-        except TypeError as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             bad("params", "params_invalid", str(exc))
+        if config is not None:
+            for field_name, message in param_problems(config.to_dict(), settings):
+                bad(field_name, "param_out_of_range", message)
+            if any(e.field.startswith("params.") for e in item_errors):
+                config = None
 
         sha256: str | None = None
         if item.image_error is not None:
@@ -220,9 +245,12 @@ def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawIte
             continue
         index = number
         try:
-            obj = json.loads(line)
+            obj = loads_bounded(line)
         except json.JSONDecodeError as exc:
             errors.append(ItemError(index, "line", "manifest_line_invalid", f"not valid JSON: {exc.msg}"))
+            continue
+        except ValueError as exc:
+            errors.append(ItemError(index, "line", "manifest_line_invalid", f"not valid JSON: {exc}"))
             continue
         if not isinstance(obj, dict):
             errors.append(ItemError(index, "line", "manifest_line_invalid", "each line must be a JSON object"))

@@ -55,7 +55,7 @@ class JobCreate(_Strict):
     custom_id: str | None = Field(default=None, max_length=255, description="Your own id, echoed back.")
 
 
-class JobCreateForm(BaseModel):
+class JobCreateForm(_Strict):
     """One job as multipart/form-data.
 
     Form fields are typed permissively on purpose: the intake validation checks them and names every
@@ -83,7 +83,7 @@ class BatchCreate(_Strict):
     callback_url: str | None = Field(default=None, description="POSTed a signed summary when the batch ends.")
 
 
-class BatchCreateForm(BaseModel):
+class BatchCreateForm(_Strict):
     """A batch as multipart/form-data: a JSONL manifest plus the image files it names.
 
     Each manifest line is `{"custom_id", "prompt", "image": <uploaded file name> | null, "params"}`.
@@ -96,7 +96,7 @@ class BatchCreateForm(BaseModel):
 
 
 class RotateSecret(_Strict):
-    overlap_hours: float = Field(default=24.0, ge=0, le=720,
+    overlap_hours: float = Field(default=24.0, ge=0, le=720, strict=True,
                                  description="How long the previous secret keeps signing alongside the new one.")
 
 

@@ -57,4 +57,7 @@ spec = SpecTree(
     mode="strict",  # document only the routes it validates: the API, not /review pages or /metrics
     security_schemes=[SecurityScheme(name="bearer", data=SecuritySchemeData(type=SecureType.HTTP, scheme="bearer"))],
     security={"bearer": []},
+    # No Swagger UI / ReDoc pages: they load third-party JavaScript, and would do so on the review page's
+    # origin. The document is served at /v1/openapi.json (and /docs/openapi.json); view it with any tool.
+    page_templates={},
 )

@@ -6,8 +6,9 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.text import SafeText
 from eta.store.models import ReviewVerdict
 from eta.store.repository import AuditFilter
 
@@ -19,14 +20,30 @@ MAX_NOTE_CHARS = 4000
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+
+# Nothing in the store is older or newer: a filter time beyond these is read as the bound itself.
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def _iso_text(value: Any) -> Any:
+    # Pydantic would read a bare number as Unix seconds; the API documents ISO 8601 only.
+    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
+        raise ValueError("must be an ISO 8601 date or date-time, not a number")
+    return value
 
 
 def _as_utc(value: datetime | None) -> datetime | None:
-    # A time without a zone is read as UTC (the store only holds UTC).
+    # A time without a zone is read as UTC (the store only holds UTC). Times at the calendar's edges, where a
+    # zone offset would overflow, are clamped rather than refused: they select the same rows.
     if value is None:
         return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    try:
+        value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    except OverflowError:
+        return EARLIEST if value.year < 5000 else LATEST
+    return min(max(value, EARLIEST), LATEST)
 
 
 class TimeRange(_Strict):
@@ -34,20 +51,17 @@ class TimeRange(_Strict):
         default=None, description="Created at or after this time (ISO 8601; no zone means UTC).")
     created_before: datetime | None = Field(default=None, description="Created before this time.")
 
+    # A range whose start is not before its end is valid and empty.
+    _iso = field_validator("created_from", "created_before", mode="before")(_iso_text)
     _utc = field_validator("created_from", "created_before")(_as_utc)
-
-    @model_validator(mode="after")
-    def _ordered_range(self) -> TimeRange:
-        if self.created_from and self.created_before and self.created_from >= self.created_before:
-            raise ValueError("created_from must be before created_before")
-        return self
 
 
 class AuditFilters(TimeRange):
-    """Filters shared by the flagged listing and the export. Score ranges are inclusive."""
+    """Filters shared by the flagged listing and the export. Score ranges are inclusive (a minimum above
+    its maximum selects nothing)."""
 
     batch_id: uuid.UUID | None = None
-    custom_id: str | None = Field(default=None, max_length=255)
+    custom_id: SafeText(255) | None = None  # type: ignore[valid-type]
     s_pre_min: float | None = None
     s_pre_max: float | None = None
     s_post_min: float | None = None
@@ -57,14 +71,6 @@ class AuditFilters(TimeRange):
     aligned: bool | None = Field(default=None, description="Only jobs whose answer was (not) realigned.")
     reviewed: bool | None = Field(default=None, description="true: at least one verdict; false: none yet.")
     verdict: VerdictName | None = Field(default=None, description="The job's newest verdict.")
-
-    @model_validator(mode="after")
-    def _ordered_scores(self) -> AuditFilters:
-        for score in ("s_pre", "s_post", "s_post_final"):
-            low, high = getattr(self, f"{score}_min"), getattr(self, f"{score}_max")
-            if low is not None and high is not None and low > high:
-                raise ValueError(f"{score}_min must not exceed {score}_max")
-        return self
 
     def to_filter(self) -> AuditFilter:
         return AuditFilter(
@@ -103,7 +109,7 @@ class ImageQuery(_Strict):
 
 class ReviewCreate(_Strict):
     verdict: VerdictName
-    note: str | None = Field(default=None, max_length=MAX_NOTE_CHARS)
+    note: SafeText(MAX_NOTE_CHARS) | None = None  # type: ignore[valid-type]
 
 
 # ----------------------------------------------------------------------------------------- responses

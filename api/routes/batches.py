@@ -10,6 +10,7 @@ from flask import Blueprint, request
 from spectree import Response as Responses
 
 from api.auth import READ, SUBMIT, current_principal, requires
+from api.guards import field_bytes
 from api.intake import ItemError, RawItem, SubmissionInvalid, decode_base64_image, parse_manifest, parse_params
 from api.intake import validate_items as validate
 from api.problems import Problem
@@ -69,14 +70,18 @@ def _items_from_json(body: BatchCreate) -> list[RawItem]:
 
 def _items_from_form() -> tuple[list[RawItem], list[ItemError]]:
     manifest = request.files.get("manifest")
-    if manifest is None:
+    if manifest is not None:
+        manifest_bytes = manifest.read()
+    elif request.form.get("manifest"):
+        manifest_bytes = field_bytes(request.form["manifest"])  # a part without a file name
+    else:
         raise invalid(single_error("manifest", "manifest_missing", "upload the JSONL manifest as `manifest`"),
                       what="batch")
     files: dict[str, bytes] = {}
     for field_name, upload in request.files.items(multi=True):
         if field_name != "manifest" and upload.filename:
             files[upload.filename] = upload.read()
-    return parse_manifest(manifest.read(), files)
+    return parse_manifest(manifest_bytes, files)
 
 
 @bp.post("")

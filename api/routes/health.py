@@ -57,10 +57,16 @@ def readyz() -> tuple[Response, int]:
 
 @bp.get("/v1/openapi.json")
 def openapi_document() -> Response:
-    """The OpenAPI 3.1 document of this API."""
-    from api.spec import spec
+    """The OpenAPI 3.1 document of this API, with this server's limits."""
+    from flask import current_app
 
-    return jsonify(spec.spec)
+    doc = current_app.extensions.get("eta_openapi")
+    if doc is None:
+        from api.openapi import document
+        from api.spec import spec
+
+        doc = current_app.extensions["eta_openapi"] = document(spec.spec, state().settings)
+    return jsonify(doc)
 
 
 @bp.get("/metrics")

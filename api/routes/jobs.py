@@ -10,6 +10,7 @@ from flask import Blueprint, request
 from spectree import Response as Responses
 
 from api.auth import READ, SUBMIT, current_principal, requires
+from api.guards import field_bytes
 from api.intake import RawItem, SubmissionInvalid, decode_base64_image, validate_items
 from api.problems import Problem
 from api.routes.submit import dispatch, invalid, single_error, store_images
@@ -37,10 +38,10 @@ def _raw_item_from_request(json: JobCreate | None, form: JobCreateForm | None) -
         return item
     if form is not None:
         upload = request.files.get("image")
-        if upload is None and "image" in request.form:
-            raise invalid(single_error("image", "image_not_a_file", "upload the image as a file part"), what="job")
-        return RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id,
-                       image=upload.read() if upload is not None else None)
+        image = upload.read() if upload is not None else None
+        if upload is None and request.form.get("image"):
+            image = field_bytes(request.form["image"])  # a part without a file name: its bytes as sent
+        return RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id, image=image)
     raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
                   "send application/json or multipart/form-data")
 

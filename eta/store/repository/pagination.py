@@ -12,7 +12,7 @@ import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Generic, TypeVar
 
 from eta.store.errors import InvalidCursorError
@@ -20,6 +20,9 @@ from eta.store.errors import InvalidCursorError
 T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
+# Rows are never created outside these times; a cursor beyond them was not written here.
+MIN_CURSOR_TIME = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_CURSOR_TIME = datetime(9999, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +43,19 @@ def _encode(kind: str, values: list[str | int]) -> str:
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
+# Cursors this module writes are short; anything longer, or nested, was not written here.
+MAX_CURSOR_CHARS = 512
+
+
 def _decode(kind: str, cursor: str) -> list[object]:
+    if len(cursor) > MAX_CURSOR_CHARS:
+        raise InvalidCursorError("malformed cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        if raw.count(b"[") + raw.count(b"{") > 1:
+            raise ValueError("nested")
         decoded = json.loads(raw)
-    except (binascii.Error, ValueError, UnicodeDecodeError) as exc:
+    except (binascii.Error, ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise InvalidCursorError("malformed cursor") from exc
     if not isinstance(decoded, list) or not decoded or decoded[0] != kind:
         raise InvalidCursorError("cursor belongs to another listing")
@@ -66,6 +77,12 @@ def decode_time_id_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
         raise InvalidCursorError("malformed cursor") from exc
     if created_at.tzinfo is None:
         raise InvalidCursorError("malformed cursor")
+    try:
+        created_at = created_at.astimezone(UTC)
+    except OverflowError as exc:  # a zone pushing a date past the calendar's edge
+        raise InvalidCursorError("malformed cursor") from exc
+    if not MIN_CURSOR_TIME <= created_at <= MAX_CURSOR_TIME:
+        raise InvalidCursorError("malformed cursor")
     return created_at, row_id
 
 
@@ -77,5 +94,7 @@ def encode_position_cursor(position: int) -> str:
 def decode_position_cursor(cursor: str) -> int:
     values = _decode("p", cursor)
     if len(values) != 1 or not isinstance(values[0], int) or isinstance(values[0], bool):
+        raise InvalidCursorError("malformed cursor")
+    if not 0 <= values[0] < 2**31:  # a batch position (an INTEGER column)
         raise InvalidCursorError("malformed cursor")
     return values[0]

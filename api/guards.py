@@ -1,0 +1,149 @@
+"""Request-level guards: what every route gets before its own validation.
+
+- Bodies: JSON (and multipart/form-data where a route takes uploads) only; anything else is a 415.
+- JSON: nesting deeper than `MAX_JSON_DEPTH` is refused as malformed (a deep document would otherwise
+  exhaust the parser's recursion, and is never a valid request).
+- Strict UTF-8: the query string must be valid UTF-8, and invalid bytes in a multipart text field reach
+  the text check (which refuses them) instead of being replaced with U+FFFD and stored.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from typing import Any
+from urllib.parse import parse_qsl
+
+from flask import Flask, Request, request
+from flask.json.provider import DefaultJSONProvider
+from werkzeug.datastructures import Headers
+from werkzeug.formparser import FormDataParser, MultiPartParser
+
+from api.problems import Problem
+
+MAX_JSON_DEPTH = 32
+JSON, MULTIPART = "application/json", "multipart/form-data"
+# Endpoints that take multipart uploads besides JSON.
+_UPLOAD_ENDPOINTS = frozenset({"jobs.submit_job", "batches.submit_batch"})
+_STRICT_UTF8 = "eta-strict-utf-8"
+
+
+def _strict_search(name: str) -> codecs.CodecInfo | None:
+    # Werkzeug decodes multipart text with errors="replace", losing what was sent. This codec ignores the
+    # errors argument and keeps bad bytes as lone surrogates (surrogateescape): the text check refuses them
+    # in every text field, and a binary part sent without a file name can be turned back into its bytes.
+    if name.replace("_", "-") != _STRICT_UTF8:
+        return None
+    return codecs.CodecInfo(name=_STRICT_UTF8, encode=codecs.utf_8_encode,
+                            decode=lambda data, errors="strict": codecs.utf_8_decode(data, "surrogateescape", True))
+
+
+def field_bytes(value: str) -> bytes:
+    """The bytes of a multipart field as sent (a binary part that came without a file name)."""
+    return value.encode("utf-8", "surrogateescape")
+
+
+codecs.register(_strict_search)
+
+
+def json_depth_exceeded(text: str | bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether the brackets of a JSON text nest deeper than `limit` (strings are skipped)."""
+    data = text.encode() if isinstance(text, str) else text
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def loads_bounded(text: str | bytes, **kwargs: Any) -> Any:
+    """json.loads that refuses deep nesting with a ValueError instead of a RecursionError."""
+    if json_depth_exceeded(text):
+        raise ValueError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+    try:
+        return json.loads(text, **kwargs)
+    except RecursionError as exc:  # pragma: no cover - the depth check comes first
+        raise ValueError("JSON nested too deeply") from exc
+
+
+def _default(value: Any) -> Any:
+    try:
+        return DefaultJSONProvider.default(value)
+    except TypeError:
+        # e.g. an uploaded file inside a validation error report: name its type, never fail the answer.
+        return f"<{type(value).__name__}>"
+
+
+class BoundedJSONProvider(DefaultJSONProvider):
+    default = staticmethod(_default)
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        return loads_bounded(s, **kwargs)
+
+
+class _StrictMultiPartParser(MultiPartParser):
+    def get_part_charset(self, headers: Headers) -> str:
+        return _STRICT_UTF8
+
+
+class _StrictFormDataParser(FormDataParser):
+    def _parse_multipart(self, stream: Any, mimetype: str, content_length: int | None,
+                         options: dict[str, str]) -> Any:
+        parser = _StrictMultiPartParser(stream_factory=self.stream_factory,
+                                        max_form_memory_size=self.max_form_memory_size,
+                                        max_form_parts=self.max_form_parts, cls=self.cls)
+        boundary = options.get("boundary", "").encode("ascii", "replace")
+        if not boundary:
+            raise ValueError("Missing boundary")
+        form, files = parser.parse(stream, boundary, content_length)
+        return stream, form, files
+
+
+class StrictRequest(Request):
+    form_data_parser_class = _StrictFormDataParser
+
+
+def _check_request() -> None:
+    try:
+        parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
+    except UnicodeDecodeError as exc:
+        raise Problem(400, "invalid_utf8", "Bad Request", "the query string is not valid UTF-8") from exc
+    if not request.path.startswith("/v1/") or request.method not in ("POST", "PUT", "PATCH"):
+        return
+    has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+    if not has_body:
+        return
+    allowed = (JSON, MULTIPART) if request.endpoint in _UPLOAD_ENDPOINTS else (JSON,)
+    if request.mimetype not in allowed:
+        raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
+                      f"send {' or '.join(allowed)}, not {request.mimetype or 'no content type'}")
+    if request.mimetype == JSON:
+        body = request.get_json(silent=True)
+        if body is None and request.get_data().strip() != b"null":
+            raise Problem(400, "invalid_json", "Malformed JSON",
+                          f"the request body is not valid JSON (or nested deeper than {MAX_JSON_DEPTH} levels)")
+        if not isinstance(body, dict):
+            message = "the body must be a JSON object"
+            raise Problem(422, "validation_failed", "Request validation failed", message,
+                          errors=[{"field": "", "code": "model_type", "message": message}])
+
+
+def install_guards(app: Flask) -> None:
+    app.request_class = StrictRequest
+    app.json = BoundedJSONProvider(app)
+    app.before_request(_check_request)

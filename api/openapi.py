@@ -1,0 +1,172 @@
+"""The OpenAPI document as served: spectree's document, completed with what the server enforces beyond the
+pydantic models, so that a client (or a fuzzer) built from it meets no surprise.
+
+- Every error answer is `application/problem+json` (RFC 9457) with the `ProblemOut` schema.
+- Every status a route can answer is declared: 400 (malformed JSON or header), 401/403 (keys), 404,
+  413/415 (bodies), 422 (validation), 429 (rate limits and quotas, with `Retry-After`).
+- The operator's limits (prompt length, items per batch, each ETA parameter's bounds) and the text rule
+  (no NUL; prompts not blank) are in the schemas, read from this process's settings.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from typing import Any
+
+from api.intake import PARAM_LIMITS
+from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
+from eta.config import POLICIES, ETAConfig
+from eta.settings import Settings
+
+PROBLEM_MIMETYPE = "application/problem+json"
+_ERROR_TITLES = {
+    "400": "Bad Request: malformed JSON, an invalid header or query string",
+    "401": "Unauthorized: missing, unknown or revoked API key",
+    "403": "Forbidden: the key's role does not allow this",
+    "404": "Not Found (another tenant's resources are not found either)",
+    "409": "Conflict",
+    "413": "Payload Too Large",
+    "415": "Unsupported Media Type",
+    "422": "Validation failed: the problem's `errors` name each bad field",
+    "429": "Too Many Requests: a rate limit or the tenant's job quota; retry after `Retry-After` seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
+
+
+def params_schema(settings: Settings) -> dict[str, Any]:
+    """JSON Schema of the ETA parameters a client may set, with the operator's bounds."""
+    properties: dict[str, Any] = {}
+    for f in dataclasses.fields(ETAConfig):
+        name = f.name
+        if name in PARAM_LIMITS:
+            limit = getattr(settings.limits, PARAM_LIMITS[name])
+            properties[name] = {"type": "integer", "minimum": 1, "maximum": limit}
+        elif name == "seed":
+            properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+        elif name == "policy":
+            properties[name] = {"type": "string", "enum": list(POLICIES)}
+        elif name == "temperature":
+            properties[name] = {"type": "number", "exclusiveMinimum": 0}
+        elif name == "alpha":
+            properties[name] = {"type": "number", "minimum": 0}
+        elif f.type in ("float", float):
+            properties[name] = {"type": "number"}
+        elif f.type in ("str", str):
+            properties[name] = {"type": "string", "minLength": 1, "maxLength": settings.limits.max_param_chars,
+                                "pattern": NOT_BLANK_PATTERN}
+        else:  # pragma: no cover - a new parameter type must be described here
+            properties[name] = {}
+        default = f.default
+        if default is not dataclasses.MISSING and name != "seed":
+            properties[name]["default"] = default
+    return {"type": "object", "additionalProperties": False, "properties": properties,
+            "description": "ETA parameters (item params override batch params); bounds are this server's limits."}
+
+
+def _prompt(settings: Settings, base: dict[str, Any]) -> dict[str, Any]:
+    return {**base, "type": "string", "minLength": 1, "maxLength": settings.limits.max_prompt_chars,
+            "pattern": NOT_BLANK_PATTERN}
+
+
+def _custom_id(base: dict[str, Any]) -> dict[str, Any]:
+    return {"anyOf": [{"type": "string", "maxLength": 255, "pattern": NO_NUL_PATTERN}, {"type": "null"}],
+            "description": base.get("description", "Your own id, echoed back.")}
+
+
+def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
+    params = params_schema(settings)
+    for name, schema in doc["components"]["schemas"].items():
+        kind = name.split(".")[0] if name.count(".") == 1 else name.rsplit(".", 1)[-1]
+        props = schema.get("properties", {})
+        if kind in ("JobCreate", "JobCreateForm", "BatchItem"):
+            props["prompt"] = _prompt(settings, {"description": props.get("prompt", {}).get("description", "")})
+            props["custom_id"] = _custom_id(props.get("custom_id", {}))
+            props["params"] = {"anyOf": [params, {"type": "null"}]}
+        if kind in ("BatchCreate", "BatchCreateForm"):
+            props["params"] = {"anyOf": [params, {"type": "null"}]}
+        if kind.endswith("Form"):
+            # A form part is text or a file, never JSON null: leave a part out instead.
+            for name, prop in props.items():
+                alternatives = [a for a in prop.get("anyOf", []) if a.get("type") != "null"]
+                if len(alternatives) == 1:
+                    props[name] = {**{k: v for k, v in prop.items() if k not in ("anyOf", "default")},
+                                   **alternatives[0]}
+            if kind == "JobCreateForm":
+                props["image"] = {"type": "string", "format": "binary", "description": "The image file."}
+        if kind == "BatchCreateForm":
+            schema["required"] = ["manifest"]
+        if kind == "BatchCreate":
+            props["items"]["maxItems"] = settings.limits.max_batch_items
+            ref = props["items"]["items"].get("$ref", "")
+            if ref:  # inline the item schema: request bodies read without a reference to follow
+                props["items"]["items"] = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        if kind in ("JobCreate", "BatchItem") and "image_base64" in props:
+            props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 1, "contentEncoding": "base64"},
+                                               {"type": "null"}],
+                                     "description": "The image, base64 (a data: URL is accepted)."}
+
+
+def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, Any]) -> None:
+    # A body whose every field has a default may be left out (spectree marks every body required).
+    schemas = [doc["components"]["schemas"].get(c.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1])
+               for c in body.get("content", {}).values()]
+    if schemas and all(s is not None and not s.get("required") for s in schemas):
+        body["required"] = False
+
+
+def _complete_responses(doc: dict[str, Any]) -> None:
+    problem = next(f"#/components/schemas/{n}" for n in doc["components"]["schemas"] if n.startswith("ProblemOut."))
+    problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": problem}}}
+    for path, item in doc["paths"].items():
+        for _method, operation in item.items():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            statuses = {"400", "401", "403", "429"}
+            if "{" in path:
+                statuses.add("404")
+            if operation.get("requestBody"):
+                statuses.update({"413", "415", "422"})
+                _body_optional_without_required_fields(doc, operation["requestBody"])
+            if operation.get("parameters") or operation.get("requestBody"):
+                statuses.add("422")
+            for status in statuses:
+                responses.setdefault(status, {})
+            for status, response in responses.items():
+                if status[0] in "45":
+                    response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
+                    response["content"] = dict(problem_content)
+                if status == "429":
+                    response["headers"] = dict(_RETRY_AFTER)
+            operation["responses"] = dict(sorted(responses.items()))
+
+
+def _plain_names(doc: dict[str, Any]) -> dict[str, Any]:
+    """spectree names components `Model.<hash>[.Nested]`; dots in names trip some tools. Use `_` instead."""
+    prefix = "#/components/schemas/"
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: (prefix + v[len(prefix):].replace(".", "_") if k == "$ref" and isinstance(v, str)
+                        and v.startswith(prefix) else walk(v)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [walk(v) for v in node]
+        return node
+
+    doc = walk(doc)
+    doc["components"]["schemas"] = {n.replace(".", "_"): s for n, s in doc["components"]["schemas"].items()}
+    return doc
+
+
+def document(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
+    """The served document: `base` (spectree's) completed for this server's settings."""
+    doc = copy.deepcopy(base)
+    _complete_request_schemas(doc, settings)
+    _complete_responses(doc)
+    doc["components"]["schemas"] = {n: s for n, s in doc["components"]["schemas"].items()
+                                    if not n.startswith("ValidationError.")}
+    return _plain_names(doc)
+
+
+
