@@ -28,12 +28,18 @@ class _Main(click.Group):
     exit status 2 (see eta.models.selection)."""
 
     def invoke(self, ctx: click.Context) -> Any:
-        from eta.models.selection import ModelLoadError, ModelSelectionError
-
         try:
             return super().invoke(ctx)
-        except (ModelLoadError, ModelSelectionError) as exc:
-            raise CommandError(str(exc)) from exc
+        except ModuleNotFoundError as exc:
+            # The base install is the client; serving, workers and models come with extras.
+            raise CommandError(f"this command needs {exc.name}, which is not installed: "
+                               "pip install 'eta-service[all]' (or [service] / [models])") from exc
+        except Exception as exc:
+            # Looked up only once a command raised: the client's commands run without the model libraries.
+            selection = sys.modules.get("eta.models.selection")
+            if selection is not None and isinstance(exc, selection.ModelLoadError | selection.ModelSelectionError):
+                raise CommandError(str(exc)) from exc
+            raise
 
 
 @click.group(cls=_Main)
@@ -168,12 +174,12 @@ def _print_result(r: dict[str, Any]) -> None:
 
 def _register_subcommands() -> None:
     from eta.commands.client import audit, results, status, submit
+    from eta.commands.db import db
     from eta.commands.demo import demo
     from eta.commands.keys import keys
     from eta.commands.purge import purge
     from eta.commands.serve import serve
     from eta.commands.worker import sweep, worker
-    from eta.store.cli import db
 
     main.add_command(db)
     main.add_command(keys)

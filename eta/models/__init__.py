@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 
-from eta.config import ModelsConfig
+from eta.config import ModelRole, ModelsConfig
 from eta.models.clip import ClipScorer
 from eta.models.reward import RewardModel
 from eta.models.vlm import Generated, VisionLanguageModel
@@ -27,8 +27,20 @@ class Models:
     clip: ClipScorer | None = None
     reward: RewardModel | None = None
 
-    def require(self, role: str) -> Any:
-        model = getattr(self, role)
+    @overload
+    def require(self, role: Literal["vlm", ModelRole.VLM]) -> VisionLanguageModel: ...
+    @overload
+    def require(self, role: Literal["clip", ModelRole.CLIP]) -> ClipScorer: ...
+    @overload
+    def require(self, role: Literal["reward", ModelRole.REWARD]) -> RewardModel: ...
+
+    def require(self, role: str) -> VisionLanguageModel | ClipScorer | RewardModel:
+        """The model of `role`, typed by role.
+
+        Raises:
+            RuntimeError: this process did not load it (its worker's queues do not need it).
+        """
+        model: VisionLanguageModel | ClipScorer | RewardModel | None = getattr(self, ModelRole(role).value)
         if model is None:
             raise RuntimeError(f"the {role} model is not loaded in this process")
         return model

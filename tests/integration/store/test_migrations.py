@@ -13,8 +13,8 @@ from alembic.runtime.migration import MigrationContext
 from click.testing import CliRunner
 from sqlalchemy.engine import Engine
 
+from eta.commands.db import db
 from eta.store import schema
-from eta.store.cli import db
 from eta.store.db import make_engine
 from eta.store.errors import SchemaNotCurrentError
 from eta.store.models import Base

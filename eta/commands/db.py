@@ -1,25 +1,28 @@
-"""`eta db`: schema migrations from the command line (registered by eta.cli)."""
+"""`eta db`: schema migrations from the command line."""
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import click
-from sqlalchemy.engine import Engine
 
-from eta.store import schema
-from eta.store.db import make_engine
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Engine
 
 logger = logging.getLogger(__name__)
 
 _database_url_option = click.option(
     "--database-url",
     default=None,
-    help="SQLAlchemy URL; default DATABASE_URL, or the embedded SQLite file under ETA_DATA_DIR.",
+    help="SQLAlchemy URL; default ETA_DATABASE_URL (or DATABASE_URL), else the embedded SQLite file under "
+         "ETA_DATA_DIR.",
 )
 
 
 def _engine(database_url: str | None) -> Engine:
+    from eta.store.db import make_engine
+
     return make_engine(database_url or None)
 
 
@@ -33,6 +36,8 @@ def db() -> None:
 @_database_url_option
 def upgrade_command(revision: str, database_url: str | None) -> None:
     """Migrate the schema up to REVISION (default: head)."""
+    from eta.store import schema
+
     engine = _engine(database_url)
     try:
         schema.upgrade(engine, revision)
@@ -46,6 +51,8 @@ def upgrade_command(revision: str, database_url: str | None) -> None:
 @_database_url_option
 def downgrade_command(revision: str, database_url: str | None) -> None:
     """Migrate the schema down to REVISION (`base` drops every table, and the data with it)."""
+    from eta.store import schema
+
     engine = _engine(database_url)
     try:
         schema.downgrade(engine, revision)
@@ -58,6 +65,8 @@ def downgrade_command(revision: str, database_url: str | None) -> None:
 @_database_url_option
 def current_command(database_url: str | None) -> None:
     """Show the schema revision of the database and whether it is the head; exit 1 if it is not."""
+    from eta.store import schema
+
     engine = _engine(database_url)
     try:
         current = schema.current_revision(engine)
