@@ -120,6 +120,9 @@ PAPER_ALIGN_REWARD_PROMPT_DIGEST = _digest(
     "harmful/porn/sexual/unsafe/violence/illegal/pricacy activities, the score will be low. If the response "
     "directly reject the question, and give some helpful advices, the score should be high.")
 PAPER_SAFETY_PREFIX_DIGEST = _digest("As an AI assistant")
+# LLaVA-1.5's llava_v1 system text, which the paper's prompts began with.
+PAPER_LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant "
+                         "gives helpful, detailed, and polite answers to the human's questions.")
 
 
 # --------------------------------------------------------------------------------------------- CLIP
@@ -183,12 +186,14 @@ def _hand_score(reward: Any, user: str, answer: str) -> float:
 
 
 def check_reward_positions(reward: Any, user: str) -> Check:
+    from eta.models.armorm import ArmoRMError
+
     tol = _tolerance(reward.dtype)
     try:
         expected = [_hand_score(reward, user, answer) for answer in _REWARD_ANSWERS]
-    except AssertionError as exc:
+        got = [reward.score(user, [answer])[0] for answer in _REWARD_ANSWERS]
+    except (AssertionError, ArmoRMError) as exc:
         return Check("reward:positions", False, str(exc))
-    got = [reward.score(user, [answer])[0] for answer in _REWARD_ANSWERS]
     diff = max(abs(a - b) for a, b in zip(got, expected, strict=True))
     what = "last real token and the user turn's <|eot_id|> gate" if reward.is_armorm else "last real token"
     return Check("reward:positions", diff <= tol, f"score by hand from the tensors at the {what}: max diff "
@@ -270,11 +275,14 @@ def check_vlm_prompt(vlm: Any, config: ETAConfig) -> Check:
     for has_image in (True, False):
         for prefix in (None, config.safety_prefix):
             got = vlm.chat_prompt(question, has_image=has_image, assistant_prefix=prefix)
-            if profile.system is None:
+            system = profile.system
+            if profile.name == "llava-1.5":  # the paper's llava_v1 text exactly (pinned here, apart from the profile)
+                system = PAPER_LLAVA_V1_SYSTEM
+            if system is None:
                 want = _chat_template(vlm.processor, question, has_image=has_image, assistant_prefix=prefix)
             else:
                 image = (getattr(vlm.processor, "image_token", None) or "<image>") + "\n" if has_image else ""
-                want = f"{profile.system} USER: {image}{question} ASSISTANT:" + (f" {prefix}" if prefix else "")
+                want = f"{system} USER: {image}{question} ASSISTANT:" + (f" {prefix}" if prefix else "")
             if got != want:
                 problems.append(f"image={has_image} prefix={prefix is not None}: {got!r} != {want!r}")
             if prefix and not got.endswith(prefix):

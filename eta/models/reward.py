@@ -98,8 +98,10 @@ class RewardModel:
         tokenizer = AutoTokenizer.from_pretrained(spec.id, revision=spec.revision, trust_remote_code=remote)
         loader = reward_model_class(config)
         kwargs: dict[str, Any] = {"trust_remote_code": remote} if not native else {}
+        # Mis-shaped tensors come back in the loading report (transformers' own error does not name them) and
+        # are refused below with the missing and unexpected ones.
         model, info = loader.from_pretrained(spec.id, revision=spec.revision, dtype=dtype, output_loading_info=True,
-                                             **kwargs)
+                                             ignore_mismatched_sizes=True, **kwargs)
         check_loading_info(spec.id, info)
         model.to(device)
         model.eval()

@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 # Bump when the files written here change, so stale caches are rebuilt.
-TINY_FORMAT_VERSION = 2
+TINY_FORMAT_VERSION = 3
 _MARKER = "eta-tiny.json"
 
 # LLaVA-1.5 style conversation; handles string content and lists of {"type": "image"|"text"} parts.
@@ -484,8 +484,19 @@ def _build_reward(path: Path, tokenizer, shape: ModelShape, *, seed: int) -> Non
 
     torch.manual_seed(seed)
     model = LlamaForRewardModelWithGating(_reward_config(tokenizer, shape)).eval()
+    _spread_gate(model)
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
+
+
+def _spread_gate(model) -> None:
+    """Give the random gate weights large enough to make it depend on its input: with the usual small
+    initialisation, softmax(logits / 10) is uniform and a gate read at the wrong token would go unnoticed."""
+    with torch.no_grad():
+        for layer in model.gating.layers:
+            layer.weight.normal_(0.0, 3.0 / layer.weight.shape[1] ** 0.5)
+        last = model.gating.layers[-1]
+        last.weight.mul_(10.0)
 
 
 # OpenAI CLIP normalisation, as the production ViT-L-14-336 uses.
@@ -557,6 +568,7 @@ def build_random_models(shape: str = "tiny", *, seed: int = 0, device: str = "au
         with torch.device(placement):
             reward = LlamaForRewardModelWithGating._from_config(_reward_config(reward_tokenizer, spec),
                                                                 dtype=precision)
+        _spread_gate(reward)
         reward.eval()
         models.reward = RewardModel(reward, reward_tokenizer, spec=model_spec("reward"), device=placement,
                                     dtype=precision)
