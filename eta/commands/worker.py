@@ -71,9 +71,13 @@ def _check_models(queues: list[str]) -> None:
     try:
         preflight(selection_from_settings(get_settings()), roles)
     except (ModelLoadError, ModelSelectionError) as exc:
-        error = click.ClickException(str(exc))
-        error.exit_code = 2
-        raise error from exc
+        raise _RefusedStart(str(exc)) from exc
+
+
+class _RefusedStart(click.ClickException):
+    """The worker's models cannot be loaded: one line, exit status 2."""
+
+    exit_code = 2
 
 
 @click.command("sweep")

@@ -372,8 +372,8 @@ def run_checks(selection: Selection, roles: Iterable[str] = ("vlm", "clip", "rew
         if reward is not None:
             kind = "native ArmoRM" if reward.is_armorm else type(reward.model).__name__
             checks.append(Check("reward:load", True, f"{kind}: every tensor loaded, none left over"))
-            for name, fn in (("reward:positions", check_reward_positions), ("reward:batched", check_reward_batched)):
-                checks.append(_guard(name, lambda fn=fn: fn(reward, config.reward_prompt)))
+            checks.append(_guard("reward:positions", lambda: check_reward_positions(reward, config.reward_prompt)))
+            checks.append(_guard("reward:batched", lambda: check_reward_batched(reward, config.reward_prompt)))
             checks.append(_guard("reward:session", lambda: check_reward_session(reward, config.align_reward_prompt)))
             del reward
     if "vlm" in wanted:

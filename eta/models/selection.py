@@ -92,7 +92,7 @@ def _load_instant(roles: tuple[str, ...], selection: Selection) -> Models:
 
     logger.warning("loading the instant models %s: benchmark and chaos-test stand-ins, not real models",
                    ", ".join(roles))
-    return load_instant_models(roles)  # type: ignore[no-any-return]
+    return load_instant_models(roles)
 
 
 register_backend("instant", _load_instant)

@@ -75,11 +75,12 @@ class VisionLanguageModel:
         processor = AutoProcessor.from_pretrained(
             spec.id, revision=spec.revision, trust_remote_code=spec.trust_remote_code
         )
-        model, info = AutoModelForImageTextToText.from_pretrained(
+        loaded_with_info: Any = AutoModelForImageTextToText.from_pretrained(
             spec.id, revision=spec.revision, dtype=dtype, trust_remote_code=spec.trust_remote_code,
             output_loading_info=True,
         )
-        model.to(device)  # type: ignore[arg-type]
+        model, info = loaded_with_info
+        model.to(device)
         model.eval()
         logger.info("loaded VLM %s on %s as %s", spec.id, device, dtype)
         loaded = cls(model, processor, spec=spec, device=device, dtype=dtype)
