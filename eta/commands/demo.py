@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import io
+import json
 import logging
 import os
 import re
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -213,6 +215,48 @@ def _flagged_table(records: list[dict[str, Any]]) -> str:
     return "\n".join(lines) if lines else "(none)"
 
 
+# Past this many jobs the demo prints a summary instead of a line per job (the full records go to files).
+SUMMARY_AFTER = 20
+_EXAMPLES = 3
+
+
+def _save_records(folder: Path, batch_id: str, results: list[dict[str, Any]], flagged: list[dict[str, Any]]
+                  ) -> tuple[Path, Path]:
+    """Write every result and every flagged audit record as JSON lines; returns the two files."""
+    paths = (folder / f"results-{batch_id}.jsonl", folder / f"flagged-{batch_id}.jsonl")
+    for path, records in zip(paths, (results, flagged), strict=True):
+        path.write_text("".join(json.dumps(record, sort_keys=True) + "\n" for record in records))
+    return paths
+
+
+def _spread(values: list[float]) -> str:
+    if not values:
+        return "-"
+    ordered = sorted(values)
+    return f"{ordered[0]:+.3f} .. {ordered[len(ordered) // 2]:+.3f} .. {ordered[-1]:+.3f}"
+
+
+def _summary(results: list[dict[str, Any]], flagged: list[dict[str, Any]]) -> str:
+    """Counts per status and flag reason, score ranges (min .. median .. max) and a few examples."""
+    statuses = Counter(job["status"] for job in results)
+    errors = Counter(job["error"]["code"] for job in results if job.get("error"))
+    done = [job["result"] for job in results if job.get("result")]
+    reasons = Counter(reason for r in done for reason in (r.get("flag_reasons") or []))
+    lines = [f"summary of {len(results)} jobs",
+             "  status:       " + ", ".join(f"{n} {status}" for status, n in statuses.most_common())
+             + (f" (errors: {', '.join(f'{n} {code}' for code, n in errors.most_common())})" if errors else ""),
+             f"  flagged:      {sum(1 for r in done if r.get('flagged'))}; reasons: "
+             + (", ".join(f"{n} {reason}" for reason, n in reasons.most_common()) or "none"),
+             f"  aligned:      {sum(1 for r in done if r.get('aligned'))}"]
+    for name in ("s_pre", "s_post", "s_post_final"):
+        values = [r[name] for r in done if r.get(name) is not None]
+        lines.append(f"  {name + ':':<13} {_spread(values)}  ({len(values)} jobs)")
+    lines += ["", f"first {min(_EXAMPLES, len(results))} results", _results_table(results[:_EXAMPLES]),
+              "", f"first {min(_EXAMPLES, len(flagged))} flagged audit records ({len(flagged)} in all)",
+              _flagged_table(flagged[:_EXAMPLES])]
+    return "\n".join(lines)
+
+
 @contextmanager
 def _children() -> Iterator[list[Child]]:
     """Children started inside the block are stopped when it ends, however it ends (Ctrl-C included)."""
@@ -293,10 +337,15 @@ def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None
             results = list(client.iter_results(batch["id"]))
             flagged = list(client.flagged(batch_id=batch["id"]))
 
-        click.echo("\nresults")
-        click.echo(_results_table(results))
-        click.echo(f"\nflagged audit records ({len(flagged)} of {len(results)})")
-        click.echo(_flagged_table(flagged))
+        saved = _save_records(log_dir, batch["id"], results, flagged)
+        if len(results) <= SUMMARY_AFTER:
+            click.echo("\nresults")
+            click.echo(_results_table(results))
+            click.echo(f"\nflagged audit records ({len(flagged)} of {len(results)})")
+            click.echo(_flagged_table(flagged))
+        else:
+            click.echo("\n" + _summary(results, flagged))
+        click.echo(f"full results and audit records: {saved[0]}, {saved[1]}")
         counts = ", ".join(f"{n} {status}" for status, n in final["counts"].items() if n)
         click.echo(f"\nbatch {final['status']}: {counts}; {len(results)} jobs in {elapsed:.1f}s = "
                    f"{len(results) / elapsed:.2f} jobs/s (submission to last result, one worker process)")

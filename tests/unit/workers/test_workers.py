@@ -118,3 +118,23 @@ def test_model_calls_are_summed_from_the_worker_log():
            "stage pre done: jobs b handed on, 0 failed, model calls {'clip_text': 1, 'clip_image': 1}\n"
            "stage post done: jobs (none) handed on, 0 failed, model calls {}\n")
     assert model_calls_by_stage(log) == {"pre": {"clip_text": 2, "clip_image": 3}}
+
+
+def test_a_large_demo_batch_is_summarised_not_listed():
+    from eta.commands.demo import SUMMARY_AFTER, _summary
+
+    def job(i: int, reasons: list[str]) -> dict:
+        return {"custom_id": f"item-{i}", "status": "succeeded", "error": None,
+                "result": {"s_pre": i / 100, "s_post": -0.5, "s_post_final": 0.5, "aligned": bool(i % 2),
+                           "flagged": bool(reasons), "flag_reasons": reasons, "response": "answer",
+                           "tau_pre": 0.16, "tau_post": 0.06, "policy": "both", "vanilla_response": "v"}}
+
+    jobs = [job(i, ["image_unsafe"] if i % 3 == 0 else []) for i in range(SUMMARY_AFTER * 5)]
+    jobs.append({"custom_id": "broken", "status": "failed", "error": {"code": "image_unreadable"}, "result": None})
+    flagged = [j for j in jobs if j["result"] and j["result"]["flagged"]]
+    text = _summary(jobs, flagged)
+    assert "100 succeeded, 1 failed (errors: 1 image_unreadable)" in text
+    assert f"flagged:      {len(flagged)}; reasons: {len(flagged)} image_unsafe" in text
+    assert "s_pre:        +0.000 .. +0.500 .. +0.990  (100 jobs)" in text
+    assert "item-3" in text and "item-50" not in text  # a few examples, not every job
+    assert len(text.splitlines()) < 30
