@@ -21,6 +21,12 @@ class ClipActivationError(ValueError):
     """The configured CLIP architecture does not use the activation its pretrained weights were trained with."""
 
 
+def clip_dtype(spec: ModelSpec, device: torch.device) -> torch.dtype:
+    """The paper ran CLIP in fp32 and tau_pre was calibrated there: `auto` is fp32 on every device (CLIP is small;
+    the VLM and the reward model take bf16 on a GPU)."""
+    return torch.float32 if spec.dtype == "auto" else resolve_dtype(spec.dtype, device)
+
+
 def uses_quick_gelu(model: Any) -> bool:
     """Whether an open_clip model's blocks use QuickGELU (x * sigmoid(1.702 x)) rather than GELU."""
     return any(type(module).__name__ == "QuickGELU" for module in model.modules())
@@ -93,8 +99,7 @@ class ClipScorer:
         import open_clip
 
         device = resolve_device(spec.device)
-        # The paper ran CLIP in fp32 and tau_pre was calibrated there: `auto` is fp32 on every device.
-        dtype = torch.float32 if spec.dtype == "auto" else resolve_dtype(spec.dtype, device)
+        dtype = clip_dtype(spec, device)
         check_activation(spec)
         precision = {torch.float32: "fp32", torch.bfloat16: "pure_bf16", torch.float16: "pure_fp16"}[dtype]
         model, _, preprocess = open_clip.create_model_and_transforms(
