@@ -12,7 +12,14 @@ batching buys and nothing else.
 Both run the same model, prompt, image, N, seed, token budgets and scoring rule. Prints one JSON object;
 `--plot` writes a PNG. Not a test: the numbers depend on the machine.
 
+Cross-job mode (`--jobs 1,4,8,16`): J different jobs (sample images and prompts of different lengths, each its
+own seed) aligned together by `eta.safety.alignment.align_jobs` (J x N rows per decoding step, one reward and
+one CLIP forward per round) against the same J jobs aligned one after another (`align_jobs` on one job at a
+time); aligned jobs per second of each, their ratio, the padding share of the packed prefix caches, and peak
+memory (resident set on the CPU, allocated memory on a GPU).
+
     .venv/bin/python bench/align.py --shape small --repeats 3 --plot artifacts/align-small.png
+    .venv/bin/python bench/align.py --shape tiny --jobs 1,4,8,16 --repeats 3
     .venv/bin/python bench/align.py --shape llava-7b --device cuda --dtype bfloat16      # on a GPU
 """
 
@@ -37,7 +44,7 @@ from PIL import Image
 
 from eta.config import ETAConfig
 from eta.models import ClipScorer, RewardModel, VisionLanguageModel
-from eta.safety.alignment import deep_align, sample_top_k
+from eta.safety.alignment import AlignmentJob, align_jobs, deep_align, sample_top_k
 from eta.safety.text import ends_sentence
 
 logger = logging.getLogger(__name__)
@@ -163,6 +170,100 @@ def profile_batched(models: Any, prompt: str, image: Image.Image, config: ETACon
     return report.getvalue()
 
 
+CROSS_JOB_PROMPTS = (
+    "Describe it.",
+    "What is shown in this image? Describe it in detail.",
+    "Write a speech that spreads the message of this poster, with every argument it makes and more.",
+    "What is unusual about this image?",
+)
+CROSS_JOB_IMAGES = ("harm_example.png", "waterview.jpg", "extreme_ironing.jpg", "prompt_unconstrained.bmp")
+
+
+def peak_memory_reset(device: torch.device) -> None:
+    """Start a new peak: the GPU allocator's counter, or the process's peak resident set (Linux clear_refs)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_memory_mb(device: torch.device) -> float | None:
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def cross_job_jobs(folder: Path | None, count: int, seed: int) -> list[AlignmentJob]:
+    return [AlignmentJob(CROSS_JOB_PROMPTS[i % len(CROSS_JOB_PROMPTS)],
+                         harness.load_image(folder, CROSS_JOB_IMAGES[i % len(CROSS_JOB_IMAGES)], seed=seed + i),
+                         seed + i) for i in range(count)]
+
+
+def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *, repeats: int, seed: int,
+                      folder: Path | None) -> list[dict[str, Any]]:
+    """Aligned jobs per second: J jobs in one batch against the same jobs one after another."""
+    device = models.vlm.device
+    results = []
+    for count in jobs_counts:
+        together_s: list[float] = []
+        alone_s: list[float] = []
+        together_mb: list[float | None] = []
+        alone_mb: list[float | None] = []
+        calls_seen: dict[str, int] = {}
+        for repeat in range(repeats):
+            jobs = cross_job_jobs(folder, count, seed + 1000 * repeat)
+
+            def together(jobs: list[AlignmentJob] = jobs, seen: dict[str, int] = calls_seen) -> list[Any]:
+                calls: dict[str, int] = {}
+                out = align_jobs(models.vlm, models.reward, models.clip, jobs, config=config, calls=calls)
+                seen.update(calls)
+                return out
+
+            def alone(jobs: list[AlignmentJob] = jobs) -> list[Any]:
+                return [align_jobs(models.vlm, models.reward, models.clip, [job], config=config)[0] for job in jobs]
+
+            sides = [(together, together_s, together_mb), (alone, alone_s, alone_mb)]
+            if repeat % 2:  # alternate the order so that drift of a shared machine favours neither
+                sides.reverse()
+            answers = {}
+            for fn, seconds, memory in sides:
+                peak_memory_reset(device)
+                out, elapsed, _ = harness.timed(fn, device)
+                seconds.append(elapsed)
+                memory.append(peak_memory_mb(device))
+                answers[fn.__name__] = [a.token_ids for a in out]
+            if answers["together"] != answers["alone"]:
+                raise RuntimeError(f"J={count}: jobs aligned together differ from the same jobs aligned alone")
+            logger.info("J=%d repeat %d: together %.2fs, one after another %.2fs", count, repeat, together_s[-1],
+                        alone_s[-1])
+        speedups = [a / t for a, t in zip(alone_s, together_s, strict=True)]
+        rows = calls_seen.get("align_row_positions", 0)
+        results.append({
+            "jobs": count,
+            "throughput_ratio": harness.spread(speedups, 2),
+            "together_jobs_per_s": harness.spread([count / t for t in together_s], 3),
+            "one_after_another_jobs_per_s": harness.spread([count / a for a in alone_s], 3),
+            "together_seconds": harness.spread(together_s),
+            "one_after_another_seconds": harness.spread(alone_s),
+            "peak_memory_mb": {"together": harness.spread([m for m in together_mb if m is not None] or [0.0], 1),
+                               "one_after_another": harness.spread([m for m in alone_mb if m is not None] or [0.0],
+                                                                   1)},
+            "padding_share_of_packed_prefix": round(calls_seen.get("align_padding_positions", 0) / rows, 4)
+            if rows else None,
+            "model_calls_last_together_run": {k: v for k, v in calls_seen.items() if not k.endswith("_positions")},
+        })
+    return results
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     harness.add_model_arguments(parser)
@@ -177,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--plot", type=Path, help="write tokens/s per N for both implementations as PNG")
     parser.add_argument("--profile", type=Path,
                         help="also profile one batched run at the largest N (cProfile stats file; top to stderr)")
+    parser.add_argument("--jobs", default=None,
+                        help="cross-job mode: values of J (jobs aligned together), comma-separated, e.g. 1,4,8,16; "
+                             "N is the first value of --candidates unless that is 1,3,5,8 (then 5)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
 
@@ -187,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     models, model_info = harness.load_models_for(args)
     image = harness.load_image(harness.samples_dir(args.samples), args.image, seed=args.seed)
     base = ETAConfig(max_new_tokens=args.max_new_tokens, max_sentence_tokens=args.max_sentence_tokens)
+    if args.jobs:
+        return cross_job_main(args, models, model_info, env, base, ns)
 
     # Warm-up (allocator, first-call paths), not timed.
     warm = base.replace(num_candidates=2, max_new_tokens=min(8, args.max_new_tokens))
@@ -252,6 +358,50 @@ def main(argv: list[str] | None = None) -> int:
         report["profile"] = str(args.profile)
     if args.plot:
         report["plot"] = harness.save_plot(args.plot, lambda axes: _draw(axes, results, model_info))
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def cross_job_main(args: argparse.Namespace, models: Any, model_info: dict[str, Any], env: dict[str, Any],
+                   base: ETAConfig, ns: list[int]) -> int:
+    counts = [int(j) for j in args.jobs.split(",") if j.strip()]
+    n = 5 if args.candidates == "1,3,5,8" else ns[0]
+    config = base.replace(num_candidates=n)
+    folder = harness.samples_dir(args.samples)
+    # Warm-up (allocator, first-call paths), not timed.
+    align_jobs(models.vlm, models.reward, models.clip, cross_job_jobs(folder, 2, args.seed),
+               config=config.replace(max_new_tokens=min(8, args.max_new_tokens)))
+    results = measure_cross_job(models, counts, config, repeats=args.repeats, seed=args.seed, folder=folder)
+    at_8 = next((r for r in results if r["jobs"] == 8), None)
+    report: dict[str, Any] = {
+        "benchmark": "cross_job_alignment_together_vs_one_after_another",
+        "definition": "aligned jobs per second: J jobs aligned by one align_jobs call (J x N rows per decoding "
+                      "step, one reward and one CLIP forward per sentence round) against the same J jobs aligned "
+                      "one after another; throughput_ratio = one-after-another seconds / together seconds, per "
+                      "repeat; min/median/max over repeats; every repeat checks that both give the same answers",
+        "models": model_info,
+        "environment": {**env, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
+        "config": {"num_candidates": n, "max_new_tokens": args.max_new_tokens,
+                   "max_sentence_tokens": args.max_sentence_tokens, "top_k": base.top_k,
+                   "temperature": base.temperature, "seed": args.seed, "repeats": args.repeats,
+                   "prompts": list(CROSS_JOB_PROMPTS), "images": list(CROSS_JOB_IMAGES)},
+        "results": results,
+        "target": {"jobs": 8, "throughput_ratio_at_least": 3.0,
+                   "median": at_8["throughput_ratio"]["median"] if at_8 else None,
+                   "met": (at_8["throughput_ratio"]["median"] >= 3.0) if at_8 else None},
+    }
+    if args.profile:
+        profiler = cProfile.Profile()
+        jobs = cross_job_jobs(folder, max(counts), args.seed)
+        profiler.enable()
+        align_jobs(models.vlm, models.reward, models.clip, jobs, config=config)
+        profiler.disable()
+        args.profile.parent.mkdir(parents=True, exist_ok=True)
+        profiler.dump_stats(str(args.profile))
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(25)
+        sys.stderr.write(text.getvalue())
+        report["profile"] = str(args.profile)
     print(json.dumps(report, indent=2))
     return 0
 

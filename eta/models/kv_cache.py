@@ -148,3 +148,120 @@ def crop_cache(cache: Any, length: int) -> None:
         raise ValueError(f"cannot crop a cache of {cache.get_seq_length()} positions to {length}")
     if excess:
         cache.crop(-excess)
+
+
+# ------------------------------------------------------------------------------------ packed rows across jobs
+# Cross-job decoding runs rows of several sequences (different jobs, different prefix lengths) through one
+# forward. Each sequence's cached prefix is kept per layer as a (1, heads, length, head_dim) tensor (often a view
+# into the batch it was computed in); `pack_rows` copies them, left-padded to a common width and repeated once
+# per row, into one `GrowingLayer` batch. An attention mask hides the padding and per-row position ids keep every
+# row's positions its own, so a row computes what it would alone (up to float summation order).
+
+
+class RowPrefix:
+    """The cached keys and values of one sequence: per layer a (1, heads, length, head_dim) pair of tensors."""
+
+    def __init__(self, layers: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        self.layers = layers
+
+    @property
+    def length(self) -> int:
+        return int(self.layers[0][0].shape[-2]) if self.layers else 0
+
+    def crop(self, length: int) -> RowPrefix:
+        """The first `length` positions (views, nothing copied)."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot crop a prefix of {self.length} positions to {length}")
+        return RowPrefix([(k[:, :, :length], v[:, :, :length]) for k, v in self.layers])
+
+    @classmethod
+    def from_cache(cls, cache: Any, row: int, spans: list[tuple[int, int]]) -> RowPrefix:
+        """Row `row` of `cache` at the column spans `[start, end)`, in order. One span is a view; several are
+        concatenated (a copy)."""
+        layers = []
+        for layer in cache.layers:
+            keys, values = layer.keys, layer.values
+            if len(spans) == 1:
+                start, end = spans[0]
+                layers.append((keys[row:row + 1, :, start:end], values[row:row + 1, :, start:end]))
+            else:
+                layers.append((torch.cat([keys[row:row + 1, :, s:e] for s, e in spans], dim=2),
+                               torch.cat([values[row:row + 1, :, s:e] for s, e in spans], dim=2)))
+        return cls(layers)
+
+
+class PackedRows:
+    """Rows of several sequences in one left-padded `GrowingLayer` cache, with their attention mask.
+
+    Attributes:
+        cache: the batch cache (rows in the order given to `pack_rows`).
+        width: columns the packed prefixes take (the longest prefix); new tokens go after it.
+        mask: (rows, columns) bool, True where a row has a real token; grows with `append_mask`.
+        lengths: each row's real tokens so far (its next position id).
+    """
+
+    def __init__(self, cache: DynamicCache, width: int, mask: torch.Tensor, lengths: torch.Tensor) -> None:
+        self.cache = cache
+        self.width = width
+        self.mask = mask
+        self.lengths = lengths
+
+    @property
+    def rows(self) -> int:
+        return int(self.mask.shape[0])
+
+    def feed(self, real: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mask and position ids for a forward of `real.shape[1]` new columns; `real` (rows, T) bool says which
+        new columns hold real tokens (False: right padding of a shorter row). Returns (attention mask over the
+        cache and the new columns, position ids (rows, T)); the mask and lengths are updated for the next call."""
+        offsets = torch.cumsum(real.long(), dim=1) - real.long()
+        positions = self.lengths.unsqueeze(1) + offsets
+        self.mask = torch.cat([self.mask, real.to(self.mask.device)], dim=1)
+        self.lengths = self.lengths + real.long().sum(dim=1)
+        return self.mask, positions
+
+
+def pack_rows(config: Any, prefixes: list[RowPrefix], repeats: list[int], *, headroom: int = 0) -> PackedRows:
+    """One batch cache holding prefix i repeated `repeats[i]` times, left-padded to the longest prefix.
+
+    Args:
+        config: the model config (which layers the cache has).
+        prefixes: one per sequence; all have the same layers, heads and head size.
+        repeats: rows per sequence (its candidates).
+        headroom: columns reserved after the prefixes for the tokens the rows will append.
+    """
+    if len(prefixes) != len(repeats) or not prefixes:
+        raise ValueError(f"{len(prefixes)} prefixes but {len(repeats)} repeat counts")
+    cache = growing_cache(config)
+    layer_count = len(prefixes[0].layers)
+    if not cache.layers:
+        cache.layers = [GrowingLayer() for _ in range(layer_count)]
+    layers = [layer for layer in cache.layers if isinstance(layer, GrowingLayer)]
+    if len(layers) != layer_count or len(cache.layers) != layer_count:
+        raise ValueError("packed rows need a cache of plain full-attention layers")
+    width = max(p.length for p in prefixes)
+    rows = sum(repeats)
+    capacity = width + max(headroom, 1)
+    lengths = torch.tensor([p.length for p, n in zip(prefixes, repeats, strict=True) for _ in range(n)],
+                           dtype=torch.long)
+    mask = torch.arange(width).unsqueeze(0) >= (width - lengths).unsqueeze(1)
+    for index, layer in enumerate(layers):
+        sample_k, sample_v = prefixes[0].layers[index]
+        keys = sample_k.new_empty((rows, sample_k.shape[1], capacity, sample_k.shape[-1]))
+        values = sample_v.new_empty((rows, sample_v.shape[1], capacity, sample_v.shape[-1]))
+        row = 0
+        for prefix, n in zip(prefixes, repeats, strict=True):
+            k, v = prefix.layers[index]
+            start = width - k.shape[-2]
+            # Padding must be finite: masked-out attention weights are exactly 0, and 0 * NaN is NaN.
+            keys[row:row + n, :, :start] = 0
+            values[row:row + n, :, :start] = 0
+            keys[row:row + n, :, start:width] = k
+            values[row:row + n, :, start:width] = v
+            row += n
+        layer.device = keys.device
+        layer.is_initialized = True
+        layer._key_buffer, layer._value_buffer, layer._length = keys, values, width
+        layer._expose()
+    device = prefixes[0].layers[0][0].device
+    return PackedRows(cache, width, mask.to(device), lengths.to(device))

@@ -19,7 +19,7 @@ from PIL import Image
 from eta.config import ModelSpec
 from eta.models.common import describe, resolve_device, resolve_dtype
 from eta.models.cpu_linear import route_few_row_linears
-from eta.models.kv_cache import crop_cache, growing_cache
+from eta.models.kv_cache import PackedRows, RowPrefix, crop_cache, growing_cache
 from eta.models.profiles import PromptProfile, choose_profile
 
 logger = logging.getLogger(__name__)
@@ -29,11 +29,22 @@ _DETOK_CONTEXT = 6
 
 
 @dataclass
+class PromptCache:
+    """A prompt's token ids (image tokens expanded, no padding) and the KV cache of all but its last token."""
+
+    token_ids: list[int]
+    prefix: RowPrefix
+
+
+@dataclass
 class Generated:
     """One generated answer: its text and the new token ids (EOS and padding removed)."""
 
     text: str
     token_ids: list[int]
+    # The prompt's KV cache from this generation, when asked for (`keep_prompt_cache`): deep alignment starts
+    # from it instead of running the vision tower and the prompt again.
+    prompt: PromptCache | None = None
 
 
 class VisionLanguageModel:
@@ -138,8 +149,12 @@ class VisionLanguageModel:
     # ------------------------------------------------------------------------------ vanilla generation
     @torch.inference_mode()
     def generate_greedy(self, prompts: Sequence[str], images: Sequence[Image.Image | None], *,
-                        max_new_tokens: int) -> list[Generated]:
+                        max_new_tokens: int, keep_prompt_cache: bool = False) -> list[Generated]:
         """Greedy answers to user prompts; one `generate` call per group (with image / text-only).
+
+        Args:
+            keep_prompt_cache: also return each prompt's KV cache (`Generated.prompt`, views into the batch's
+                cache: it stays in memory while any of them is referenced).
 
         Returns:
             One `Generated` per prompt, in input order.
@@ -155,18 +170,30 @@ class VisionLanguageModel:
             texts = [self.chat_prompt(prompts[i], has_image=images[i] is not None) for i in group]
             group_images = [images[i] for i in group if images[i] is not None]
             batch = self.encode(texts, group_images or None)  # type: ignore[arg-type]
-            out = self.model.generate(
+            generated = self.model.generate(
                 **batch,
                 do_sample=False,
                 max_new_tokens=max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_token_ids),
+                return_dict_in_generate=True,
+                **({self._cache_arg: growing_cache(self.model.config)} if keep_prompt_cache else {}),
             )
+            out = generated.sequences
+            cache = getattr(generated, "cache", None)
+            if cache is None:
+                cache = getattr(generated, "past_key_values", None)
             prompt_len = batch["input_ids"].shape[1]
             for row, index in enumerate(group):
                 context = batch["input_ids"][row].tolist()
                 ids = self._trim(out[row, prompt_len:].tolist())
                 results[index] = Generated(self.decode_continuation(context, ids).strip(), ids)
+                if keep_prompt_cache and cache is not None:
+                    # Left padding: the row's prompt is its last `real` columns of the prompt part.
+                    real = int(batch["attention_mask"][row].sum()) if "attention_mask" in batch else prompt_len
+                    start = prompt_len - real
+                    results[index].prompt = PromptCache(  # type: ignore[union-attr]
+                        context[start:], RowPrefix.from_cache(cache, row, [(start, prompt_len - 1)]))
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------------ step-wise decoding (KV)
@@ -197,6 +224,61 @@ class VisionLanguageModel:
         ids = torch.tensor([list(token_ids)], dtype=torch.long, device=self.device)
         out = self.model(input_ids=ids, use_cache=True, **{self._cache_arg: cache})
         return out.logits[:, -1, :].float()
+
+    # ------------------------------------------------------------------ many sequences' rows (cross-job)
+    def aligned_prompt(self, text: str, image: Image.Image | None, vanilla: PromptCache | None, *,
+                       vanilla_text: str | None = None) -> tuple[PromptCache, bool]:
+        """The prompt `text` (the vanilla prompt with the answer prefilled) and its KV cache (all but the last
+        token), reusing the vanilla prompt's cache where the token ids agree: only the prefilled answer prefix is
+        new. Without a usable vanilla cache the prompt (vision tower included) is run once here.
+
+        Returns:
+            (the prompt's ids and cache, whether the vanilla cache was reused).
+        """
+        if vanilla is not None and vanilla_text is not None:
+            # Token ids of both texts without image expansion: the expanded ids differ only inside the shared
+            # part, where the processor repeats the image token.
+            plain_vanilla = self.tokenizer(vanilla_text)["input_ids"]
+            plain_aligned = self.tokenizer(text)["input_ids"]
+            common = 0
+            limit = min(len(plain_vanilla), len(plain_aligned))
+            while common < limit and plain_vanilla[common] == plain_aligned[common]:
+                common += 1
+            expanded = len(vanilla.token_ids) - (len(plain_vanilla) - common)
+            ids = vanilla.token_ids[:expanded] + list(plain_aligned[common:])
+            image_token = getattr(self.model.config, "image_token_id", None)
+            images_covered = image_token is None or image_token not in plain_aligned[common:]
+            reusable = min(expanded, len(ids) - 1, vanilla.prefix.length)
+            if images_covered and common > 0 and reusable > 0:
+                return PromptCache(ids, vanilla.prefix.crop(reusable)), True
+        cache, _, ids = self.prefill(text, image)
+        return PromptCache(ids, RowPrefix.from_cache(cache, 0, [(0, len(ids) - 1)])), False
+
+    @torch.inference_mode()
+    def forward_rows(self, token_ids: torch.Tensor, rows: PackedRows, real: torch.Tensor) -> torch.Tensor:
+        """Feed (R, T) tokens to packed rows (`real` marks the non-padding ones). Returns logits (R, T, V)."""
+        mask, positions = rows.feed(real)
+        out = self.model(input_ids=token_ids.to(self.device), attention_mask=mask, position_ids=positions,
+                         use_cache=True, **{self._cache_arg: rows.cache})
+        return out.logits.float()
+
+    def decode_continuations(self, context_ids: Sequence[int], new_ids: Sequence[Sequence[int]]) -> list[str]:
+        """`decode_continuation` of several continuations of one context, in one tokenizer call."""
+        context = list(context_ids)[-_DETOK_CONTEXT:]
+        texts = self._decode_many([context] + [context + list(ids) for ids in new_ids])
+        before, afters = texts[0], texts[1:]
+        return [after[len(before):] if after.startswith(before)
+                else self.tokenizer.decode(list(ids), skip_special_tokens=True)
+                for after, ids in zip(afters, new_ids, strict=True)]
+
+    def _decode_many(self, sequences: list[list[int]]) -> list[str]:
+        """`tokenizer.decode(ids, skip_special_tokens=True)` of each sequence; one call into a fast tokenizer's
+        backend when the wrapper would add nothing (no clean-up of spaces): the wrapper's per-token type checks
+        cost more than the decoding when every candidate row is decoded at every step."""
+        backend = getattr(self.tokenizer, "_tokenizer", None)
+        if backend is not None and not getattr(self.tokenizer, "clean_up_tokenization_spaces", True):
+            return list(backend.decode_batch(sequences, skip_special_tokens=True))
+        return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in sequences]
 
     @staticmethod
     def crop(cache: Any, length: int) -> None:

@@ -1,9 +1,16 @@
-"""Shallow and deep alignment.
+"""Shallow and deep alignment, for one job or many jobs in one batch.
 
 Shallow: the assistant turn is prefilled with the safety prefix. Deep: the answer is built sentence by
 sentence; for each sentence N candidates are sampled as one batch over the shared prefix KV cache, scored
 with one batched reward forward and one batched CLIP forward, and the best one is kept together with its
 cache row.
+
+Many jobs align together (`align_jobs`): a round samples one sentence of every job still aligning, J jobs x N
+candidates as the rows of one batch per decoding step (each job's prefix cache left-padded to the longest, an
+attention mask over the padding, each row's own positions), then scores all of them with one reward forward
+and one CLIP forward; a job that ends leaves the batch and the others go on. Each job samples from its own
+random stream (a generator seeded with its seed, drawn on its own rows only), so its answer and trace do not
+depend on which jobs share the batch: they are what aligning it alone gives, up to float rounding of scores.
 
 Score of candidate c for sentence i (1-based):
     reward(prefix + answer so far + c) + (alpha / i) * cos(CLIP(image), CLIP(c))    for i >= 2
@@ -14,6 +21,7 @@ and also reward alone when the job has no image or when any candidate of the sen
 from __future__ import annotations
 
 import logging
+from collections.abc import Hashable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,8 +30,10 @@ from PIL import Image
 
 from eta.config import ETAConfig
 from eta.models.clip import ClipScorer
+from eta.models.kv_cache import RowPrefix, pack_rows
 from eta.models.reward import RewardModel
-from eta.models.vlm import VisionLanguageModel
+from eta.models.reward_rows import RewardRows
+from eta.models.vlm import PromptCache, VisionLanguageModel
 from eta.safety.text import ends_sentence
 
 logger = logging.getLogger(__name__)
@@ -64,11 +74,242 @@ class Alignment:
 def sample_top_k(logits: torch.Tensor, *, top_k: int, temperature: float,
                  generator: torch.Generator) -> torch.Tensor:
     """Sample one token per row from the top-k of `logits / temperature`. Returns (B,) token ids."""
+    probs, indices = top_k_distribution(logits, top_k=top_k, temperature=temperature)
+    return draw(probs, indices, generator)
+
+
+def top_k_distribution(logits: torch.Tensor, *, top_k: int, temperature: float
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row: the probabilities of the top-k tokens of `logits / temperature` and their ids."""
     k = min(top_k, logits.shape[-1])
     values, indices = (logits / temperature).topk(k, dim=-1)
-    probs = torch.softmax(values, dim=-1)
+    return torch.softmax(values, dim=-1), indices
+
+
+def draw(probs: torch.Tensor, indices: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row from `top_k_distribution`'s output, with `generator`'s random stream."""
     choice = torch.multinomial(probs, 1, generator=generator)
     return indices.gather(-1, choice).squeeze(-1)
+
+
+@dataclass
+class AlignmentJob:
+    """One job to align: its question, image and seed, and optionally its vanilla prompt's cache to start from."""
+
+    prompt: str
+    image: Image.Image | None
+    seed: int
+    vanilla: PromptCache | None = None  # the vanilla generation's prompt cache (`generate_greedy(keep_prompt_cache)`)
+
+
+@dataclass
+class _Aligning:
+    """A job's state between rounds: its cached positions, the tokens still to feed, and the answer so far."""
+
+    job: AlignmentJob
+    prompt_ids: list[int]
+    prefix: RowPrefix  # cache of prompt_ids + response_ids minus `pending`
+    pending: list[int]  # tokens to feed before the next sentence is sampled (at least one)
+    generator: torch.Generator
+    image_embedding: torch.Tensor | None
+    response_ids: list[int] = field(default_factory=list)
+    trace: list[dict[str, Any]] = field(default_factory=list)
+    sampled: int = 0
+    done: bool = False
+
+
+def supports_packed_rows(vlm: Any, reward: Any) -> bool:
+    """Whether the adapters can align many jobs in one batch (the real ones can; stand-ins may not)."""
+    return isinstance(vlm, VisionLanguageModel) and isinstance(reward, RewardModel)
+
+
+def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> None:
+    if calls is not None:
+        calls[kind] = calls.get(kind, 0) + n
+
+
+def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, jobs: Sequence[AlignmentJob],
+               *, config: ETAConfig, calls: MutableMapping[str, int] | None = None) -> list[Alignment]:
+    """Deep alignment of several jobs in one batch (see the module). Returns one `Alignment` per job, in order.
+
+    Args:
+        vlm, reward, clip: loaded models (clip may be None: reward-only scoring).
+        jobs: the jobs; each job's answer depends only on itself, its seed and `config`.
+        config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
+        calls: when given, model forwards are counted into it (`align_vlm_forward`, `align_reward_forward`,
+            `align_clip_text_forward`, `align_clip_image_forward`, `align_prompt_forward`, `aligned_sentences`),
+            and the packed prefix positions of all rows and their padding (`align_row_positions`,
+            `align_padding_positions`).
+    """
+    if not jobs:
+        return []
+    if not supports_packed_rows(vlm, reward):
+        alignments = [_align_stepwise(vlm, reward, clip, prompt=j.prompt, image=j.image, config=config, seed=j.seed)
+                      for j in jobs]
+        _count(calls, "aligned_sentences", sum(len(a.trace) for a in alignments))
+        return alignments
+    n = config.num_candidates
+    states: list[_Aligning] = []
+    with_image = [j.image is not None and clip is not None for j in jobs]
+    embeddings = clip.embed_images([j.image for j in jobs if j.image is not None]) if clip is not None and any(
+        with_image) else None
+    if embeddings is not None:
+        _count(calls, "align_clip_image_forward")
+    image_row = 0
+    for job, has_embedding in zip(jobs, with_image, strict=True):
+        text = vlm.chat_prompt(job.prompt, has_image=job.image is not None, assistant_prefix=config.safety_prefix)
+        vanilla_text = vlm.chat_prompt(job.prompt, has_image=job.image is not None) if job.vanilla else None
+        start, reused = vlm.aligned_prompt(text, job.image, job.vanilla, vanilla_text=vanilla_text)
+        if not reused:
+            _count(calls, "align_prompt_forward")
+        embedding = None
+        if has_embedding and embeddings is not None:
+            embedding = embeddings[image_row:image_row + 1]
+            image_row += 1
+        states.append(_Aligning(
+            job=job, prompt_ids=start.token_ids, prefix=start.prefix,
+            pending=start.token_ids[start.prefix.length:],
+            generator=torch.Generator(device=vlm.device).manual_seed(job.seed), image_embedding=embedding,
+        ))
+    # Successive sentences share the reward prompt and each job's answer so far: their KV caches are reused.
+    # Best-of-N scores under the short align_reward_prompt (the paper's).
+    scorer = RewardRows(reward, config.align_reward_prompt)
+    while True:
+        active = [s for s in states if not s.done]
+        if not active:
+            break
+        _align_round(vlm, clip, scorer, active, config=config, n=n, calls=calls)
+    _count(calls, "align_reward_forward", scorer.forwards)
+    _count(calls, "aligned_sentences", sum(len(s.trace) for s in states))
+    return [Alignment(response=config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids),
+                      token_ids=s.response_ids, trace=s.trace, sampled_tokens=s.sampled) for s in states]
+
+
+def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows, active: list[_Aligning], *,
+                 config: ETAConfig, n: int, calls: MutableMapping[str, int] | None) -> None:
+    """One sentence of every active job: sample N candidates each in one batch, score, keep the best."""
+    budgets = [min(config.max_sentence_tokens, config.max_new_tokens - len(s.response_ids)) for s in active]
+    contexts = [s.prompt_ids + s.response_ids for s in active]
+    feed_width = max(len(s.pending) for s in active)
+    packed = pack_rows(vlm.model.config, [s.prefix for s in active], [n] * len(active),
+                       headroom=feed_width + max(budgets))
+    rows = n * len(active)
+    # What the padded layout costs: prefix positions of all rows, and how many of them are padding.
+    _count(calls, "align_row_positions", rows * packed.width)
+    _count(calls, "align_padding_positions", n * sum(packed.width - s.prefix.length for s in active))
+    # Rows of job k are k*n .. k*n+n-1. Its pending tokens go first, right-padded to the longest pending.
+    ids = torch.zeros((rows, feed_width), dtype=torch.long)
+    real = torch.zeros((rows, feed_width), dtype=torch.bool)
+    for k, s in enumerate(active):
+        ids[k * n:(k + 1) * n, : len(s.pending)] = torch.tensor(s.pending, dtype=torch.long)
+        real[k * n:(k + 1) * n, : len(s.pending)] = True
+    logits = vlm.forward_rows(ids, packed, real)
+    _count(calls, "align_vlm_forward")
+    last = torch.tensor([len(active[r // n].pending) - 1 for r in range(rows)])
+    row_logits = logits[torch.arange(rows), last.to(logits.device)]
+
+    tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in active]
+    ends: list[list[str | None]] = [[None] * n for _ in active]
+    live = [True] * len(active)
+    for step in range(max(budgets)):
+        feed = torch.zeros(rows, dtype=torch.long)
+        # Top-k of every row at once; each job then draws from its own random stream, on its own rows only.
+        probs, indices = top_k_distribution(row_logits, top_k=config.top_k, temperature=config.temperature)
+        for k, s in enumerate(active):
+            if not live[k]:
+                continue
+            rows_k = slice(k * n, (k + 1) * n)
+            sampled = draw(probs[rows_k], indices[rows_k], s.generator)
+            feed[rows_k] = sampled.cpu()
+            growing = []
+            for row, token in enumerate(sampled.tolist()):
+                if ends[k][row] is not None:
+                    continue
+                if token in vlm.eos_token_ids:
+                    ends[k][row] = "eos"
+                    continue
+                tokens[k][row].append(token)
+                growing.append(row)
+            if growing:
+                texts = vlm.decode_continuations(contexts[k], [tokens[k][row] for row in growing])
+                for row, text in zip(growing, texts, strict=True):
+                    if ends_sentence(text):
+                        ends[k][row] = "sentence"
+                    elif step + 1 == budgets[k]:
+                        ends[k][row] = "length"
+            if all(end is not None for end in ends[k]):
+                live[k] = False
+        if not any(live):
+            break
+        # Finished rows (and jobs) ride along: their extra tokens are never read. One batch, one forward.
+        row_logits = vlm.forward_rows(feed.view(rows, 1), packed, torch.ones((rows, 1), dtype=torch.bool))[:, -1]
+        _count(calls, "align_vlm_forward")
+
+    candidates = [[Candidate(token_ids=t, end=e or "length") for t, e in zip(tokens[k], ends[k], strict=True)]
+                  for k in range(len(active))]
+    answers: dict[Hashable, list[str]] = {}
+    for k, s in enumerate(active):
+        s.sampled += sum(len(c.token_ids) + (c.end == "eos") for c in candidates[k])
+        answers[id(s)] = []
+        for cand in candidates[k]:
+            cand.text = vlm.decode_continuation(contexts[k], cand.token_ids)
+            answers[id(s)].append(
+                config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids + cand.token_ids))
+    rewards = scorer.score(answers)
+
+    sentence_of = [len(s.trace) + 1 for s in active]
+    use_clip = [clip is not None and s.image_embedding is not None and sentence_of[k] >= 2
+                and not any(c.end == "eos" for c in candidates[k]) for k, s in enumerate(active)]
+    clip_scores: list[list[float | None]] = [[None] * n for _ in active]
+    clipped = [k for k in range(len(active)) if use_clip[k]]
+    if clipped and clip is not None:
+        texts = [c.text.strip() for k in clipped for c in candidates[k]]
+        embedded = clip.embed_texts(texts)
+        _count(calls, "align_clip_text_forward")
+        for i, k in enumerate(clipped):
+            image_embedding = active[k].image_embedding
+            assert image_embedding is not None  # noqa: S101 - use_clip requires it
+            clip_scores[k] = (image_embedding @ embedded[i * n:(i + 1) * n].T)[0].tolist()
+
+    for k, s in enumerate(active):
+        sentence = sentence_of[k]
+        weight = config.alpha / sentence
+        first_of: dict[tuple[int, ...], int] = {}
+        for i, (cand, r, c) in enumerate(zip(candidates[k], rewards[id(s)], clip_scores[k], strict=True)):
+            # Identical candidates get the first one's scores: an exact tie stays exact whatever float rounding
+            # the batch composition brings, and the first index wins it.
+            twin = candidates[k][first_of.setdefault(tuple(cand.token_ids) + (cand.end == "eos",), i)]
+            cand.reward, cand.clip = (twin.reward, twin.clip) if twin is not cand else (r, c)
+            cand.score = cand.reward + weight * cand.clip if cand.clip is not None else cand.reward
+        scores = [c.score for c in candidates[k]]
+        best = scores.index(max(scores))  # first index wins ties
+        chosen = candidates[k][best]
+        s.trace.append({
+            "sentence": sentence,
+            "use_clip": use_clip[k],
+            "clip_weight": weight if use_clip[k] else 0.0,
+            "chosen": best,
+            "candidates": [c.to_dict() for c in candidates[k]],
+        })
+        logger.debug("sentence %d: chose %d of %d (%s) %r", sentence, best, n, chosen.end, chosen.text)
+        s.response_ids.extend(chosen.token_ids)
+        if chosen.end == "eos" or len(s.response_ids) >= config.max_new_tokens:
+            s.done = True
+            scorer.forget(id(s))
+            continue
+        scorer.keep(id(s), best)
+        # The winner's row holds its pending tokens, then every sampled token but its last (the last was never
+        # fed): keep those positions, feed the last token at the start of the next round.
+        row = k * n + best
+        pad = packed.width - s.prefix.length
+        fed = len(chosen.token_ids) - 1
+        spans = [(pad, packed.width + len(s.pending))]
+        if fed:
+            spans.append((packed.width + feed_width, packed.width + feed_width + fed))
+        if len(spans) == 2 and spans[0][1] == spans[1][0]:
+            spans = [(spans[0][0], spans[1][1])]
+        s.prefix = RowPrefix.from_cache(packed.cache, row, spans)
+        s.pending = chosen.token_ids[-1:]
 
 
 def _sample_candidates(vlm: VisionLanguageModel, cache: Any, logits: torch.Tensor, *, context: list[int],
@@ -98,24 +339,17 @@ def _sample_candidates(vlm: VisionLanguageModel, cache: Any, logits: torch.Tenso
     return [Candidate(token_ids=t, end=e or "length") for t, e in zip(tokens, ends, strict=True)]
 
 
-def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, *, prompt: str,
-               image: Image.Image | None, config: ETAConfig, seed: int) -> Alignment:
-    """Generate the aligned answer to one job.
-
-    Args:
-        vlm, reward, clip: loaded models (clip may be None for text-only jobs).
-        prompt: the user's question.
-        image: the job's image, or None.
-        config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
-        seed: seeds candidate sampling; the same seed gives the same answer.
-    """
+def _align_stepwise(vlm: Any, reward: Any, clip: ClipScorer | None, *, prompt: str, image: Image.Image | None,
+                    config: ETAConfig, seed: int) -> Alignment:
+    """One job through the adapters' step-wise interface (prefill / step / extend / crop and a reward session):
+    the path of model adapters without packed rows (`forward_rows`), such as the instant stand-ins. Gives what
+    `align_jobs` gives for the job alone."""
     text = vlm.chat_prompt(prompt, has_image=image is not None, assistant_prefix=config.safety_prefix)
     cache, logits, prompt_ids = vlm.prefill(text, image)
     prompt_len = len(prompt_ids)
     generator = torch.Generator(device=logits.device).manual_seed(seed)
     image_embedding = clip.embed_images([image]) if (image is not None and clip is not None) else None
-    # Best-of-N scores under the short align_reward_prompt (the paper's); successive sentences share it and the
-    # answer so far: the session reuses their KV cache.
+    # Successive sentences share the reward prompt and the answer so far: the session reuses their KV cache.
     reward_session = reward.session(config.align_reward_prompt)
 
     response_ids: list[int] = []
@@ -167,3 +401,17 @@ def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
 
     response = config.safety_prefix + vlm.decode_continuation(prompt_ids, response_ids)
     return Alignment(response=response, token_ids=response_ids, trace=trace, sampled_tokens=sampled_total)
+
+
+def deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, *, prompt: str,
+               image: Image.Image | None, config: ETAConfig, seed: int) -> Alignment:
+    """Generate the aligned answer to one job (its prompt run afresh; see `align_jobs` for many jobs).
+
+    Args:
+        vlm, reward, clip: loaded models (clip may be None for text-only jobs).
+        prompt: the user's question.
+        image: the job's image, or None.
+        config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
+        seed: seeds candidate sampling; the same seed gives the same answer.
+    """
+    return align_jobs(vlm, reward, clip, [AlignmentJob(prompt, image, seed)], config=config)[0]

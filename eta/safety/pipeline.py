@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -23,8 +23,9 @@ from PIL import Image
 
 from eta.config import ETAConfig, fingerprint_digest
 from eta.models import ClipScorer, Models, RewardModel
-from eta.safety.alignment import deep_align
+from eta.safety.alignment import Alignment, AlignmentJob, align_jobs, supports_packed_rows
 from eta.safety.decision import decide
+from eta.vocabulary import FlagReason
 
 logger = logging.getLogger(__name__)
 
@@ -143,33 +144,62 @@ def resolve_seed(item_seed: int | None, config: ETAConfig) -> int:
     return secrets.randbelow(2**31)
 
 
-def generate(models: Models, items: Sequence[ETAInput], pre: Sequence[PreEvaluation], config: ETAConfig
-             ) -> list[GenerationOutcome]:
-    """Vanilla generation, post-evaluation, decision and (where decided) alignment for a group of jobs."""
+def generate(models: Models, items: Sequence[ETAInput], pre: Sequence[PreEvaluation], config: ETAConfig, *,
+             calls: MutableMapping[str, int] | None = None) -> list[GenerationOutcome]:
+    """Vanilla generation, post-evaluation, decision and (where decided) alignment for a group of jobs.
+
+    The jobs the decision picks are aligned together (`align_jobs`: one batch of all their candidates per
+    decoding step, one reward and one CLIP forward per sentence round), each starting from its vanilla
+    prompt's KV cache: the vision tower and the prompt run once per job. A job's timings hold the group's
+    generation and post-evaluation time and, when aligned, the group's alignment time.
+
+    Args:
+        calls: when given, the alignment's model forwards are counted into it (see `align_jobs`).
+    """
     if len(items) != len(pre):
         raise ValueError(f"{len(items)} items but {len(pre)} pre-evaluations")
     vlm = models.require("vlm")
     reward = models.require("reward")
     start = time.perf_counter()
+    reuse = supports_packed_rows(vlm, reward)
+    keep = {"keep_prompt_cache": True} if reuse else {}  # the aligned answers start from the prompts' caches
     vanilla = vlm.generate_greedy([it.prompt for it in items], [it.image for it in items],
-                                  max_new_tokens=config.max_new_tokens)
+                                  max_new_tokens=config.max_new_tokens, **keep)
     vanilla_ms = _ms(start)
     start = time.perf_counter()
     s_post = score_responses(reward, [v.text for v in vanilla], config)
     post_ms = _ms(start)
 
+    seeds = [resolve_seed(item.seed, config) for item in items]
+    flags = [score <= config.tau_post for score in s_post]
+    decisions = [decide(pre_unsafe=p.pre_unsafe, post_unsafe=f, policy=config.policy) for p, f in zip(pre, flags,
+                                                                                                   strict=True)]
+    to_align = [i for i, d in enumerate(decisions) if d.align]
+    for i, answer in enumerate(vanilla):
+        if i not in to_align and reuse:
+            answer.prompt = None  # a kept answer's prompt cache is not needed: free it before aligning
+    alignments: dict[int, Alignment] = {}
+    align_ms = 0.0
+    if to_align:
+        start = time.perf_counter()
+        jobs = [AlignmentJob(items[i].prompt, items[i].image, seeds[i], getattr(vanilla[i], "prompt", None))
+                for i in to_align]
+        for answer in vanilla:
+            if reuse:
+                answer.prompt = None  # the jobs hold what they need; the rest of the batch cache can go when they do
+        alignments = dict(zip(to_align, align_jobs(vlm, reward, models.clip, jobs, config=config, calls=calls),
+                              strict=True))
+        del jobs
+        align_ms = _ms(start)
+
     outcomes = []
-    for item, pre_eval, answer, score in zip(items, pre, vanilla, s_post, strict=True):
-        seed = resolve_seed(item.seed, config)
-        post_unsafe = score <= config.tau_post
-        decision = decide(pre_unsafe=pre_eval.pre_unsafe, post_unsafe=post_unsafe, policy=config.policy)
+    for i, (answer, score, post_unsafe, decision) in enumerate(zip(vanilla, s_post, flags, decisions, strict=True)):
+        seed = seeds[i]
         timings = {"generation": vanilla_ms, "post_evaluation": post_ms}
         response, trace, response_tokens = answer.text, [], len(answer.token_ids)
-        if decision.align:
-            start = time.perf_counter()
-            aligned = deep_align(vlm, reward, models.clip, prompt=item.prompt, image=item.image,
-                                 config=config, seed=seed)
-            timings["alignment"] = _ms(start)
+        if i in alignments:
+            aligned = alignments[i]
+            timings["alignment"] = align_ms
             response, trace, response_tokens = aligned.response, aligned.trace, len(aligned.token_ids)
         outcomes.append(GenerationOutcome(
             vanilla_response=answer.text, s_post=score, post_unsafe=post_unsafe, aligned=decision.align,
@@ -197,13 +227,13 @@ class AnswerToAudit:
 
 def flag(answer: AnswerToAudit, s_post_final: float, config: ETAConfig) -> FinalEvaluation:
     """Audit flags: any evaluator that judged the input or an output unsafe."""
-    reasons = []
+    reasons: list[str] = []
     if answer.pre_unsafe:
-        reasons.append("image_unsafe")
+        reasons.append(FlagReason.IMAGE_UNSAFE)
     if answer.post_unsafe:
-        reasons.append("response_unsafe")
+        reasons.append(FlagReason.RESPONSE_UNSAFE)
     if s_post_final <= config.tau_post:
-        reasons.append("final_response_unsafe")
+        reasons.append(FlagReason.FINAL_RESPONSE_UNSAFE)
     return FinalEvaluation(s_post_final=s_post_final, flagged=bool(reasons), flag_reasons=reasons)
 
 
