@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from datetime import UTC, datetime
-from typing import Any, Literal, get_args
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from api.text import SafeText
-from eta.store.models import ReviewVerdict
 from eta.store.repository import AuditFilter
+from eta.vocabulary import ReviewVerdict
 
-VerdictName = Literal["confirmed_unsafe", "false_positive", "needs_escalation"]
-if {v.value for v in ReviewVerdict} != set(get_args(VerdictName)):  # pragma: no cover - caught at import
-    raise RuntimeError("VerdictName must list the values of eta.store.models.ReviewVerdict")
+# The verdicts as the schemas name them: the enum itself (its values are the API's).
+VerdictName = ReviewVerdict
 
 MAX_NOTE_CHARS = 4000
 
@@ -27,10 +27,13 @@ class _Strict(BaseModel):
 EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC)
 
 
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
 def _iso_text(value: Any) -> Any:
     # Pydantic would read a bare number as Unix seconds; the API documents ISO 8601 only.
-    if isinstance(value, str) and value.strip().lstrip("+-").replace(".", "", 1).isdigit():
-        raise ValueError("must be an ISO 8601 date or date-time, not a number")
+    if isinstance(value, str) and not _ISO_DATE.match(value):
+        raise ValueError("must be an ISO 8601 date or date-time (YYYY-MM-DD...)")
     return value
 
 

@@ -74,13 +74,21 @@ def check_csrf() -> None:
         abort(400, description="The form has expired or did not come from this site. Reload the page and retry.")
 
 
-def check_key(token: str) -> tuple[ApiKey | None, str | None]:
-    """The key for `token` if it may review, else an error message for the sign-in form."""
+@dataclass(frozen=True)
+class KeyRefusal:
+    """Why a key may not sign in: the HTTP status of the answer and the message for the sign-in form."""
+
+    status: int
+    message: str
+
+
+def check_key(token: str) -> tuple[ApiKey | None, KeyRefusal | None]:
+    """The key for `token` if it may review, else why not (401: unknown or revoked; 403: not a reviewer's)."""
     key = repo.authenticate_api_key(session=state().session(), token=token.strip())
     if key is None:
-        return None, "This API key is not valid or has been revoked."
+        return None, KeyRefusal(401, "This API key is not valid or has been revoked.")
     if key.role not in REVIEWER_ROLES:
-        return None, f"A {key.role.value} key cannot review: sign in with a review or admin key."
+        return None, KeyRefusal(403, f"A {key.role.value} key cannot review: sign in with a review or admin key.")
     return key, None
 
 

@@ -47,11 +47,7 @@ bp = Blueprint("review", __name__, url_prefix="/review", template_folder="../tem
 PAGE_SIZE = 25
 SUMMARY_DAYS = 30
 FILTER_FIELDS = tuple(AuditFilters.model_fields)
-VERDICT_LABELS = {
-    ReviewVerdict.CONFIRMED_UNSAFE.value: "Confirmed unsafe",
-    ReviewVerdict.FALSE_POSITIVE.value: "False positive",
-    ReviewVerdict.NEEDS_ESCALATION.value: "Needs escalation",
-}
+VERDICT_LABELS = {verdict.value: verdict.label for verdict in ReviewVerdict}
 _PLACEHOLDERS = {
     "image_purged": "Image purged by retention",
     "job_has_no_image": "Text-only job: no image",
@@ -138,10 +134,11 @@ def login() -> Any:
 
 @bp.post("/login")
 def login_submit() -> Any:
-    key, error = check_key(request.form.get("api_key", ""))
+    key, refusal = check_key(request.form.get("api_key", ""))
     if key is None:
-        status = 403 if error and "cannot review" in error else 401
-        return render_template("review/login.html", next=request.form.get("next", ""), error=error), status
+        assert refusal is not None  # noqa: S101 - check_key gives one or the other
+        return render_template("review/login.html", next=request.form.get("next", ""),
+                               error=refusal.message), refusal.status
     sign_in(key)
     return redirect(_safe_next(request.form.get("next")))
 

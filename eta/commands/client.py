@@ -347,39 +347,23 @@ def results(eta: ETAClient, batch_id: str, output_format: str, output: Path | No
     click.echo(f"{count} job(s) of batch {batch_id}" + (f" written to {output}" if output else ""), err=True)
 
 
-# Audit filters: option name -> the query parameter of GET /v1/audit/flagged and /v1/audit/export.
-AUDIT_FILTERS = {
-    "batch": "batch_id",
-    "custom_id": "custom_id",
-    "created_from": "created_from",
-    "created_before": "created_before",
-    "aligned": "aligned",
-    "reviewed": "reviewed",
-    "verdict": "verdict",
-    "s_pre_min": "s_pre_min",
-    "s_pre_max": "s_pre_max",
-    "s_post_min": "s_post_min",
-    "s_post_max": "s_post_max",
-    "s_post_final_min": "s_post_final_min",
-    "s_post_final_max": "s_post_final_max",
-}
-VERDICTS = ("confirmed_unsafe", "false_positive", "needs_escalation")
+def _audit_filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`eta audit`'s filter options, one per filter of the audit endpoints (eta.vocabulary.AUDIT_FILTERS)."""
+    from eta.vocabulary import AUDIT_FILTERS, ReviewVerdict
+
+    kinds: dict[str, dict[str, Any]] = {
+        "aligned": {"default": None}, "reviewed": {"default": None},
+        "verdict": {"type": click.Choice([v.value for v in ReviewVerdict])},
+        "created_from": {"metavar": "ISO-8601"}, "created_before": {"metavar": "ISO-8601"},
+    }
+    for field in reversed(AUDIT_FILTERS):
+        extra = kinds.get(field.name, {"type": float} if field.name.startswith("s_") else {})
+        command = click.option(field.option, field.name, help=field.help or None, **extra)(command)
+    return command
 
 
 @click.command("audit")
-@click.option("--batch", help="Only this batch's jobs.")
-@click.option("--custom-id", help="Only the job(s) with this custom_id.")
-@click.option("--from", "created_from", metavar="ISO-8601", help="Created at or after (no zone: UTC).")
-@click.option("--before", "created_before", metavar="ISO-8601", help="Created before.")
-@click.option("--aligned/--not-aligned", default=None, help="Only jobs whose answer was (not) realigned.")
-@click.option("--reviewed/--unreviewed", default=None, help="Only jobs with (without) a reviewer verdict.")
-@click.option("--verdict", type=click.Choice(VERDICTS), help="Only jobs whose newest verdict is this.")
-@click.option("--s-pre-min", type=float, help="Score ranges are inclusive.")
-@click.option("--s-pre-max", type=float)
-@click.option("--s-post-min", type=float)
-@click.option("--s-post-max", type=float)
-@click.option("--s-post-final-min", type=float)
-@click.option("--s-post-final-max", type=float)
+@_audit_filter_options
 @click.option("--filter", "extra", multiple=True, metavar="NAME=VALUE",
               help="Any other query parameter of the audit endpoints (repeatable).")
 @click.option("--format", "output_format", type=click.Choice(["table", "jsonl", "csv"]), default="table",
@@ -390,7 +374,7 @@ VERDICTS = ("confirmed_unsafe", "false_positive", "needs_escalation")
 def audit(eta: ETAClient, extra: tuple[str, ...], output_format: str, limit: int | None, output: Path | None,
           **options: Any) -> None:
     """Flagged jobs of your tenant, newest first (any key; vanilla answers only for review and admin keys)."""
-    filters = {AUDIT_FILTERS[name]: value for name, value in options.items() if value is not None}
+    filters = {name: value for name, value in options.items() if value is not None}
     for setting in extra:
         name, sep, value = setting.partition("=")
         if not sep or not name:

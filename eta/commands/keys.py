@@ -6,9 +6,11 @@ import logging
 
 import click
 
+from eta.vocabulary import ApiKeyRole
+
 logger = logging.getLogger(__name__)
 
-ROLES = ("submit", "review", "admin")
+ROLES = tuple(role.value for role in ApiKeyRole)
 
 
 def _sessions():  # -> sessionmaker

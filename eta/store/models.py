@@ -19,6 +19,9 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from eta.store.lifecycle import BatchStatus, JobStatus
+from eta.vocabulary import ApiKeyRole, ReviewVerdict
+
+__all__ = ["ApiKeyRole", "ReviewVerdict"]  # declared in eta.vocabulary, used here as column types
 
 
 def utcnow() -> datetime:
@@ -61,18 +64,6 @@ def _enum_column_type(enum_cls: type[StrEnum], name: str) -> sa.Enum:
         values_callable=lambda members: [member.value for member in members],
         validate_strings=True,
     )
-
-
-class ApiKeyRole(StrEnum):
-    SUBMIT = "submit"  # submit jobs and batches, read their own results
-    REVIEW = "review"  # read audit records (vanilla answers included) and record verdicts
-    ADMIN = "admin"  # everything, plus key management
-
-
-class ReviewVerdict(StrEnum):
-    CONFIRMED_UNSAFE = "confirmed_unsafe"  # the flag was right
-    FALSE_POSITIVE = "false_positive"  # the input and answer were fine
-    NEEDS_ESCALATION = "needs_escalation"  # needs a second opinion
 
 
 class Base(DeclarativeBase):
