@@ -143,7 +143,7 @@ class GenerationStep(StageStep):
         from eta.safety.pipeline import ETAInput, fingerprint, generate
 
         items = [ETAInput(prompt=w.prompt, image=w.image, seed=w.seed) for w in group]
-        outcomes = generate(models, items, [w.stored for w in group], group[0].config)
+        outcomes = generate(models, items, [w.stored for w in group], group[0].config, calls=calls)
         # generate_greedy makes one call per kind of input (with an image, text-only); then one reward forward.
         calls.add("vlm_generate", len({w.image is None for w in group}))
         calls.add("reward_s_post")
