@@ -66,6 +66,7 @@ class RewardModel:
         # Right padding: the classifier reads the last real token, which causal attention keeps exact.
         tokenizer.padding_side = "right"
         self.is_armorm = is_armorm(getattr(model, "config", None))
+        self._turn_ends: dict[str, int] = {}
         self.gate_pattern: tuple[int, ...] = ()
         if self.is_armorm:  # the gate token sequence in this tokenizer's vocabulary
             self.gate_pattern = tuple(tokenizer.encode(GATE_MARKER, add_special_tokens=False))
@@ -128,12 +129,33 @@ class RewardModel:
             chats, return_tensors="pt", padding=True, truncation=True, max_length=self.max_length,
             add_special_tokens=False,
         ).to(self.device)
-        out = self.model(**enc)
+        extra: dict[str, Any] = {}
+        if self.is_armorm:
+            gates = self.gate_positions(enc["input_ids"].tolist(), user=user)
+            if min(gates) >= 0:  # else the model's own search raises its clear error
+                extra["gate_positions"] = torch.tensor(gates, device=self.device)
+        out = self.model(**enc, **extra)
         return _scores(out, len(chats))
 
-    def gate_positions(self, rows: Sequence[Sequence[int]]) -> list[int]:
-        """ArmoRM: where each tokenized chat's user turn ends (-1 when it does not)."""
-        return [find_gate_position(row, self.gate_pattern) for row in rows]
+    def gate_positions(self, rows: Sequence[Sequence[int]], user: str | None = None) -> list[int]:
+        """ArmoRM: where each tokenized chat's user turn ends (-1 when it does not).
+
+        With `user`, the position is where the chat template ends that user turn (an answer that contains the
+        marker text cannot move the gate into itself); without, the last occurrence of the marker.
+        """
+        end = self._user_turn_end(user) if user is not None else -1
+        pattern = list(self.gate_pattern)
+        return [end if end >= 0 and list(row[end:end + len(pattern)]) == pattern
+                else find_gate_position(row, pattern) for row in rows]
+
+    def _user_turn_end(self, user: str) -> int:
+        """Index of the token that closes the user turn `user` in this tokenizer's chat template (cached)."""
+        cached = self._turn_ends.get(user)
+        if cached is None:
+            text = self.tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False)
+            cached = len(self.tokenizer(text, add_special_tokens=False)["input_ids"]) - 1
+            self._turn_ends = {user: cached}  # one reward prompt at a time, as the header cache
+        return cached
 
     def session(self, user: str) -> RewardSession:
         """Scores for successive groups of answers to `user` that grow from a common text (see RewardSession)."""
@@ -211,7 +233,7 @@ class RewardSession:
         shared = self._reusable(rows)
         extra: dict[str, Any] = {}
         if reward.is_armorm:
-            gates = reward.gate_positions(rows)
+            gates = reward.gate_positions(rows, user=self.user)
             if min(gates) < 0:  # not a chat ArmoRM can gate: the whole-chat path raises the clear error
                 self._forget()
                 return reward.score(self.user, responses)

@@ -119,7 +119,7 @@ def test_reward_session_fails_when_the_reused_prefix_loses_the_gate(tiny_models,
     reward._header = None
     assert conf.check_reward_session(reward, ETAConfig().align_reward_prompt).ok
     reward._header = None
-    monkeypatch.setattr(type(reward), "gate_positions", lambda self, rows: [len(row) - 2 for row in rows])
+    monkeypatch.setattr(type(reward), "gate_positions", lambda self, rows, user=None: [len(row) - 2 for row in rows])
     assert not conf.check_reward_session(reward, ETAConfig().align_reward_prompt).ok
     reward._header = None
 
