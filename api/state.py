@@ -39,14 +39,15 @@ class ApiState:
             self._celery = create_celery_app(self.settings)
         return self._celery
 
-    def enqueue(self, job_ids: Sequence[uuid.UUID]) -> None:
-        """Send the first stage of each job (the workers package owns the message format)."""
+    def enqueue(self, job_ids: Sequence[uuid.UUID], *, ahead: int = 0) -> None:
+        """Send the first stage of each job (the workers package owns the message format). `ahead`: the
+        tenant's other unfinished jobs (their number orders the queues fairly across tenants)."""
         if self.enqueue_override is not None:
             self.enqueue_override(job_ids)
             return
         from workers.enqueue import enqueue_jobs
 
-        enqueue_jobs(job_ids, app=self.celery())
+        enqueue_jobs(job_ids, app=self.celery(), ahead=ahead)
 
     def session(self) -> Session:
         """This request's session (one connection checkout per request, shared by auth and the view);

@@ -167,9 +167,13 @@ class WorkerSettings(SettingsGroup):
     # memory), with exponential backoff capped at retry_backoff_max_s.
     stage_max_retries: int = Field(default=5, ge=0)
     retry_backoff_max_s: int = Field(default=300, gt=0)
-    # Sweeper: how often it runs (beat), and how long a job may sit in each status before it is re-enqueued.
-    # A stage's timeout must exceed its hard time limit, so a running stage is never swept.
-    sweep_interval_s: float = Field(default=60.0, gt=0)
+    # The worker running a job's stage holds a lease on it and renews it every lease_s / 3 seconds; the sweeper
+    # re-sends a job whose lease ran out (its worker died), whatever the stage's time limit.
+    lease_s: int = Field(default=30, ge=3)
+    # Sweeper: how often it runs (beat), and how long a job that no worker holds may sit in each status before
+    # it is re-enqueued (a message lost with no lease to show it). A stage's timeout must exceed its hard time
+    # limit.
+    sweep_interval_s: float = Field(default=10.0, gt=0)
     sweep_queued_after_s: int = Field(default=600, gt=0)
     sweep_pre_evaluating_after_s: int = Field(default=420, gt=0)
     sweep_generating_after_s: int = Field(default=3900, gt=0)
@@ -182,6 +186,9 @@ class WorkerSettings(SettingsGroup):
     # Per-attempt timeout and number of retries (exponential backoff) of a batch callback POST.
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_retries: int = Field(default=8, ge=0)
+    # Seconds after a batch completed before the sweeper sends its undelivered callback again (its message may
+    # have been lost with the broker's data; at once when the sweeper sees the broker lost its data).
+    callback_resend_after_s: int = Field(default=900, gt=0)
 
     @field_validator("callback_allowed_networks")
     @classmethod

@@ -102,6 +102,9 @@ def transport_options(settings: Settings) -> dict[str, Any]:
         "socket_connect_timeout": settings.broker.connect_timeout_s,
         "socket_timeout": max(settings.broker.connect_timeout_s, 10.0),
         "visibility_timeout": settings.broker.visibility_timeout_s,
+        # Ten priority levels (0 first), one Redis list each: tenants take turns (`workers.enqueue.fair_priority`).
+        "priority_steps": list(range(10)),
+        "queue_order_strategy": "priority",
         "health_check_interval": 25,
     }
     if settings.broker.key_prefix:

@@ -32,17 +32,38 @@ def chunks(job_ids: Sequence[uuid.UUID], size: int) -> list[list[uuid.UUID]]:
     return [list(job_ids[start:start + size]) for start in range(0, len(job_ids), size)]
 
 
-def stage_chain(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre") -> Signature:
+# Priorities 0 (first) to 9 (last): a message without one (a sweeper re-send) goes first.
+LOWEST_PRIORITY = 9
+
+
+def fair_priority(chunks_ahead: int) -> int:
+    """The priority of a chunk whose tenant already has `chunks_ahead` chunks in the pipeline.
+
+    A tenant with nothing in flight gets 0 and overtakes every tenant with a backlog; the more a tenant has in
+    flight, the later its next chunks (on a log scale: 0, 1, 2-3, 4-7, ... chunks ahead). So one tenant's
+    10,000-job batch delays another's single job by about one chunk, a lone tenant still keeps every worker
+    busy (a priority orders the queues, it caps nothing), and a tenant's own chunks keep their order.
+    """
+    return min(LOWEST_PRIORITY, max(0, chunks_ahead).bit_length())
+
+
+def stage_chain(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre", priority: int | None = None
+                ) -> Signature:
     """The chain of stage tasks for one chunk, from stage `start` on: each task gets the ids the previous one
-    handed on (the jobs that completed its stage)."""
+    handed on (the jobs that completed its stage). Every stage message of the chunk has `priority`."""
     ids = [str(job_id) for job_id in job_ids]
     names = [stage.task for stage in chain_from(start)]
-    first = app.signature(names[0], args=(ids,))
-    return chain(first, *(app.signature(name) for name in names[1:]))
+    options = {"priority": priority} if priority is not None else {}
+    first = app.signature(names[0], args=(ids,), **options)
+    return chain(first, *(app.signature(name, **options) for name in names[1:]))
 
 
-def send_chunks(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre", chunk_size: int) -> int:
+def send_chunks(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre", chunk_size: int,
+                ahead: int | None = None) -> int:
     """Publish one chain per chunk of `chunk_size` jobs. Returns the number of chains sent.
+
+    `ahead`: jobs of the same tenant already in the pipeline (the chunks get `fair_priority`); None sends them
+    first (the sweeper's re-sends: they have waited already).
 
     Raises:
         BrokerUnavailable: the broker refused or could not be reached (some chunks may have gone out:
@@ -53,8 +74,9 @@ def send_chunks(app: Celery, job_ids: Sequence[uuid.UUID], *, start: str = "pre"
     sent = 0
     try:
         with app.producer_or_acquire() as producer:
-            for chunk in chunks(job_ids, chunk_size):
-                stage_chain(app, chunk, start=start).apply_async(producer=producer, retry=False)
+            for index, chunk in enumerate(chunks(job_ids, chunk_size)):
+                priority = None if ahead is None else fair_priority(ahead // chunk_size + index)
+                stage_chain(app, chunk, start=start, priority=priority).apply_async(producer=producer, retry=False)
                 sent += 1
     except (OperationalError, ConnectionError, TimeoutError, OSError) as exc:
         raise BrokerUnavailable(f"the message broker is unreachable: {exc}") from exc
@@ -74,9 +96,13 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
 
 
-def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chunk_size: int | None = None) -> None:
+def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chunk_size: int | None = None,
+                 ahead: int = 0) -> None:
     """Send newly committed `queued` jobs to the workers, `chunk_size` jobs per chain (default
     ETA_CHUNK_SIZE): a chunk's images share CLIP forwards, its prompts share `generate` calls.
+
+    `ahead`: how many other jobs of the same tenant are still in the pipeline; it sets the chunks' place in
+    the queues (`fair_priority`), so that tenants take turns.
 
     Raises:
         BrokerUnavailable: the broker could not be reached within ETA_BROKER_CONNECT_TIMEOUT_S.
@@ -88,5 +114,5 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chu
 
         app = celery_app
     size = chunk_size or int(app.conf.get("eta_chunk_size") or 32)
-    sent = send_chunks(app, job_ids, chunk_size=size)
+    sent = send_chunks(app, job_ids, chunk_size=size, ahead=ahead)
     logger.info("enqueued %d jobs in %d chunks (first %s)", len(job_ids), sent, job_ids[0])

@@ -45,6 +45,7 @@ from eta.store.blobs import make_blob_store
 from eta.store.errors import BlobNotFoundError
 from eta.store.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from eta.store.models import Job
+from workers.leases import lease_deadline
 
 if TYPE_CHECKING:
     from eta.models import Models
@@ -79,6 +80,8 @@ class StageContext:
     sessions: sessionmaker[Session]
     models: Models
     settings: Settings
+    # Who holds the message's jobs (`workers.leases`); None takes no lease (a stage run outside a worker).
+    lease_owner: str | None = None
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -225,6 +228,11 @@ class StageRunner:
                     if item is not None:
                         work.append(item)
         self.progress.forward.extend(passed)
+            if self.ctx.lease_owner is not None:
+                # Held until recorded and handed on: a worker that dies from here on leaves leases that run out.
+                repo.take_leases(session=session, job_ids=[w.job_id for w in work] + passed,
+                                 owner=self.ctx.lease_owner,
+                                 until=lease_deadline(self.ctx.settings.workers.lease_s))
         self.flush_failures()
         return work
 

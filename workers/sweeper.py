@@ -3,14 +3,24 @@
 A job can be left behind by a worker killed mid-stage (the embedded broker forgets its unacknowledged
 message; Redis redelivers it only after the visibility timeout), a Redis flush or restart, a hard time
 limit, or a broker that was down when the API enqueued. The database says where each job is; the sweeper
-finds jobs that sat in one status longer than its timeout and sends them again from the stage they need.
+finds the jobs nobody is moving forward and sends them again from the stage they need:
 
-- A waiting status (`queued`, `generating`, `post_evaluating`: the job waits in the stage's queue or runs)
-  is skipped while that queue still holds messages: a backlog is not a loss.
-- Each re-enqueue is a compare-and-set on (status, status_changed_at) that counts one more attempt; the
-  transaction commits only after the messages are published, so a broker that is still down changes
-  nothing. A job out of attempts ends `failed` with code `stalled`.
-- Re-sending is harmless when the original message was only slow: every stage is idempotent.
+- A job whose **lease ran out**: the worker that held it (running its stage, or handing it on to the next
+  one) stopped renewing it, so it died. Found within `lease_s` plus one sweep interval, whatever the stage's
+  time limit and whatever the queues hold; a slow stage on a live worker keeps its lease and is never swept.
+- **The broker lost its data** (a flush, or a restart without persistence): a marker key the sweeper keeps in
+  Redis is gone. Every job no live worker holds is re-sent at once (without counting an attempt: the loss was
+  not the job's), and so is the callback of every completed batch not yet delivered.
+- A job **no worker holds** that has sat in one status longer than its timeout (its message lost some other
+  way). A waiting status (`queued`, `generating`, `post_evaluating`) is skipped while that queue still holds
+  messages: a backlog is not a loss.
+- A completed batch whose callback was not delivered `callback_resend_after_s` after it completed gets its
+  callback task again (receivers deduplicate on `ETA-Event-Id`).
+
+Each re-enqueue is a compare-and-set on (status, status_changed_at, no live lease) that counts one more
+attempt; the transaction commits only after the messages are published, so a broker that is still down
+changes nothing. A job out of attempts ends `failed` with code `stalled`. Re-sending is harmless when the
+original message was only slow: every stage is idempotent.
 """
 
 from __future__ import annotations
@@ -43,10 +53,13 @@ class SweepReport:
     failed: int = 0
     skipped_backlog: list[str] = field(default_factory=list)
     completed_batches: list[uuid.UUID] = field(default_factory=list)
+    broker_data_lost: bool = False
+    callbacks_resent: int = 0
 
     def as_dict(self) -> dict[str, object]:
         return {"requeued": self.requeued, "failed_stalled": self.failed, "skipped_backlog": self.skipped_backlog,
-                "completed_batches": [str(b) for b in self.completed_batches]}
+                "completed_batches": [str(b) for b in self.completed_batches],
+                "broker_data_lost": self.broker_data_lost, "callbacks_resent": self.callbacks_resent}
 
 
 def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
@@ -83,6 +96,11 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
     now = now or utcnow()
     report = SweepReport()
     depths = queue_depths(app, sorted(set(WAITING_QUEUE.values())))
+    if broker_lost_data(app, settings):
+        logger.warning("sweep: the broker lost its data (flushed or restarted empty); re-sending every job no "
+                       "worker holds, and undelivered batch callbacks")
+        report.broker_data_lost = True
+        _resend_everything(sessions=sessions, app=app, settings=settings, now=now, report=report, limit=limit)
     timeouts: dict[JobStatus, timedelta] = {}
     for status, timeout in sweep_timeouts(settings).items():
         queue = WAITING_QUEUE.get(status)
@@ -120,7 +138,81 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
             send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
             report.requeued[stage] = len(job_ids)
     report.completed_batches = complete_finished_batches(sessions, touched)
+    # Batches that completed one sweep interval's worth of time `callback_resend_after_s` ago: each comes up in
+    # about one pass (a callback the receiver refused for good is not sent forever).
+    due = now - timedelta(seconds=settings.workers.callback_resend_after_s)
+    resend_callbacks(sessions=sessions, app=app, report=report, finished_before=due,
+                     finished_after=due - timedelta(seconds=settings.workers.sweep_interval_s))
     return report
+
+
+# Marker key of the broker's data: gone means the broker lost every message (see the module docstring).
+_EPOCH_KEY = "eta.broker-epoch"
+# The marker value this process set or saw last; None until it has looked once.
+_seen_epoch: str | None = None
+
+
+def broker_lost_data(app: Celery, settings: Settings) -> bool:
+    """Whether the Redis broker lost its data since this process last looked (its marker key is gone).
+
+    The first look of a process only sets the marker: a broker emptied before this process started is
+    recovered by the timeouts instead. Always False for the embedded broker (its messages are files).
+    """
+    global _seen_epoch
+    from workers.broker import broker_url, is_embedded
+
+    if is_embedded(settings):
+        return False
+    import redis
+
+    key = f"{settings.broker.key_prefix}{_EPOCH_KEY}"
+    try:
+        client = redis.Redis.from_url(broker_url(settings), socket_connect_timeout=settings.broker.connect_timeout_s,
+                                      socket_timeout=10)
+        try:
+            current = client.get(key)
+            if current is None:
+                token = uuid.uuid4().hex
+                client.set(key, token)
+                lost, _seen_epoch = _seen_epoch is not None, token
+                return lost
+            _seen_epoch = current.decode()
+            return False
+        finally:
+            client.close()
+    except redis.RedisError as exc:
+        raise BrokerUnavailable(f"the message broker is unreachable: {exc}") from exc
+
+
+def _resend_everything(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, now: datetime,
+                       report: SweepReport, limit: int) -> None:
+    """Re-send every active job that no live worker holds, page by page, and every undelivered callback."""
+    everything = dict.fromkeys(sweep_timeouts(settings), timedelta(0))
+    while True:
+        with sessions() as session, session.begin():
+            lost = repo.find_stalled_jobs(session=session, timeouts=everything, now=now, limit=limit)
+            to_send: dict[str, list[uuid.UUID]] = {}
+            for job in lost:
+                if repo.requeue_stalled_job(session=session, job_id=job.job_id, status=job.status,
+                                            status_changed_at=job.status_changed_at, now=now, count_attempt=False):
+                    to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
+            for stage, job_ids in to_send.items():
+                send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
+                report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
+        if len(lost) < limit:
+            break
+    resend_callbacks(sessions=sessions, app=app, finished_before=now, report=report)
+
+
+def resend_callbacks(*, sessions: sessionmaker[Session], app: Celery, report: SweepReport, finished_before: datetime,
+                     finished_after: datetime | None = None) -> None:
+    """Send again the callback task of completed batches that finished in the window and are undelivered."""
+    with sessions() as session:
+        batch_ids = repo.find_undelivered_callbacks(session=session, finished_before=finished_before,
+                                                    finished_after=finished_after)
+    for batch_id in batch_ids:
+        app.send_task(CALLBACK_TASK, args=[str(batch_id)])
+    report.callbacks_resent += len(batch_ids)
 
 
 def complete_finished_batches(sessions: sessionmaker[Session], also: set[uuid.UUID] | None = None

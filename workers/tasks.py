@@ -21,10 +21,12 @@ import uuid
 from typing import Any
 
 from celery import Task, shared_task
+from celery import signals as celery_signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from eta.settings import Settings, get_settings
 from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
+from workers.leases import LeaseKeeper, lease_owner, release
 from workers.runner import (
     OUT_OF_MEMORY,
     STAGE_TIMEOUT,
@@ -86,10 +88,15 @@ def run_stage(task: Task, stage: Stage, raw_ids: list[Any], batch_size: int | No
     ids_text = ", ".join(map(str, job_ids))
     name = stage.name
     logger.info("stage %s started: jobs %s (batch size %d, retry %d)", name, ids_text, size, task.request.retries)
-    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(stage.roles), settings=settings)
+    owner = lease_owner(getattr(task.request, "id", None))
+    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(stage.roles), settings=settings,
+                       lease_owner=owner)
     progress = StageProgress(stage=stage)
+    keeper = LeaseKeeper(ctx.sessions, owner=owner, lease_s=settings.workers.lease_s,
+                         held=lambda: [*progress.pending, *progress.forward])
     try:
-        StageRunner(ctx, progress, batch_size=size, propagates=_propagates).run(job_ids)
+        with keeper:
+            StageRunner(ctx, progress, batch_size=size, propagates=_propagates).run(job_ids)
     except SoftTimeLimitExceeded:
         logger.error("stage %s: soft time limit reached; failing jobs %s", name, _ids(progress.pending))
         fail_pending(ctx, progress, STAGE_TIMEOUT, f"the {name} stage exceeded its time limit")
@@ -156,6 +163,16 @@ def _stage_task(stage: Stage) -> Task:
 pre_evaluate = _stage_task(stage("pre"))
 generate_with_alignment = _stage_task(stage("generate"))
 post_evaluate = _stage_task(stage("post"))
+_STAGE_TASKS = frozenset({pre_evaluate.name, generate_with_alignment.name, post_evaluate.name})
+
+
+@celery_signals.task_success.connect
+def release_handed_on(sender: Task | None = None, result: Any = None, **_: Any) -> None:
+    """The handed-on jobs' leases go once the chain's next message is out (Celery signals success only after
+    publishing it; if publishing fails, the leases run out and the sweeper re-sends the jobs)."""
+    if sender is None or sender.name not in _STAGE_TASKS or not result:
+        return
+    release(runtime.sessions(), owner=lease_owner(sender.request.id), job_ids=parse_ids(result))
 
 
 @shared_task(bind=True, name=CALLBACK_TASK)

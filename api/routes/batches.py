@@ -10,6 +10,7 @@ from flask import Blueprint, request
 from spectree import Response as Responses
 
 from api.auth import READ, SUBMIT, current_principal, requires
+from api.etags import client_has, make_etag, not_modified, tagged
 from api.guards import field_bytes
 from api.intake import ItemError, RawItem, SubmissionInvalid, decode_base64_image, parse_manifest, parse_params
 from api.intake import validate_items as validate
@@ -167,10 +168,17 @@ def _load_batch_doc(batch_id: uuid.UUID) -> dict[str, Any]:
 
 @bp.get("/<uuid:batch_id>")
 @requires(READ)
-@spec.validate(resp=Responses(HTTP_200=BatchOut, **_ERRORS), tags=["batches"])
+@spec.validate(resp=Responses(HTTP_200=BatchOut, HTTP_304=None, **_ERRORS), tags=["batches"])
 def get_batch(batch_id: uuid.UUID) -> Any:
-    """A batch with its job counts per status and its progress."""
-    return _load_batch_doc(batch_id)
+    """A batch with its job counts per status and its progress.
+
+    Every answer carries an `ETag`; `If-None-Match: <etag>` answers 304 (no body) while nothing changed.
+    """
+    doc = _load_batch_doc(batch_id)
+    etag = make_etag("batch", doc["status"], doc["counts"], doc["finished_at"])
+    if client_has(etag):
+        return not_modified(etag)
+    return tagged(doc, etag)
 
 
 @bp.get("/<uuid:batch_id>/results")

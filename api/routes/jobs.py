@@ -10,6 +10,7 @@ from flask import Blueprint, request
 from spectree import Response as Responses
 
 from api.auth import READ, SUBMIT, current_principal, requires
+from api.etags import client_has, make_etag, not_modified, tagged
 from api.guards import field_bytes
 from api.intake import RawItem, SubmissionInvalid, decode_base64_image, validate_items
 from api.problems import Problem
@@ -81,12 +82,35 @@ def load_job_doc(job_id: uuid.UUID) -> dict[str, Any]:
         return job_doc(*found, show_vanilla=principal.can("review"))
 
 
+def _job_etag(version: tuple[Any, ...], show_vanilla: bool) -> str:
+    return make_etag("job", version, show_vanilla)
+
+
 @bp.get("/<uuid:job_id>")
 @requires(READ)
-@spec.validate(resp=Responses(HTTP_200=JobOut, **_ERRORS), tags=["jobs"])
+@spec.validate(resp=Responses(HTTP_200=JobOut, HTTP_304=None, **_ERRORS), tags=["jobs"])
 def get_job(job_id: uuid.UUID) -> Any:
-    """A job with its status and, once stages have run, its scores and answer."""
-    return load_job_doc(job_id)
+    """A job with its status and, once stages have run, its scores and answer.
+
+    Every answer carries an `ETag`; polling with `If-None-Match: <etag>` answers 304 (no body) until the job
+    changes, which costs the service a fraction of a full read.
+    """
+    principal = current_principal()
+    show_vanilla = principal.can("review")
+    with state().read() as session:
+        if request.if_none_match:
+            version = repo.get_job_version(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+            if version is None:
+                raise not_found("job", job_id)
+            etag = _job_etag(version, show_vanilla)
+            if client_has(etag):
+                return not_modified(etag)
+        found = repo.get_job_with_result(session=session, tenant_id=principal.tenant_id, job_id=job_id)
+        if found is None:
+            raise not_found("job", job_id)
+        job = found[0]
+        etag = _job_etag((job.updated_at, job.status, job.purged_at), show_vanilla)
+        return tagged(job_doc(*found, show_vanilla=show_vanilla), etag)
 
 
 @bp.post("/<uuid:job_id>/cancel")

@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
+from api.auth import current_principal
 from api.intake import ItemError, SubmissionInvalid, ValidSubmission
 from api.problems import Problem
 from api.state import state
@@ -37,9 +38,14 @@ def store_images(session: Any, submission: ValidSubmission) -> None:
 
 
 def dispatch(job_ids: Sequence[uuid.UUID]) -> str:
-    """Enqueue committed jobs. A broker failure is not the client's: the jobs stay `queued` for the sweeper."""
+    """Enqueue committed jobs. A broker failure is not the client's: the jobs stay `queued` for the sweeper.
+
+    The tenant's other unfinished jobs set the new chunks' place in the queues, so tenants take turns.
+    """
     try:
-        state().enqueue(job_ids)
+        with state().read() as session:
+            active = repo.count_active_jobs(session=session, tenant_id=current_principal().tenant_id)
+        state().enqueue(job_ids, ahead=max(0, active - len(job_ids)))
     except Exception as exc:
         logger.warning("broker unreachable, %d job(s) left queued for the sweeper: %s", len(job_ids), exc)
         return "deferred"

@@ -173,6 +173,9 @@ class Blob(Base):
 class Job(Base):
     """One image + prompt to evaluate and answer. Parameters and seed are frozen at submission."""
 
+_ACTIVE_SQL = "status IN ('queued', 'pre_evaluating', 'generating', 'post_evaluating')"
+
+
     __tablename__ = "jobs"
     __table_args__ = (
         sa.UniqueConstraint("batch_id", "position"),
@@ -192,6 +195,12 @@ class Job(Base):
         sa.Index(
             "ix_jobs_unpurged_created",
             "created_at",
+        # Sweeper: leases that ran out (a job's worker died mid-stage).
+        sa.Index("ix_jobs_lease_expires", "lease_expires_at", postgresql_where=sa.text("lease_expires_at IS NOT NULL"),
+                 sqlite_where=sa.text("lease_expires_at IS NOT NULL")),
+        # Fair queue order: how many of a tenant's jobs are still in the pipeline.
+        sa.Index("ix_jobs_tenant_active", "tenant_id", postgresql_where=sa.text(_ACTIVE_SQL),
+                 sqlite_where=sa.text(_ACTIVE_SQL)),
             postgresql_where=sa.text("purged_at IS NULL"),
             sqlite_where=sa.text("purged_at IS NULL"),
         ),
@@ -227,6 +236,11 @@ class Job(Base):
 
 
 class JobResult(Base):
+    # The worker holding the job (running its stage, or handing it to the next one) and until when: the worker
+    # pushes the deadline back while it is alive; the sweeper re-sends a job whose deadline passed. NULL: no
+    # worker holds it (its message waits in a queue).
+    lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
+    lease_expires_at: Mapped[datetime | None]
     """Everything the three stages computed for one job: enough to audit and reproduce the answer.
 
     One row per job; each stage fills its own columns, and re-running a stage overwrites them.

@@ -207,6 +207,16 @@ def get_batch_any_tenant(*, session: Session, batch_id: uuid.UUID) -> Batch | No
     return session.get(Batch, batch_id, populate_existing=True)
 
 
+def get_job_version(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> tuple[Any, ...] | None:
+    """What identifies the current state of the tenant's job document, read without the document: every change
+    of a job or its result moves `updated_at` (in the same transaction), and retention sets `purged_at`.
+    None when the job is not the tenant's."""
+    row = session.execute(
+        sa.select(Job.updated_at, Job.status, Job.purged_at).where(Job.id == job_id, Job.tenant_id == tenant_id)
+    ).first()
+    return tuple(row) if row is not None else None
+
+
 def get_batch(*, session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID) -> Batch | None:
     """The batch if it belongs to `tenant_id`; None otherwise."""
     return session.scalar(sa.select(Batch).where(Batch.id == batch_id, Batch.tenant_id == tenant_id))
@@ -386,24 +396,32 @@ def find_stalled_jobs(
     timeouts: Mapping[JobStatus, timedelta],
     now: datetime | None = None,
     limit: int = 500,
+    expired_leases: bool = True,
 ) -> list[StalledJob]:
-    """Jobs that have sat in a status longer than its timeout, oldest first (all tenants).
+    """Jobs nobody is moving forward, oldest first (all tenants):
 
-    `timeouts` names the statuses to sweep (any of the active ones) and how long each may last; a
-    status left out is never reported. Uses the (status, status_changed_at) index, one range per status.
+    - with `expired_leases`, every active job whose lease ran out (its worker died, however long its stage may
+      take): a worker that is alive keeps pushing its deadline back, so a slow stage is never reported;
+    - a job no worker holds (no lease) that has sat in a status of `timeouts` longer than that status's timeout
+      (a status left out is not looked at this way).
+
+    Uses the partial index on `lease_expires_at` and the (status, status_changed_at) index.
     """
-    if not timeouts:
-        return []
     for status in timeouts:
         if JobStatus(status) not in ACTIVE_JOB_STATUSES:
             raise ValueError(f"{status} is terminal: a job cannot stall in it")
     now = now or utcnow()
-    stalled = sa.or_(
-        *(sa.and_(Job.status == status, Job.status_changed_at < now - timeout) for status, timeout in timeouts.items())
-    )
+    clauses = [
+        sa.and_(Job.status == status, Job.status_changed_at < now - timeout, Job.lease_expires_at.is_(None))
+        for status, timeout in timeouts.items()
+    ]
+    if expired_leases:
+        clauses.append(sa.and_(Job.lease_expires_at < now, Job.status.in_(ACTIVE_JOB_STATUSES)))
+    if not clauses:
+        return []
     rows = session.execute(
         sa.select(Job.id, Job.status, Job.status_changed_at, Job.attempts, Job.batch_id)
-        .where(stalled)
+        .where(sa.or_(*clauses))
         .order_by(Job.status_changed_at)
         .limit(limit)
     )
@@ -421,16 +439,83 @@ def requeue_stalled_job(
     status: JobStatus,
     status_changed_at: datetime,
     now: datetime | None = None,
+    count_attempt: bool = True,
 ) -> bool:
-    """Claim a stalled job for re-enqueueing: restart its stage clock and count one more attempt.
+    """Claim a stalled job for re-enqueueing: restart its stage clock, drop its (expired) lease and, unless
+    `count_attempt` is False (the broker lost every message: not the job's doing), count one more attempt.
 
-    Compare-and-set on (status, status_changed_at) as `find_stalled_jobs` reported them, so of two
-    sweepers only one re-enqueues, and a job that moved on meanwhile is left alone.
+    Compare-and-set on (status, status_changed_at) as `find_stalled_jobs` reported them and on a lease that is
+    absent or expired, so of two sweepers only one re-enqueues, and a job that moved on or that a worker took
+    meanwhile is left alone.
     """
     now = now or utcnow()
+    values: dict[str, Any] = {"status_changed_at": now, "updated_at": now, "lease_owner": None,
+                              "lease_expires_at": None}
+    if count_attempt:
+        values["attempts"] = Job.attempts + 1
     result = session.execute(
         sa.update(Job)
-        .where(Job.id == job_id, Job.status == status, Job.status_changed_at == status_changed_at)
-        .values(status_changed_at=now, updated_at=now, attempts=Job.attempts + 1)
+        .where(Job.id == job_id, Job.status == status, Job.status_changed_at == status_changed_at,
+               sa.or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
+        .values(**values)
     )
     return affected_rows(result) == 1
+
+
+def take_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str, until: datetime) -> int:
+    """`owner` holds the jobs until `until` (whoever held them before). Returns the number of jobs leased."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status.in_(ACTIVE_JOB_STATUSES))
+        .values(lease_owner=owner, lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return affected_rows(result)
+
+
+def renew_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str, until: datetime) -> int:
+    """Push back the deadline of the jobs `owner` still holds (a job another worker took is left to it)."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == owner)
+        .values(lease_expires_at=until)
+        .execution_options(synchronize_session=False)
+    )
+    return affected_rows(result)
+
+
+def release_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str) -> int:
+    """`owner` lets go of the jobs it holds (their next message is in the broker)."""
+    if not job_ids:
+        return 0
+    result = session.execute(
+        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == owner)
+        .values(lease_owner=None, lease_expires_at=None)
+        .execution_options(synchronize_session=False)
+    )
+    return affected_rows(result)
+
+
+def count_active_jobs(*, session: Session, tenant_id: uuid.UUID, cap: int = 1_000_000) -> int:
+    """How many of the tenant's jobs are still in the pipeline (counted up to `cap`)."""
+    active = (sa.select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+              .limit(cap).subquery())
+    return int(session.scalar(sa.select(sa.func.count()).select_from(active)) or 0)
+
+
+def find_undelivered_callbacks(*, session: Session, finished_before: datetime, finished_after: datetime | None = None,
+                               limit: int = 1000) -> list[uuid.UUID]:
+    """Completed batches with a callback URL, finished in [`finished_after`, `finished_before`), whose callback
+    was never delivered (oldest first)."""
+    window = [Batch.finished_at < finished_before]
+    if finished_after is not None:
+        window.append(Batch.finished_at >= finished_after)
+    return list(session.scalars(
+        sa.select(Batch.id)
+        .where(Batch.status == BatchStatus.COMPLETED, Batch.callback_url.is_not(None),
+               Batch.callback_sent_at.is_(None), *window)
+        .order_by(Batch.finished_at)
+        .limit(limit)
+    ))
