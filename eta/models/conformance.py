@@ -311,7 +311,7 @@ def check_vlm_image(vlm: Any) -> Check:
     height, width = rgb.shape[1:]
     top = rgb[:, : max(1, height // 12), width // 3: 2 * width // 3]  # top rows, central columns
     red_at_top = bool(((top[0] > 0.8) & (top[1] < 0.2) & (top[2] < 0.2)).float().mean() > 0.5)
-    if vlm.profile.image == "pad-square":
+    if vlm.profile.image == "pad-square" or vlm.profile.name == "llava-1.5":  # LLaVA-1.5 needs the padding
         margin = rgb[:, height // 2, : max(1, width // 10)]  # left margin: padding
         fill_ok = bool(((margin - mean.view(3, 1)).abs() < 0.03).all())
         ok = red_at_top and fill_ok

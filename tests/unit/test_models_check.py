@@ -171,7 +171,7 @@ def test_vlm_prompt_fails_when_image_tokens_do_not_match(tiny_models, monkeypatc
     assert not conf.check_vlm_prompt(vlm, ETAConfig()).ok
 
 
-@pytest.mark.parametrize("mutation", ["centre-crop", "black-fill"])
+@pytest.mark.parametrize("mutation", ["centre-crop", "black-fill", "processor-profile"])
 def test_vlm_image_fails_when_the_image_is_cropped_or_padded_with_another_colour(tiny_models, monkeypatch,
                                                                                 mutation):
     from eta.models import profiles
@@ -180,6 +180,8 @@ def test_vlm_image_fails_when_the_image_is_cropped_or_padded_with_another_colour
     assert conf.check_vlm_image(vlm).ok
     if mutation == "centre-crop":
         monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill: image)  # the processor crops instead
+    elif mutation == "processor-profile":  # llava-1.5's text with the processor's own (cropping) preprocessing
+        monkeypatch.setattr(vlm, "profile", PromptProfile("llava-1.5", PROFILES["llava-1.5"].system, "processor"))
     else:
         pad = profiles.pad_to_square
         monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill: pad(image, (0, 0, 0)))
