@@ -216,6 +216,8 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
     for count in jobs_counts:
         together_s: list[float] = []
         alone_s: list[float] = []
+        together_cpu: list[float] = []
+        alone_cpu: list[float] = []
         together_mb: list[float | None] = []
         alone_mb: list[float | None] = []
         calls_seen: dict[str, int] = {}
@@ -231,14 +233,15 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
             def alone(jobs: list[AlignmentJob] = jobs) -> list[Any]:
                 return [align_jobs(models.vlm, models.reward, models.clip, [job], config=config)[0] for job in jobs]
 
-            sides = [(together, together_s, together_mb), (alone, alone_s, alone_mb)]
+            sides = [(together, together_s, together_cpu, together_mb), (alone, alone_s, alone_cpu, alone_mb)]
             if repeat % 2:  # alternate the order so that drift of a shared machine favours neither
                 sides.reverse()
             answers = {}
-            for fn, seconds, memory in sides:
+            for fn, seconds, cpu_seconds, memory in sides:
                 peak_memory_reset(device)
-                out, elapsed, _ = harness.timed(fn, device)
+                out, elapsed, cpu = harness.timed(fn, device)
                 seconds.append(elapsed)
+                cpu_seconds.append(cpu)
                 memory.append(peak_memory_mb(device))
                 answers[fn.__name__] = [a.token_ids for a in out]
             if answers["together"] != answers["alone"]:
@@ -250,6 +253,10 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
         results.append({
             "jobs": count,
             "throughput_ratio": harness.spread(speedups, 2),
+            # Steadier on a shared machine when torch runs one thread: other work delays a run without adding to
+            # its CPU time.
+            "throughput_ratio_in_cpu_time": harness.spread([a / t for a, t in zip(alone_cpu, together_cpu,
+                                                                                   strict=True)], 2),
             "together_jobs_per_s": harness.spread([count / t for t in together_s], 3),
             "one_after_another_jobs_per_s": harness.spread([count / a for a in alone_s], 3),
             "together_seconds": harness.spread(together_s),

@@ -235,6 +235,15 @@ class VisionLanguageModel:
         Returns:
             (the prompt's ids and cache, whether the vanilla cache was reused).
         """
+        reused = self.reuse_prompt(text, vanilla, vanilla_text=vanilla_text)
+        if reused is not None:
+            return reused, True
+        return self.prompt_caches([text], [image])[0], False
+
+    def reuse_prompt(self, text: str, vanilla: PromptCache | None, *, vanilla_text: str | None = None
+                     ) -> PromptCache | None:
+        """`text`'s ids and cache from the vanilla prompt's cache (see `aligned_prompt`), or None when the vanilla
+        cache does not cover the image tokens of `text`."""
         if vanilla is not None and vanilla_text is not None:
             # Token ids of both texts without image expansion: the expanded ids differ only inside the shared
             # part, where the processor repeats the image token.
@@ -250,9 +259,34 @@ class VisionLanguageModel:
             images_covered = image_token is None or image_token not in plain_aligned[common:]
             reusable = min(expanded, len(ids) - 1, vanilla.prefix.length)
             if images_covered and common > 0 and reusable > 0:
-                return PromptCache(ids, vanilla.prefix.crop(reusable)), True
-        cache, _, ids = self.prefill(text, image)
-        return PromptCache(ids, RowPrefix.from_cache(cache, 0, [(0, len(ids) - 1)])), False
+                return PromptCache(ids, vanilla.prefix.crop(reusable))
+        return None
+
+    @torch.inference_mode()
+    def prompt_caches(self, texts: Sequence[str], images: Sequence[Image.Image | None]) -> list[PromptCache]:
+        """Each prompt's ids and the KV cache of all but its last token: one forward per kind of input (with an
+        image, text-only), left-padded, the vision tower batched."""
+        results: list[PromptCache | None] = [None] * len(texts)
+        for group in ([i for i, im in enumerate(images) if im is not None], [i for i, im in enumerate(images)
+                                                                              if im is None]):
+            if not group:
+                continue
+            group_images = [images[i] for i in group if images[i] is not None]
+            batch = self.encode([texts[i] for i in group], group_images or None)  # type: ignore[arg-type]
+            width = batch["input_ids"].shape[1]
+            mask = batch.get("attention_mask")
+            extra: dict[str, Any] = {}
+            if mask is not None:
+                extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
+            out = self.model(**batch, **extra, use_cache=True, **{self._cache_arg: growing_cache(self.model.config)})
+            cache = getattr(out, "cache", None)
+            if cache is None:
+                cache = out.past_key_values
+            for row, index in enumerate(group):
+                real = int(mask[row].sum()) if mask is not None else width
+                ids = batch["input_ids"][row, width - real:].tolist()
+                results[index] = PromptCache(ids, RowPrefix.from_cache(cache, row, [(width - real, width - 1)]))
+        return [r for r in results if r is not None]
 
     @torch.inference_mode()
     def forward_rows(self, token_ids: torch.Tensor, rows: PackedRows, real: torch.Tensor) -> torch.Tensor:
@@ -262,14 +296,20 @@ class VisionLanguageModel:
                          use_cache=True, **{self._cache_arg: rows.cache})
         return out.logits.float()
 
-    def decode_continuations(self, context_ids: Sequence[int], new_ids: Sequence[Sequence[int]]) -> list[str]:
-        """`decode_continuation` of several continuations of one context, in one tokenizer call."""
-        context = list(context_ids)[-_DETOK_CONTEXT:]
-        texts = self._decode_many([context] + [context + list(ids) for ids in new_ids])
-        before, afters = texts[0], texts[1:]
-        return [after[len(before):] if after.startswith(before)
-                else self.tokenizer.decode(list(ids), skip_special_tokens=True)
-                for after, ids in zip(afters, new_ids, strict=True)]
+    def decode_continuations(self, contexts: Sequence[Sequence[int]], new_ids: Sequence[Sequence[int]]
+                             ) -> list[str]:
+        """`decode_continuation(contexts[i], new_ids[i])` for every i, in one tokenizer call."""
+        tails = [tuple(list(context)[-_DETOK_CONTEXT:]) for context in contexts]
+        distinct = list(dict.fromkeys(tails))
+        texts = self._decode_many([list(t) for t in distinct] + [list(t) + list(ids)
+                                                                for t, ids in zip(tails, new_ids, strict=True)])
+        befores = dict(zip(distinct, texts[:len(distinct)], strict=True))
+        out = []
+        for tail, after, ids in zip(tails, texts[len(distinct):], new_ids, strict=True):
+            before = befores[tail]
+            out.append(after[len(before):] if after.startswith(before)
+                       else self.tokenizer.decode(list(ids), skip_special_tokens=True))
+        return out
 
     def _decode_many(self, sequences: list[list[int]]) -> list[str]:
         """`tokenizer.decode(ids, skip_special_tokens=True)` of each sequence; one call into a fast tokenizer's

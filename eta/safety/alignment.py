@@ -156,12 +156,20 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     if embeddings is not None:
         _count(calls, "align_clip_image_forward")
     image_row = 0
-    for job, has_embedding in zip(jobs, with_image, strict=True):
-        text = vlm.chat_prompt(job.prompt, has_image=job.image is not None, assistant_prefix=config.safety_prefix)
-        vanilla_text = vlm.chat_prompt(job.prompt, has_image=job.image is not None) if job.vanilla else None
-        start, reused = vlm.aligned_prompt(text, job.image, job.vanilla, vanilla_text=vanilla_text)
-        if not reused:
-            _count(calls, "align_prompt_forward")
+    texts = [vlm.chat_prompt(j.prompt, has_image=j.image is not None, assistant_prefix=config.safety_prefix)
+             for j in jobs]
+    starts: list[PromptCache | None] = [
+        vlm.reuse_prompt(text, j.vanilla, vanilla_text=vlm.chat_prompt(j.prompt, has_image=j.image is not None))
+        if j.vanilla is not None else None for j, text in zip(jobs, texts, strict=True)]
+    fresh = [i for i, start in enumerate(starts) if start is None]
+    if fresh:  # no vanilla cache to start from: the prompts (vision tower included) run here, batched
+        for i, computed in zip(fresh, vlm.prompt_caches([texts[i] for i in fresh], [jobs[i].image for i in fresh]),
+                               strict=True):
+            starts[i] = computed
+        _count(calls, "align_prompt_forward", len({jobs[i].image is None for i in fresh}))
+    for job, has_embedding, start in zip(jobs, with_image, starts, strict=True):
+        if start is None:
+            raise RuntimeError("no prompt cache for a job")  # unreachable: every job got one above
         embedding = None
         if has_embedding and embeddings is not None:
             embedding = embeddings[image_row:image_row + 1]
@@ -213,6 +221,7 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
     live = [True] * len(active)
     for step in range(max(budgets)):
         feed = torch.zeros(rows, dtype=torch.long)
+        growing: list[tuple[int, int]] = []
         # Top-k of every row at once; each job then draws from its own random stream, on its own rows only.
         probs, indices = top_k_distribution(row_logits, top_k=config.top_k, temperature=config.temperature)
         for k, s in enumerate(active):
@@ -221,7 +230,7 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
             rows_k = slice(k * n, (k + 1) * n)
             sampled = draw(probs[rows_k], indices[rows_k], s.generator)
             feed[rows_k] = sampled.cpu()
-            growing = []
+            fresh = []
             for row, token in enumerate(sampled.tolist()):
                 if ends[k][row] is not None:
                     continue
@@ -229,15 +238,17 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
                     ends[k][row] = "eos"
                     continue
                 tokens[k][row].append(token)
-                growing.append(row)
-            if growing:
-                texts = vlm.decode_continuations(contexts[k], [tokens[k][row] for row in growing])
-                for row, text in zip(growing, texts, strict=True):
-                    if ends_sentence(text):
-                        ends[k][row] = "sentence"
-                    elif step + 1 == budgets[k]:
-                        ends[k][row] = "length"
-            if all(end is not None for end in ends[k]):
+                fresh.append(row)
+            growing.extend((k, row) for row in fresh)
+        # Every new token of every row decoded in one tokenizer call; the sentence end is judged on text.
+        texts = vlm.decode_continuations([contexts[k] for k, _ in growing], [tokens[k][row] for k, row in growing])
+        for (k, row), text in zip(growing, texts, strict=True):
+            if ends_sentence(text):
+                ends[k][row] = "sentence"
+            elif step + 1 == budgets[k]:
+                ends[k][row] = "length"
+        for k in range(len(active)):
+            if live[k] and all(end is not None for end in ends[k]):
                 live[k] = False
         if not any(live):
             break
@@ -251,10 +262,12 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
     for k, s in enumerate(active):
         s.sampled += sum(len(c.token_ids) + (c.end == "eos") for c in candidates[k])
         answers[id(s)] = []
-        for cand in candidates[k]:
-            cand.text = vlm.decode_continuation(contexts[k], cand.token_ids)
-            answers[id(s)].append(
-                config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids + cand.token_ids))
+        sentence_texts = vlm.decode_continuations([contexts[k]] * n, [c.token_ids for c in candidates[k]])
+        answer_texts = vlm.decode_continuations([s.prompt_ids] * n,
+                                                [s.response_ids + c.token_ids for c in candidates[k]])
+        for cand, text, answer in zip(candidates[k], sentence_texts, answer_texts, strict=True):
+            cand.text = text
+            answers[id(s)].append(config.safety_prefix + answer)
     rewards = scorer.score(answers)
 
     sentence_of = [len(s.trace) + 1 for s in active]
