@@ -115,11 +115,19 @@ def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, 
         body["required"] = False
 
 
+def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any]) -> None:
+    # The body schema itself rather than a reference: tools then see its `additionalProperties: false`.
+    for content in body.get("content", {}).values():
+        ref = content.get("schema", {}).get("$ref", "")
+        if ref:
+            content["schema"] = copy.deepcopy(doc["components"]["schemas"][ref.rsplit("/", 1)[-1]])
+
+
 def _complete_responses(doc: dict[str, Any]) -> None:
     problem = next(f"#/components/schemas/{n}" for n in doc["components"]["schemas"] if n.startswith("ProblemOut."))
     problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": problem}}}
     for path, item in doc["paths"].items():
-        for _method, operation in item.items():
+        for method, operation in item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
@@ -129,12 +137,17 @@ def _complete_responses(doc: dict[str, Any]) -> None:
             if operation.get("requestBody"):
                 statuses.update({"413", "415", "422"})
                 _body_optional_without_required_fields(doc, operation["requestBody"])
+                _inline_body_schemas(doc, operation["requestBody"])
             if operation.get("parameters") or operation.get("requestBody"):
                 statuses.add("422")
             for status in statuses:
                 responses.setdefault(status, {})
+            if method == "get" and operation.get("parameters"):
+                # gunicorn's own answer to a request line over its limit (before the application sees it).
+                responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit",
+                                    "content": {"text/html": {"schema": {"type": "string"}}}}
             for status, response in responses.items():
-                if status[0] in "45":
+                if status[0] in "45" and status != "414":
                     response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
                     response["content"] = dict(problem_content)
                 if status == "429":

@@ -11,9 +11,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from pydantic_core import core_schema
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
-JobStatusName = Literal["queued", "pre_evaluating", "generating", "post_evaluating", "succeeded", "failed",
-                        "cancelled"]
-BatchStatusName = Literal["validating", "in_progress", "completed", "failed", "cancelled"]
+from eta.store.lifecycle import BatchStatus, JobStatus
+
+# The statuses as the schemas name them: the store's enums themselves (their values are the API's).
+JobStatusName = JobStatus
+BatchStatusName = BatchStatus
 
 
 class UploadedFiles:

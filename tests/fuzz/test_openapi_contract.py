@@ -1,0 +1,87 @@
+"""The OpenAPI document tells the truth: schemathesis (every check, every phase) against a live `eta serve`.
+
+Every check is on by default; tests/fuzz/schemathesis.toml turns off the two data checks on the two
+submission routes only, where schemathesis 4.32 mislabels its own cases (the file says how).
+
+The server runs as operators run it (gunicorn, embedded SQLite and broker, a key made with `eta keys`).
+The seed is fixed and the examples per operation bounded, so the run is reproducible and takes about a
+minute; any failed check fails the test, with schemathesis' report as the message.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+SEED, MAX_EXAMPLES = 1, 10
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY"))}
+    env.update({"ETA_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO)})
+    return env
+
+
+def _wait_until_up(url: str, server: subprocess.Popen[bytes], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise AssertionError(f"eta serve exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 - a local URL
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise AssertionError(f"eta serve did not answer {url} within {timeout} s")
+
+
+@pytest.fixture
+def live_server(tmp_path: Path):
+    env = _env(tmp_path / "data")
+    subprocess.run([str(BIN / "eta"), "db", "upgrade"], env=env, check=True, capture_output=True)
+    key = subprocess.run([str(BIN / "eta"), "keys", "create", "--tenant", "fuzz", "--role", "admin"], env=env,
+                         check=True, capture_output=True, text=True).stdout.strip()
+    port = _free_port()
+    log = (tmp_path / "serve.log").open("wb")
+    server = subprocess.Popen([str(BIN / "eta"), "serve", "--port", str(port), "--workers", "1", "--threads", "4"],
+                              env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        _wait_until_up(f"{base}/healthz", server)
+        yield base, key, env
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def test_schemathesis_finds_no_failure(live_server):
+    base, key, env = live_server
+    command = [str(BIN / "schemathesis"), "--config-file", str(REPO / "tests/fuzz/schemathesis.toml"), "run",
+               f"{base}/v1/openapi.json", "--url", base, "--seed", str(SEED),
+               "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {key}"]
+    result = subprocess.run(command, env={**env, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks"}, capture_output=True,
+                            text=True, timeout=900, cwd=REPO)
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, report[-8000:]
+    assert "No issues found" in report or " passed" in report, report[-3000:]
