@@ -52,7 +52,9 @@ def authenticate() -> Principal:
         raise _unauthorized("missing Authorization header (expected: Bearer <API key>)")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("the Authorization header must be: Bearer <API key>")
-    with state().read() as session:
+    # A session of its own, closed before the view reads the body: no connection or transaction (on SQLite,
+    # no lock) is held while a slow client uploads.
+    with state().read_sessions() as session:
         key = repo.authenticate_api_key(session=session, token=token.strip())
         if key is None:
             raise _unauthorized("the API key is not valid or has been revoked")

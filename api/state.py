@@ -30,6 +30,7 @@ class ApiState:
     # Sends committed jobs to the workers; None means the broker of `settings` (see `send_to_workers`).
     enqueue_override: Enqueue | None = None
     _celery: Any = None
+    _read_sessions: sessionmaker[Session] | None = None
 
     def celery(self) -> Any:
         """A Celery app for this API's settings, built on first use (the API never loads the models)."""
@@ -70,13 +71,27 @@ class ApiState:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        yield self.session()
+        """This request's read-only session (on SQLite its transactions never take the write lock); closed
+        when the request ends. A view that writes uses `transaction()`, a session of its own."""
+        session = g.get("db_read_session")
+        if session is None:
+            session = g.db_read_session = self.read_sessions()
+        yield session
+
+    def read_sessions(self) -> Session:
+        """A new read-only session, for a caller that closes it itself."""
+        from eta.store.db import read_only_engine
+
+        if self._read_sessions is None:
+            self._read_sessions = sessionmaker(bind=read_only_engine(self.engine), expire_on_commit=False)
+        return self._read_sessions()
 
 
 def close_request_session(_exc: BaseException | None = None) -> None:
-    session = g.pop("db_session", None)
-    if session is not None:
-        session.close()
+    for name in ("db_session", "db_read_session"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()
 
 
 def state() -> ApiState:

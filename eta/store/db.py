@@ -74,7 +74,18 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: sa.Connection) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # A reader (an engine from `read_only_engine`) begins DEFERRED: in WAL mode it then never holds the
+        # write lock, so reads neither wait for writers nor make them wait.
+        mode = "DEFERRED" if connection.get_execution_options().get(READ_ONLY_OPTION) else "IMMEDIATE"
+        connection.exec_driver_sql(f"BEGIN {mode}")
+
+
+READ_ONLY_OPTION = "eta_read_only"
+
+
+def read_only_engine(engine: Engine) -> Engine:
+    """The same engine (and pool) for transactions that only read; on SQLite they do not take the write lock."""
+    return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
 def session_factory(engine: Engine) -> sessionmaker[Session]:
