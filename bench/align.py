@@ -179,29 +179,6 @@ CROSS_JOB_PROMPTS = (
 CROSS_JOB_IMAGES = ("harm_example.png", "waterview.jpg", "extreme_ironing.jpg", "prompt_unconstrained.bmp")
 
 
-def peak_memory_reset(device: torch.device) -> None:
-    """Start a new peak: the GPU allocator's counter, or the process's peak resident set (Linux clear_refs)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-    except OSError:
-        pass
-
-
-def peak_memory_mb(device: torch.device) -> float | None:
-    if device.type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    except OSError:
-        pass
-    return None
-
-
 def cross_job_jobs(folder: Path | None, count: int, seed: int) -> list[AlignmentJob]:
     return [AlignmentJob(CROSS_JOB_PROMPTS[i % len(CROSS_JOB_PROMPTS)],
                          harness.load_image(folder, CROSS_JOB_IMAGES[i % len(CROSS_JOB_IMAGES)], seed=seed + i),
@@ -221,12 +198,16 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
         together_mb: list[float | None] = []
         alone_mb: list[float | None] = []
         calls_seen: dict[str, int] = {}
+        layout: dict[str, int] = {}
         for repeat in range(repeats):
             jobs = cross_job_jobs(folder, count, seed + 1000 * repeat)
 
-            def together(jobs: list[AlignmentJob] = jobs, seen: dict[str, int] = calls_seen) -> list[Any]:
+            def together(jobs: list[AlignmentJob] = jobs, seen: dict[str, int] = calls_seen,
+                         padding: dict[str, int] = layout) -> list[Any]:
                 calls: dict[str, int] = {}
-                out = align_jobs(models.vlm, models.reward, models.clip, jobs, config=config, calls=calls)
+                out = align_jobs(models.vlm, models.reward, models.clip, jobs, config=config, calls=calls,
+                                 layout=padding)
+                seen.clear()
                 seen.update(calls)
                 return out
 
@@ -238,18 +219,18 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
                 sides.reverse()
             answers = {}
             for fn, seconds, cpu_seconds, memory in sides:
-                peak_memory_reset(device)
+                harness.peak_memory_reset(device)
                 out, elapsed, cpu = harness.timed(fn, device)
                 seconds.append(elapsed)
                 cpu_seconds.append(cpu)
-                memory.append(peak_memory_mb(device))
+                memory.append(harness.peak_memory_mb(device))
                 answers[fn.__name__] = [a.token_ids for a in out]
             if answers["together"] != answers["alone"]:
                 raise RuntimeError(f"J={count}: jobs aligned together differ from the same jobs aligned alone")
             logger.info("J=%d repeat %d: together %.2fs, one after another %.2fs", count, repeat, together_s[-1],
                         alone_s[-1])
         speedups = [a / t for a, t in zip(alone_s, together_s, strict=True)]
-        rows = calls_seen.get("align_row_positions", 0)
+        rows = layout.get("row_positions", 0)
         results.append({
             "jobs": count,
             "throughput_ratio": harness.spread(speedups, 2),
@@ -264,9 +245,9 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
             "peak_memory_mb": {"together": harness.spread([m for m in together_mb if m is not None] or [0.0], 1),
                                "one_after_another": harness.spread([m for m in alone_mb if m is not None] or [0.0],
                                                                    1)},
-            "padding_share_of_packed_prefix": round(calls_seen.get("align_padding_positions", 0) / rows, 4)
-            if rows else None,
-            "model_calls_last_together_run": {k: v for k, v in calls_seen.items() if not k.endswith("_positions")},
+            # Share of the packed prefix positions (rows x longest prefix, summed over rounds) that are padding.
+            "padding_share_of_packed_prefix": round(layout.get("padding_positions", 0) / rows, 4) if rows else None,
+            "model_calls_last_together_run": dict(calls_seen),
         })
     return results
 

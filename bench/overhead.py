@@ -8,7 +8,8 @@ Safe inputs (waterview, extreme_ironing) run with tau_pre = 2 (no cosine reaches
 policy keeps the vanilla answer); aligned inputs (harm_example, prompt_unconstrained) run with tau_pre = -1 and
 tau_post = 1e9 (both evaluators flag, every answer is aligned). Thresholds force the branch because random
 weights score noise. One job per call, as `eta run` does; the time ratio is the sum over the inputs of ETA's
-time over the sum of vanilla's, per repeat. Prints one JSON object; `--plot` writes a PNG.
+time over the sum of vanilla's, per repeat. The aligned answer starts from the vanilla answer's prompt cache
+(the vision tower and the prompt run once per job). Prints one JSON object; `--plot` writes a PNG.
 
     .venv/bin/python bench/overhead.py --shape small --repeats 3 --plot artifacts/overhead-small.png
     .venv/bin/python bench/overhead.py --shape llava-7b --device cuda --dtype bfloat16     # on a GPU
@@ -76,16 +77,27 @@ def time_eta(models: Any, jobs: list[tuple[Image.Image, str]], config: ETAConfig
 def measure_branch(models: Any, name: str, jobs: list[tuple[Image.Image, str]], config: ETAConfig, *,
                    repeats: int, seed: int) -> dict[str, Any]:
     ratios, cpu_ratios, vanilla_s, eta_s = [], [], [], []
+    peaks: dict[str, list[float]] = {"vanilla": [], "eta": []}
+    device = models.vlm.device
+
+    def peak(side: str, run: Any) -> Any:
+        harness.peak_memory_reset(device)
+        out = run()
+        mb = harness.peak_memory_mb(device)
+        if mb is not None:
+            peaks[side].append(mb)
+        return out
+
     stage_ms: dict[str, list[float]] = {stage: [] for stage in STAGES}
     answer_tokens: list[list[int]] = []
     vanilla_tokens: list[int] = []
     for repeat in range(repeats):
         if repeat % 2 == 0:  # alternate the order so that drift of a shared machine favours neither
-            v, v_cpu, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
-            e, e_cpu, results = time_eta(models, jobs, config, seed + repeat)
+            v, v_cpu, vanilla_tokens = peak("vanilla", lambda: time_vanilla(models, jobs, config.max_new_tokens))
+            e, e_cpu, results = peak("eta", lambda repeat=repeat: time_eta(models, jobs, config, seed + repeat))
         else:
-            e, e_cpu, results = time_eta(models, jobs, config, seed + repeat)
-            v, v_cpu, vanilla_tokens = time_vanilla(models, jobs, config.max_new_tokens)
+            e, e_cpu, results = peak("eta", lambda repeat=repeat: time_eta(models, jobs, config, seed + repeat))
+            v, v_cpu, vanilla_tokens = peak("vanilla", lambda: time_vanilla(models, jobs, config.max_new_tokens))
         expected = name == "aligned"
         if any(r.aligned is not expected for r in results):
             raise RuntimeError(f"{name} inputs did not take the {name} branch: {[r.decision for r in results]}")
@@ -109,6 +121,8 @@ def measure_branch(models: Any, name: str, jobs: list[tuple[Image.Image, str]], 
         "vanilla_seconds": harness.spread(vanilla_s),
         "eta_seconds": harness.spread(eta_s),
         "eta_stage_seconds_median": stages,
+        # Resident set (CPU) or allocated memory (GPU) at its peak during each side's runs, MB.
+        "peak_memory_mb": {side: harness.spread(values, 1) for side, values in peaks.items() if values},
         "vanilla_answer_tokens": vanilla_tokens,
         "final_answer_tokens": answer_tokens,
         "target_ratio_at_most": BRANCHES[name]["target"],

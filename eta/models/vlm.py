@@ -177,7 +177,8 @@ class VisionLanguageModel:
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=sorted(self.eos_token_ids),
                 return_dict_in_generate=True,
-                **({self._cache_arg: growing_cache(self.model.config)} if keep_prompt_cache else {}),
+                # Appends in place instead of concatenating the whole cache on every token (see kv_cache).
+                **{self._cache_arg: growing_cache(self.model.config)},
             )
             out = generated.sequences
             cache = getattr(generated, "cache", None)

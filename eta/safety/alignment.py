@@ -129,7 +129,8 @@ def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> Non
 
 
 def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, jobs: Sequence[AlignmentJob],
-               *, config: ETAConfig, calls: MutableMapping[str, int] | None = None) -> list[Alignment]:
+               *, config: ETAConfig, calls: MutableMapping[str, int] | None = None,
+               layout: MutableMapping[str, int] | None = None) -> list[Alignment]:
     """Deep alignment of several jobs in one batch (see the module). Returns one `Alignment` per job, in order.
 
     Args:
@@ -137,9 +138,9 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
         jobs: the jobs; each job's answer depends only on itself, its seed and `config`.
         config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
         calls: when given, model forwards are counted into it (`align_vlm_forward`, `align_reward_forward`,
-            `align_clip_text_forward`, `align_clip_image_forward`, `align_prompt_forward`, `aligned_sentences`),
-            and the packed prefix positions of all rows and their padding (`align_row_positions`,
-            `align_padding_positions`).
+            `align_clip_text_forward`, `align_clip_image_forward`, `align_prompt_forward`, `aligned_sentences`).
+        layout: when given, what the padded layout costs is counted into it: prefix positions of all rows per
+            round (`row_positions`) and how many of them are padding (`padding_positions`).
     """
     if not jobs:
         return []
@@ -186,7 +187,7 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
         active = [s for s in states if not s.done]
         if not active:
             break
-        _align_round(vlm, clip, scorer, active, config=config, n=n, calls=calls)
+        _align_round(vlm, clip, scorer, active, config=config, n=n, calls=calls, layout=layout)
     _count(calls, "align_reward_forward", scorer.forwards)
     _count(calls, "aligned_sentences", sum(len(s.trace) for s in states))
     return [Alignment(response=config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids),
@@ -194,7 +195,8 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
 
 
 def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows, active: list[_Aligning], *,
-                 config: ETAConfig, n: int, calls: MutableMapping[str, int] | None) -> None:
+                 config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
+                 layout: MutableMapping[str, int] | None) -> None:
     """One sentence of every active job: sample N candidates each in one batch, score, keep the best."""
     budgets = [min(config.max_sentence_tokens, config.max_new_tokens - len(s.response_ids)) for s in active]
     contexts = [s.prompt_ids + s.response_ids for s in active]
@@ -203,8 +205,8 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
                        headroom=feed_width + max(budgets))
     rows = n * len(active)
     # What the padded layout costs: prefix positions of all rows, and how many of them are padding.
-    _count(calls, "align_row_positions", rows * packed.width)
-    _count(calls, "align_padding_positions", n * sum(packed.width - s.prefix.length for s in active))
+    _count(layout, "row_positions", rows * packed.width)
+    _count(layout, "padding_positions", n * sum(packed.width - s.prefix.length for s in active))
     # Rows of job k are k*n .. k*n+n-1. Its pending tokens go first, right-padded to the longest pending.
     ids = torch.zeros((rows, feed_width), dtype=torch.long)
     real = torch.zeros((rows, feed_width), dtype=torch.bool)
