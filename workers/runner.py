@@ -203,6 +203,7 @@ class StageRunner:
             start = time.perf_counter()
             outputs = self.compute(group)
             self.record(outputs, elapsed_ms=elapsed_ms(start))
+        self.report_model_calls()
         return self.progress
 
     # ---------------------------------------------------------------------------------------- claim
@@ -227,12 +228,12 @@ class StageRunner:
                     item = self._hold(session, job, stored.get(job.id))
                     if item is not None:
                         work.append(item)
-        self.progress.forward.extend(passed)
             if self.ctx.lease_owner is not None:
                 # Held until recorded and handed on: a worker that dies from here on leaves leases that run out.
                 repo.take_leases(session=session, job_ids=[w.job_id for w in work] + passed,
                                  owner=self.ctx.lease_owner,
                                  until=lease_deadline(self.ctx.settings.workers.lease_s))
+        self.progress.forward.extend(passed)
         self.flush_failures()
         return work
 
@@ -357,6 +358,20 @@ class StageRunner:
                 self.progress.ended(item.job_id)
             else:
                 self.progress.forward.append(item.job_id)
+
+    # -------------------------------------------------------------------------------------------- report
+    def report_model_calls(self) -> None:
+        """Add the model calls of this message to its batch's totals (`Batch.model_calls`). A chunk's jobs come
+        from one batch; a message that mixes batches (a sweeper re-send) or holds jobs of none is not credited."""
+        batches = set(self.progress.batch_of.values())
+        if not self.progress.model_calls or len(batches) != 1:
+            return
+        batch_id = next(iter(batches))
+        if batch_id is None:
+            return
+        with self.ctx.transaction() as session:
+            repo.add_model_calls(session=session, batch_id=batch_id, stage=self.stage.name,
+                                 calls=self.progress.model_calls)
 
     # -------------------------------------------------------------------------------------- failures
     def fail(self, job_id: uuid.UUID, code: str, message: str) -> None:

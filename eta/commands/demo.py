@@ -11,7 +11,6 @@ With no `DATABASE_URL` / `REDIS_URL` everything is embedded: a SQLite file and a
 
 from __future__ import annotations
 
-import ast
 import io
 import json
 import logging
@@ -161,16 +160,19 @@ def _create_key(engine: Any) -> tuple[str, str]:
     return name, token
 
 
-_MODEL_CALLS = re.compile(r"stage (pre|generate|post) done: .*? model calls (\{.*\})")
+def model_calls_by_stage(database: str, batch_id: str) -> dict[str, dict[str, int]]:
+    """The model calls the workers recorded for the batch, per stage (`Batch.model_calls`), in stage order."""
+    from eta.store import make_engine, session_factory
+    from eta.store import repository as repo
+    from workers.stage_table import STAGES
 
-
-def model_calls_by_stage(worker_log: str) -> dict[str, dict[str, int]]:
-    """Sum of the model calls each stage logged (`stage X done: ... model calls {...}`)."""
-    totals: dict[str, dict[str, int]] = {}
-    for stage, calls in _MODEL_CALLS.findall(worker_log):
-        for kind, n in ast.literal_eval(calls).items():
-            totals.setdefault(stage, {})[kind] = totals.setdefault(stage, {}).get(kind, 0) + int(n)
-    return totals
+    engine = make_engine(database)
+    try:
+        with session_factory(engine)() as session:
+            calls = repo.get_model_calls(session=session, batch_id=uuid.UUID(batch_id))
+    finally:
+        engine.dispose()
+    return {stage.name: calls[stage.name] for stage in STAGES if stage.name in calls}
 
 
 def _redact(url: str) -> str:
@@ -349,7 +351,7 @@ def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None
         counts = ", ".join(f"{n} {status}" for status, n in final["counts"].items() if n)
         click.echo(f"\nbatch {final['status']}: {counts}; {len(results)} jobs in {elapsed:.1f}s = "
                    f"{len(results) / elapsed:.2f} jobs/s (submission to last result, one worker process)")
-        calls = model_calls_by_stage(worker.log())
+        calls = model_calls_by_stage(database, batch["id"])
         click.echo("model calls per stage: " + "; ".join(
             f"{stage} " + ", ".join(f"{kind} {n}" for kind, n in kinds.items()) for stage, kinds in calls.items()))
     if final["status"] != "completed" or final["counts"].get("succeeded", 0) != len(results):

@@ -143,6 +143,9 @@ class Batch(Base):
     finished_at: Mapped[datetime | None]
     # Set once by whoever wins the right to call callback_url (compare-and-set on NULL).
     callback_sent_at: Mapped[datetime | None]
+    # Model calls the workers made for the batch, per stage and kind, e.g. {"pre": {"clip_image": 2}}: what
+    # batching across its jobs achieved (None until a stage reports).
+    model_calls: Mapped[dict[str, Any] | None]
 
 
 class Image(Base):
@@ -170,11 +173,11 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class Job(Base):
-    """One image + prompt to evaluate and answer. Parameters and seed are frozen at submission."""
-
 _ACTIVE_SQL = "status IN ('queued', 'pre_evaluating', 'generating', 'post_evaluating')"
 
+
+class Job(Base):
+    """One image + prompt to evaluate and answer. Parameters and seed are frozen at submission."""
 
     __tablename__ = "jobs"
     __table_args__ = (
@@ -192,15 +195,15 @@ _ACTIVE_SQL = "status IN ('queued', 'pre_evaluating', 'generating', 'post_evalua
         # Audit lookups of a tenant's jobs by the client's own id.
         sa.Index("ix_jobs_tenant_custom_id", "tenant_id", "custom_id"),
         # Retention: only jobs not yet purged, oldest first, so each purge pass reads just what it purges.
-        sa.Index(
-            "ix_jobs_unpurged_created",
-            "created_at",
         # Sweeper: leases that ran out (a job's worker died mid-stage).
         sa.Index("ix_jobs_lease_expires", "lease_expires_at", postgresql_where=sa.text("lease_expires_at IS NOT NULL"),
                  sqlite_where=sa.text("lease_expires_at IS NOT NULL")),
         # Fair queue order: how many of a tenant's jobs are still in the pipeline.
         sa.Index("ix_jobs_tenant_active", "tenant_id", postgresql_where=sa.text(_ACTIVE_SQL),
                  sqlite_where=sa.text(_ACTIVE_SQL)),
+        sa.Index(
+            "ix_jobs_unpurged_created",
+            "created_at",
             postgresql_where=sa.text("purged_at IS NULL"),
             sqlite_where=sa.text("purged_at IS NULL"),
         ),
@@ -233,14 +236,14 @@ _ACTIVE_SQL = "status IN ('queued', 'pre_evaluating', 'generating', 'post_evalua
     finished_at: Mapped[datetime | None]
     # When retention removed the job's image bytes and vanilla answer (scores, answer and verdicts stay).
     purged_at: Mapped[datetime | None]
-
-
-class JobResult(Base):
     # The worker holding the job (running its stage, or handing it to the next one) and until when: the worker
     # pushes the deadline back while it is alive; the sweeper re-sends a job whose deadline passed. NULL: no
     # worker holds it (its message waits in a queue).
     lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
     lease_expires_at: Mapped[datetime | None]
+
+
+class JobResult(Base):
     """Everything the three stages computed for one job: enough to audit and reproduce the answer.
 
     One row per job; each stage fills its own columns, and re-running a stage overwrites them.
@@ -271,6 +274,9 @@ class JobResult(Base):
     flag_reasons: Mapped[list[Any] | None]
     # Milliseconds per stage, e.g. {"pre": 12.5, "generate": 830.1, "post": 40.2}.
     timings: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    # Stage results recorded for the job, redeliveries included: one per stage it went through when every
+    # stage ran exactly once (a stale or duplicate message records nothing).
+    stage_records: Mapped[int] = mapped_column(default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 

@@ -41,11 +41,15 @@ def _record_stage(
         logger.info("job %s: not recording stage %s, the job is %s, not %s", job_id, stage, current, status)
         return False
     now = now or utcnow()
-    timings = session.scalar(sa.select(JobResult.timings).where(JobResult.job_id == job_id)) or {}
+    stored = session.execute(
+        sa.select(JobResult.timings, JobResult.stage_records).where(JobResult.job_id == job_id)
+    ).first()
+    timings, records = (stored.timings or {}, stored.stage_records or 0) if stored is not None else ({}, 0)
     values = {
         "job_id": job_id,
         **columns,
         "timings": {**timings, stage: float(elapsed_ms)},
+        "stage_records": records + 1,
         "created_at": now,
         "updated_at": now,
     }
@@ -54,7 +58,7 @@ def _record_stage(
         JobResult,
         values,
         conflict_columns=("job_id",),
-        update_columns=(*columns, "timings", "updated_at"),
+        update_columns=(*columns, "timings", "stage_records", "updated_at"),
     )
     # A JobResult of this job already in the session is now stale: reload it on next access.
     cached = session.identity_map.get(session.identity_key(JobResult, job_id))

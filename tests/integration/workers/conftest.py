@@ -302,6 +302,21 @@ def job_statuses(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> d
         return {job_id: str(status) for job_id, status in rows}
 
 
+def stage_records(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """How many stage results each job's row has recorded: one per stage it went through, when exactly once."""
+    with sessions() as session:
+        rows = session.execute(sa.select(JobResult.job_id, JobResult.stage_records)
+                               .where(JobResult.job_id.in_(job_ids)))
+        return {job_id: int(n) for job_id, n in rows}
+
+
+def expected_stage_records(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+    """Three stages for a job with an image, two for a text-only one (it skips pre-evaluation)."""
+    with sessions() as session:
+        rows = session.execute(sa.select(Job.id, Job.image_sha256).where(Job.id.in_(job_ids)))
+        return {job_id: 3 if sha is not None else 2 for job_id, sha in rows}
+
+
 def snapshot(sessions: sessionmaker[Session], job_ids: list[uuid.UUID]) -> dict[str, Any]:
     """Every stored column of the jobs and their results."""
     with sessions() as session:

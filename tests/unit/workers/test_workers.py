@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from kombu import Connection
 
-from eta.commands.demo import demo_items, model_calls_by_stage
+from eta.commands.demo import demo_items
 from eta.settings import Settings
 from workers.app import create_celery_app
 from workers.broker import broker_url, is_embedded, transport_options
@@ -111,13 +111,6 @@ def test_the_demo_batch_has_forced_alignment_and_a_text_only_item():
     assert [i["custom_id"] for i in items if i["image"] is None] == ["text-only"]
     many = demo_items(64)
     assert len(many) == 64 and len({i["custom_id"] for i in many}) == 64
-
-
-def test_model_calls_are_summed_from_the_worker_log():
-    log = ("stage pre done: jobs a handed on, 0 failed, model calls {'clip_text': 1, 'clip_image': 2}\n"
-           "stage pre done: jobs b handed on, 0 failed, model calls {'clip_text': 1, 'clip_image': 1}\n"
-           "stage post done: jobs (none) handed on, 0 failed, model calls {}\n")
-    assert model_calls_by_stage(log) == {"pre": {"clip_text": 2, "clip_image": 3}}
 
 
 def test_a_large_demo_batch_is_summarised_not_listed():
