@@ -46,6 +46,20 @@ def _unauthorized(detail: str) -> Problem:
 
 
 def authenticate() -> Principal:
+    """The request's key (401 when there is none or it is not live; 429 once an address failed too often)."""
+    limits = state().rate_limits()
+    address = request.remote_addr or "unknown"
+    limits.check_address(address)
+    try:
+        principal = _authenticate()
+    except Problem:
+        limits.failed_authentication(address)
+        raise
+    limits.check_key(principal.key_id, principal.role)
+    return principal
+
+
+def _authenticate() -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if not header:

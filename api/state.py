@@ -31,6 +31,15 @@ class ApiState:
     enqueue_override: Enqueue | None = None
     _celery: Any = None
     _read_sessions: sessionmaker[Session] | None = None
+    _rate_limits: Any = None
+
+    def rate_limits(self) -> Any:
+        """This app's `api.ratelimit.RateLimits` (built on first use)."""
+        if self._rate_limits is None:
+            from api.ratelimit import RateLimits
+
+            self._rate_limits = RateLimits(self.settings)
+        return self._rate_limits
 
     def celery(self) -> Any:
         """A Celery app for this API's settings, built on first use (the API never loads the models)."""

@@ -233,6 +233,21 @@ class ApiSettings(SettingsGroup):
     review_session_hours: float = Field(default=8.0, gt=0)
     # Rows fetched per round trip while streaming an audit export (a server-side cursor on Postgres).
     export_fetch_rows: int = Field(default=1000, gt=0)
+    # Requests per API key, by the key's role ("600/minute"; several limits separated by ";"). Counted in
+    # Redis when the broker is Redis (shared by every API process), else in each process. Over: 429.
+    rate_limit_submit: str = "600/minute"
+    rate_limit_review: str = "600/minute"
+    rate_limit_admin: str = "1200/minute"
+    # Failed authentications (no, unknown or revoked key) per client address before it gets 429s.
+    rate_limit_auth_failures: str = "30/minute"
+
+    @field_validator("rate_limit_submit", "rate_limit_review", "rate_limit_admin", "rate_limit_auth_failures")
+    @classmethod
+    def _check_rate_limit(cls, value: str) -> str:
+        from limits import parse_many
+
+        parse_many(value)  # "600/minute"; a malformed limit fails at start-up
+        return value
 
 
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "dev", "development", "xxx", "todo"})

@@ -15,6 +15,7 @@ from api.guards import field_bytes
 from api.intake import ItemError, RawItem, SubmissionInvalid, decode_base64_image, parse_manifest, parse_params
 from api.intake import validate_items as validate
 from api.problems import Problem
+from api.ratelimit import check_quota
 from api.routes.jobs import not_found
 from api.routes.submit import dispatch, invalid, single_error, store_images
 from api.schemas import BatchCreate, BatchCreateForm, BatchOut, BatchSubmitted, PageQuery, ProblemOut, ResultsPage
@@ -133,6 +134,7 @@ def submit_batch() -> Any:
     request_hash = submission.request_hash(callback_url=callback_url)
     try:
         with state().transaction() as session:
+            check_quota(session, tenant_id=principal.tenant_id, adding=len(submission.jobs), settings=state().settings)
             store_images(session, submission)
             submitted = repo.create_batch_with_jobs(
                 session=session, tenant_id=principal.tenant_id, jobs=submission.jobs, params=submission.batch_params,

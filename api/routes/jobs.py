@@ -14,6 +14,7 @@ from api.etags import client_has, make_etag, not_modified, tagged
 from api.guards import field_bytes
 from api.intake import RawItem, SubmissionInvalid, decode_base64_image, validate_items
 from api.problems import Problem
+from api.ratelimit import check_quota
 from api.routes.submit import dispatch, invalid, single_error, store_images
 from api.schemas import JobCreate, JobCreateForm, JobOut, JobSubmitted, ProblemOut
 from api.serialize import job_doc
@@ -65,6 +66,7 @@ def submit_job() -> Any:
     except SubmissionInvalid as exc:
         raise invalid(exc, what="job") from exc
     with state().transaction() as session:
+        check_quota(session, tenant_id=principal.tenant_id, adding=1, settings=state().settings)
         store_images(session, submission)
         job = repo.create_job(session=session, tenant_id=principal.tenant_id, job=submission.jobs[0])
         doc = job_doc(job, None, show_vanilla=False)
