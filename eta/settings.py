@@ -25,7 +25,9 @@ secret, or time limits that would let the sweeper re-send running stages, fail a
 from __future__ import annotations
 
 import json
+import math
 import os
+from collections import Counter
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -250,6 +252,16 @@ class ApiSettings(SettingsGroup):
         return value
 
 
+def secret_bits(secret: str) -> float:
+    """A conservative estimate of a secret's entropy in bits: its length times the Shannon entropy of its
+    characters. `aaaaaaaaaaaaaaaa` has 0 bits, a repeated short pattern few; 32 random hex digits about 120."""
+    if not secret:
+        return 0.0
+    counts = Counter(secret)
+    per_char = -sum(n / len(secret) * math.log2(n / len(secret)) for n in counts.values())
+    return max(0.0, per_char * len(secret))
+
+
 _PLACEHOLDERS = frozenset({"changeme", "change-me", "secret", "dev", "development", "xxx", "todo"})
 
 
@@ -316,9 +328,10 @@ class Settings(BaseSettings):
     def _check_production_secret(self) -> Settings:
         """Production must not run without a real secret (placeholders count as missing)."""
         if self.env == "production" and (not self.secret_key or self.secret_key.lower() in _PLACEHOLDERS
-                                         or len(self.secret_key) < 16):
+                                         or len(self.secret_key) < 16 or secret_bits(self.secret_key) < 64):
             raise ValueError(
-                "SECRET_KEY must be set to a random value of at least 16 characters when ETA_ENV=production"
+                "SECRET_KEY must be set to a random value of at least 16 characters (64 bits of entropy, e.g. "
+                "`python -c \"import secrets; print(secrets.token_hex(32))\"`) when ETA_ENV=production"
             )
         return self
 

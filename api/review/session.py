@@ -1,9 +1,11 @@
 """Sign-in to the review page with an API key, and CSRF protection of its forms.
 
-The key is checked once at sign-in and never stored: the signed session cookie holds the key's id, the
-sign-in time and a CSRF token. Every request re-reads the key by id, so revoking it (or its tenant losing
-it) ends the session at the next click. The cookie is HttpOnly, SameSite=Lax, scoped to /review, Secure in
-production, and expires after `eta_review_session_hours`.
+The key is checked once at sign-in and never stored. Sign-in starts a server-side session (a
+`review_sessions` row holding only the sha256 of a random token); the signed cookie holds that token and a
+CSRF token. Every request looks the session up with its key, so signing out, the session's expiry
+(`ETA_REVIEW_SESSION_HOURS`) or revoking the key (or its losing the review role) ends it at the next click,
+whatever copy of the cookie is still around. The cookie is HttpOnly, SameSite=Lax, scoped to /review,
+Secure in production.
 
 CSRF: one random token per session, put in a hidden field of every form and compared (in constant time)
 on every POST, the sign-in form included (no signing someone into an attacker's session).
@@ -14,7 +16,6 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-import time
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
@@ -24,12 +25,13 @@ from flask import Flask, abort, g, request, session
 from api.state import state
 from eta.store import repository as repo
 from eta.store.models import ApiKey, ApiKeyRole
+from eta.store.repository.tenants import create_review_session, end_review_session, live_review_session_key
 
 logger = logging.getLogger(__name__)
 
 REVIEWER_ROLES = frozenset({ApiKeyRole.REVIEW, ApiKeyRole.ADMIN})
 CSRF_FIELD = "csrf_token"
-_KEY_ID, _SIGNED_IN_AT, _CSRF = "key_id", "signed_in_at", "csrf"
+_SID, _CSRF, _LEGACY_KEY_ID = "sid", "csrf", "key_id"
 
 
 @dataclass(frozen=True)
@@ -94,15 +96,22 @@ def check_key(token: str) -> tuple[ApiKey | None, KeyRefusal | None]:
 
 def sign_in(key: ApiKey) -> None:
     # A fresh session: nothing from before sign-in (including its CSRF token) carries over.
+    lifetime = timedelta(hours=state().settings.api.review_session_hours)
+    with state().transaction() as db:
+        token = create_review_session(session=db, key_id=key.id, lifetime=lifetime)
     session.clear()
     session.permanent = True
-    session[_KEY_ID] = str(key.id)
-    session[_SIGNED_IN_AT] = int(time.time())
+    session[_SID] = token
     session[_CSRF] = secrets.token_urlsafe(32)
     logger.info("review page: key %s of tenant %s signed in", key.prefix, key.tenant_id)
 
 
 def sign_out() -> None:
+    """End the session on the server (a copy of the cookie is worthless from now on) and clear the cookie."""
+    token = session.get(_SID)
+    if isinstance(token, str):
+        with state().transaction() as db:
+            end_review_session(session=db, token=token)
     session.clear()
 
 
@@ -118,22 +127,15 @@ def current_reviewer() -> Reviewer | None:
 
 
 def _load_reviewer() -> Reviewer | None:
-    raw_id, signed_in_at = session.get(_KEY_ID), session.get(_SIGNED_IN_AT)
-    if raw_id is None:
-        return None
-    lifetime = state().settings.api.review_session_hours * 3600
-    try:
-        key_id = uuid.UUID(str(raw_id))
-        expired = time.time() - float(signed_in_at or 0) > lifetime
-    except (TypeError, ValueError):
-        expired = True
-    if expired:
-        session.clear()
+    token = session.get(_SID)
+    if not isinstance(token, str):
+        if session.get(_LEGACY_KEY_ID) is not None:
+            session.clear()  # a cookie from before server-side sessions: sign in again
         return None
     db = state().session()
-    key = repo.get_live_api_key(session=db, key_id=key_id)
+    key = live_review_session_key(session=db, token=token)
     if key is None or key.role not in REVIEWER_ROLES:
-        logger.info("review page: session of key %s ended (revoked or no longer a reviewer)", key_id)
+        logger.info("review page: a session ended (signed out, expired, key revoked or no longer a reviewer)")
         session.clear()
         return None
     tenant = repo.get_tenant(session=db, tenant_id=key.tenant_id)
