@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -79,7 +80,7 @@ def test_env_example_values_are_valid_settings(monkeypatch):
     for name, value in listed.items():
         if name in _setting_names() and value != "":
             monkeypatch.setenv(name, value)
-    monkeypatch.setenv("ETA_SECRET_KEY", "x" * 32)
+    monkeypatch.setenv("ETA_SECRET_KEY", secrets.token_hex(32))  # production wants a random one
     monkeypatch.setenv("ETA_ENV", "production")  # the production checks run as settings are read
     monkeypatch.setenv("ETA_DATA_DIR", "/tmp/eta-env-example")  # noqa: S108 - parsed, never written
     settings = Settings()
