@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from flask import Blueprint, Response, jsonify
 
 from api.problems import problem_response
 from api.state import state
 from eta.store import check_schema_current
+from eta.store.db import ping
 
 logger = logging.getLogger(__name__)
 
@@ -25,8 +25,7 @@ def healthz() -> Response:
 
 def _check_database() -> str | None:
     try:
-        with state().engine.connect() as connection:
-            connection.execute(sa.text("SELECT 1"))
+        ping(state().engine)
         check_schema_current(state().engine)
     except Exception as exc:  # any failure means not ready; say which
         return str(exc).splitlines()[0]

@@ -88,6 +88,16 @@ def read_only_engine(engine: Engine) -> Engine:
     return engine.execution_options(**{READ_ONLY_OPTION: True})
 
 
+def ping(engine: Engine) -> None:
+    """One round trip to the database (readiness checks).
+
+    Raises:
+        sqlalchemy.exc.SQLAlchemyError: the database cannot be reached.
+    """
+    with engine.connect() as connection:
+        connection.execute(sa.text("SELECT 1"))
+
+
 def session_factory(engine: Engine) -> sessionmaker[Session]:
     """Sessions bound to `engine`. Objects stay readable after commit (no reload per attribute)."""
     return sessionmaker(bind=engine, expire_on_commit=False)
