@@ -39,6 +39,9 @@ class _Main(click.Group):
             selection = sys.modules.get("eta.models.selection")
             if selection is not None and isinstance(exc, selection.ModelLoadError | selection.ModelSelectionError):
                 raise CommandError(str(exc)) from exc
+            settings = sys.modules.get("eta.settings")
+            if settings is not None and isinstance(exc, settings.SettingsError):
+                raise CommandError(f"settings: {exc}") from exc
             raise
 
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -399,12 +399,33 @@ class _EnvironmentSource(PydanticBaseSettingsSource):
         return values
 
 
+class SettingsError(ValueError):
+    """The environment's settings are unusable; the message names each variable and what is wrong with it."""
+
+
+def describe_errors(exc: ValidationError) -> str:
+    """One line per problem, naming the environment variable rather than the field's place in the groups."""
+    lines = []
+    for error in exc.errors():
+        loc = tuple(str(part) for part in error["loc"])
+        group, field = (None, loc[0]) if len(loc) == 1 else (loc[0], loc[1]) if len(loc) >= 2 else (None, "")
+        names = [name for name, route in _ROUTES.items() if route == (group, field)]
+        where = names[0] if names else ".".join(loc) or "settings"
+        message = str(error["msg"]).removeprefix("Value error, ")
+        got = f" (got {error['input']!r})" if names and not isinstance(error.get("input"), dict) else ""
+        lines.append(f"{where}: {message}{got}" if names else message)
+    return "; ".join(lines)
+
+
 @lru_cache(maxsize=1)
 def get_settings() -> Settings:
     """Settings of this process, read once from the environment.
 
     Raises:
-        pydantic.ValidationError: a variable does not parse, or the settings contradict each other (the
-            message names the variables); production without a real SECRET_KEY.
+        SettingsError: a variable does not parse, the settings contradict each other, or production runs
+            without a real secret (the message names the variables).
     """
-    return Settings()
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise SettingsError(describe_errors(exc)) from None
