@@ -12,6 +12,8 @@ import time
 from flask import Flask, Response, g, request
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
 
 class ApiMetrics:
     def __init__(self) -> None:
@@ -32,10 +34,13 @@ class ApiMetrics:
         @app.after_request
         def _record(response: Response) -> Response:
             start = g.pop("metrics_start", None)
+            # Labels from closed sets only: a client's made-up methods or paths must not grow the series.
             route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            self.requests.labels(request.method, route, str(response.status_code)).inc()
+            method = request.method if request.method in _METHODS else "other"
+            status = str(response.status_code) if 100 <= response.status_code < 600 else "other"
+            self.requests.labels(method, route, status).inc()
             if start is not None:
-                self.latency.labels(request.method, route).observe(time.perf_counter() - start)
+                self.latency.labels(method, route).observe(time.perf_counter() - start)
             return response
 
     def render(self) -> Response:

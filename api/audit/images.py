@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import io
 import logging
+import threading
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from flask import Response, request
@@ -64,8 +66,29 @@ def load_job_image(*, session: Session, settings: Settings, tenant_id: uuid.UUID
     return JobImage(sha256=job.image_sha256, mime=image.mime, data=data)
 
 
+# Thumbnails by (sha256, side): an image's bytes never change under its digest, so a thumbnail made once is
+# right for good. Bounded: the review list shows a page at a time.
+_THUMBNAILS: OrderedDict[tuple[str, int], JobImage] = OrderedDict()
+_THUMBNAIL_CACHE_SIZE = 512
+_thumbnails_lock = threading.Lock()
+
+
 def make_thumbnail(image: JobImage, settings: Settings, *, side: int = THUMBNAIL_SIDE) -> JobImage:
-    """A JPEG of at most `side` pixels on the long side (decoded under the intake limits)."""
+    """A JPEG of at most `side` pixels on the long side (decoded under the intake limits; cached per digest)."""
+    key = (image.sha256, side)
+    with _thumbnails_lock:
+        if (cached := _THUMBNAILS.get(key)) is not None:
+            _THUMBNAILS.move_to_end(key)
+            return cached
+    thumbnail = _render_thumbnail(image, settings, side)
+    with _thumbnails_lock:
+        _THUMBNAILS[key] = thumbnail
+        while len(_THUMBNAILS) > _THUMBNAIL_CACHE_SIZE:
+            _THUMBNAILS.popitem(last=False)
+    return thumbnail
+
+
+def _render_thumbnail(image: JobImage, settings: Settings, side: int) -> JobImage:
     limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
                          formats=frozenset(settings.limits.image_formats))
     try:

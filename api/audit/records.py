@@ -16,6 +16,7 @@ from datetime import datetime
 from enum import Enum
 from typing import Any
 
+from eta.csvsafe import defuse
 from eta.store.repository import EXPORT_COLUMNS, AuditSummary, FlaggedJob, ReviewEntry, SummaryCounts
 
 logger = logging.getLogger(__name__)
@@ -26,8 +27,6 @@ CHUNK_BYTES = 64 * 1024
 
 # CSV columns: every export column but the fingerprint document (its sha256 stays; JSONL has the document).
 CSV_COLUMNS = [name for name in EXPORT_COLUMNS if name != "fingerprint"]
-# Spreadsheets run a cell starting with one of these as a formula; prompts and answers are untrusted text.
-_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def flat_row(item: FlaggedJob, *, with_vanilla: bool) -> dict[str, Any]:
@@ -172,10 +171,8 @@ def jsonl_chunks(rows: Iterable[Mapping[str, Any]], *, with_vanilla: bool) -> It
 
 
 def _defused(text: str | None) -> str | None:
-    if text is not None and text.startswith(_FORMULA_STARTS):
-        # OWASP's defence against formula injection: a leading quote makes the cell text.
-        return "'" + text
-    return text
+    # Spreadsheets run a cell starting with `= + - @` as a formula; prompts and answers are untrusted text.
+    return defuse(text)
 
 
 def _csv_formatter(name: str) -> Callable[[Any], Any]:

@@ -18,6 +18,8 @@ from typing import IO, TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from eta.csvsafe import defuse
+
 if TYPE_CHECKING:
     from eta.client import BatchItem, ETAClient
 
@@ -193,7 +195,8 @@ def write_results(jobs: Iterable[dict[str, Any]], out: IO[str], output_format: s
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow([name for name, _ in RESULT_COLUMNS])
         for job in jobs:
-            writer.writerow(["" if (value := get(job)) is None else value for _, get in RESULT_COLUMNS])
+            # Prompts and answers are untrusted text: defused as the server's export does (eta.csvsafe).
+            writer.writerow(["" if (value := get(job)) is None else defuse(value) for _, get in RESULT_COLUMNS])
             count += 1
     else:
         for job in jobs:

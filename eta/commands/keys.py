@@ -43,19 +43,49 @@ def create(tenant: str, role: str, name: str | None) -> None:
     with _sessions()() as session, session.begin():
         owner = repo.get_or_create_tenant(session=session, name=tenant)
         key, token = repo.create_api_key(session=session, tenant_id=owner.id, role=ApiKeyRole(role), name=name)
-        prefix = key.prefix
-    click.echo(f"created {role} key {prefix} for tenant {tenant!r}; it is shown only this once:", err=True)
+        prefix, key_id = key.prefix, key.id
+    click.echo(f"created {role} key {prefix} (id {key_id}) for tenant {tenant!r}; it is shown only this once:",
+               err=True)
     click.echo(token)
 
 
-@keys.command("revoke")
-@click.argument("prefix")
-def revoke(prefix: str) -> None:
-    """Revoke the key whose visible prefix is PREFIX (e.g. eta_1a2b3c4d)."""
-    from eta.store import repository as repo
+@keys.command("list")
+@click.option("--tenant", required=True, help="Tenant name.")
+def list_keys(tenant: str) -> None:
+    """The tenant's keys: id, visible prefix, role, created, revoked (never the key itself)."""
+    import sqlalchemy as sa
 
+    from eta.store import repository as repo
+    from eta.store.models import Tenant
+
+    with _sessions()() as session:
+        owner = session.scalar(sa.select(Tenant).where(Tenant.name == tenant))
+        if owner is None:
+            raise click.ClickException(f"no tenant {tenant!r}")
+        for key in repo.list_api_keys(session=session, tenant_id=owner.id):
+            revoked = f"revoked {key.revoked_at:%Y-%m-%d %H:%M}" if key.revoked_at else "live"
+            click.echo(f"{key.id}  {key.prefix}  {key.role.value:<6}  {key.created_at:%Y-%m-%d %H:%M}  {revoked}")
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def revoke(key_id: str) -> None:
+    """Revoke the key with id KEY_ID (shown by `eta keys create` and `eta keys list`).
+
+    By id, not by the visible prefix: a prefix is 32 random bits and two tenants' keys may share it.
+    """
+    import uuid
+
+    from eta.store.repository.tenants import revoke_api_key_by_id
+
+    try:
+        ident = uuid.UUID(key_id)
+    except ValueError:
+        raise click.BadParameter("give the key's id (a UUID, see `eta keys list --tenant NAME`), not its prefix",
+                                 param_hint="KEY_ID") from None
     with _sessions()() as session, session.begin():
-        key = repo.revoke_api_key_by_prefix(session=session, prefix=prefix)
-    if key is None:
-        raise click.ClickException(f"no live key with prefix {prefix!r}")
-    click.echo(f"revoked {prefix}")
+        key = revoke_api_key_by_id(session=session, key_id=ident)
+        prefix = key.prefix if key is not None else None
+    if prefix is None:
+        raise click.ClickException(f"no live key with id {ident}")
+    click.echo(f"revoked {ident} ({prefix})")

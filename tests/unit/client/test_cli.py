@@ -78,3 +78,14 @@ def test_results_as_csv_flatten_scores_and_errors():
     out = io.StringIO()
     write_results(jobs, out, "jsonl")
     assert [json.loads(line)["id"] for line in out.getvalue().splitlines()] == ["j1", "j2"]
+
+
+def test_results_as_csv_defuse_spreadsheet_formulas_like_the_servers_export():
+    jobs = [{"id": "j1", "custom_id": "=HYPERLINK(\"http://x\")", "status": "succeeded", "seed": 1, "error": None,
+             "prompt": "+1+1", "result": {"flagged": True, "aligned": True, "s_pre": -0.25,
+                                          "response": "@SUM(A1:A9)", "flag_reasons": ["pre"]}}]
+    out = io.StringIO()
+    write_results(jobs, out, "csv")
+    row = next(csv.DictReader(io.StringIO(out.getvalue())))
+    assert row["custom_id"] == "'=HYPERLINK(\"http://x\")" and row["response"] == "'@SUM(A1:A9)"
+    assert row["s_pre"] == "-0.25"  # numbers are numbers, not text to defuse
