@@ -163,6 +163,19 @@ class Worker:
             return None
         return match.group(1), [j.strip() for j in match.group(2).split(",") if j.strip()]
 
+    def holds_jobs(self, engine: sa.Engine) -> bool:
+        """Whether a process of this worker holds leases on jobs in a stage (the lease owner names its pid)."""
+        if self.proc is None:
+            return False
+        patterns = [f"%:{pid}:%" for pid in _process_tree(self.proc.pid)]
+        try:
+            with engine.connect() as c:
+                return bool(c.execute(sa.text(
+                    "SELECT count(*) FROM jobs WHERE lease_owner LIKE ANY(CAST(:p AS text[])) "
+                    "AND status IN ('pre_evaluating', 'generating', 'post_evaluating')"), {"p": patterns}).scalar())
+        except sa.exc.OperationalError:
+            return False
+
     def kill(self) -> None:
         if self.proc is not None:
             os.killpg(self.proc.pid, signal.SIGKILL)
@@ -179,6 +192,25 @@ class Worker:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
         self.proc = None
+
+
+def _process_tree(pid: int) -> list[int]:
+    """`pid` and its descendants (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as handle:
+                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, stack = [], [pid]
+    while stack:
+        current = stack.pop()
+        found.append(current)
+        stack.extend(children.get(current, []))
+    return found
 
 
 def _clean_environ() -> dict[str, str]:
@@ -256,14 +288,11 @@ def reference_results(url: str, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, dic
     from eta.images import decode_image
     from eta.models.instant import load_instant_models
     from eta.safety.pipeline import ETAInput, run_eta
-    from eta.store import make_engine
-    from eta.store.models import Blob, Job
-
-    engine = make_engine(url, poolclass=NullPool)
+    engine = sa.create_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
-            blobs = dict(connection.execute(sa.select(Blob.sha256, Blob.data)).all())
-            rows = connection.execute(sa.select(Job.id, Job.prompt, Job.image_sha256, Job.seed, Job.params)).all()
+            blobs = dict(connection.execute(sa.text("SELECT sha256, data FROM blobs")).all())
+            rows = connection.execute(sa.text("SELECT id, prompt, image_sha256, seed, params FROM jobs")).all()
     finally:
         engine.dispose()
     images = {sha: decode_image(data).image for sha, data in blobs.items()}
@@ -395,14 +424,17 @@ class Chaos:
         self.rng.shuffle(kinds)
         return kinds
 
-    def kill_one(self, workers: list[Worker]) -> Fault:
-        """SIGKILL a worker that is running a stage (waiting up to a few seconds for one to be)."""
+    def kill_one(self, workers: list[Worker], engine: sa.Engine) -> Fault:
+        """SIGKILL a worker in the middle of a stage: its log says the stage started and the database shows it
+        holding jobs (waiting up to a few seconds for one to be)."""
         deadline = time.monotonic() + 10
         candidates = list(workers)
         while True:
             self.rng.shuffle(candidates)
             for worker in candidates:
                 running = worker.running_stage()
+                if running is not None and not worker.holds_jobs(engine):
+                    running = None
                 if running is not None or time.monotonic() > deadline:
                     worker.kill()
                     fault = Fault("kill", time.time(), {"worker": worker.name, "mid_stage": running is not None,
@@ -475,7 +507,7 @@ class Chaos:
                 if done >= marks[0] * total:
                     kind = kinds.pop(0)
                     marks.pop(0)
-                    self.faults.append(self.inject_one(kind, workers, pg, rd))
+                    self.faults.append(self.inject_one(kind, workers, pg, rd, engine))
                     logger.info("fault %s at %d/%d jobs ended", kind, done, total)
                     continue
                 if time.time() > deadline:
@@ -498,9 +530,10 @@ class Chaos:
             "timed_out": done != total,
         }
 
-    def inject_one(self, kind: str, workers: list[Worker], pg: PrivatePostgres, rd: PrivateRedis) -> Fault:
+    def inject_one(self, kind: str, workers: list[Worker], pg: PrivatePostgres, rd: PrivateRedis,
+                   engine: sa.Engine) -> Fault:
         if kind == "kill":
-            return self.kill_one(workers)
+            return self.kill_one(workers, engine)
         at = time.time()
         if kind == "redis_restart":
             rd.restart()
@@ -563,7 +596,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _stop_on_sigterm(signum: int, _frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the `finally` blocks: workers and servers stop
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")

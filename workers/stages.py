@@ -12,8 +12,6 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from sqlalchemy.orm import Session
-
 from eta.config import ModelRole
 from eta.store import repository as repo
 from eta.store.models import Job, JobResult
@@ -75,9 +73,9 @@ class StageStep:
         """One output per job of the group, in order; model calls are counted into `calls`."""
         raise NotImplementedError
 
-    def record(self, session: Session, work: Work, output: Any, *, elapsed_ms: float) -> bool:
-        """Write the job's output (the runner then moves the job on in the same transaction); False when the
-        job moved meanwhile and nothing was written."""
+    def result(self, work: Work, output: Any, *, elapsed_ms: float) -> repo.StageResult:
+        """What the stage writes for the job (the runner records a group's results and moves the jobs on in one
+        transaction, a few statements for the whole group: `repo.record_stage_results`)."""
         raise NotImplementedError
 
     def describe(self, output: Any) -> str:
@@ -112,10 +110,9 @@ class PreEvaluationStep(StageStep):
         return [PreEvaluation(r.s_pre, r.s_pre >= w.config.tau_pre) if r.s_pre is not None else r
                 for w, r in zip(group, scored, strict=True)]
 
-    def record(self, session: Session, work: Work, output: PreEvaluation, *, elapsed_ms: float) -> bool:
-        return repo.record_pre_evaluation(session=session, job_id=work.job_id, s_pre=output.s_pre,
-                                          pre_unsafe=output.pre_unsafe, tau_pre=work.config.tau_pre,
-                                          elapsed_ms=elapsed_ms)
+    def result(self, work: Work, output: PreEvaluation, *, elapsed_ms: float) -> repo.StageResult:
+        return repo.pre_evaluation_result(job_id=work.job_id, s_pre=output.s_pre, pre_unsafe=output.pre_unsafe,
+                                          tau_pre=work.config.tau_pre, elapsed_ms=elapsed_ms)
 
     def describe(self, output: PreEvaluation) -> str:
         return f"s_pre {output.s_pre:.4f} -> {'unsafe' if output.pre_unsafe else 'safe'}"
@@ -154,10 +151,10 @@ class GenerationStep(StageStep):
             self._prints[key] = fingerprint(models, group[0].config)
         return [Generated(outcome, self._prints[key]) for outcome in outcomes]
 
-    def record(self, session: Session, work: Work, output: Generated, *, elapsed_ms: float) -> bool:
+    def result(self, work: Work, output: Generated, *, elapsed_ms: float) -> repo.StageResult:
         outcome, printed = output.outcome, output.fingerprint
-        return repo.record_generation(
-            session=session, job_id=work.job_id, vanilla_response=storable(outcome.vanilla_response),
+        return repo.generation_result(
+            job_id=work.job_id, vanilla_response=storable(outcome.vanilla_response),
             s_post=outcome.s_post, post_unsafe=outcome.post_unsafe, tau_post=work.config.tau_post,
             policy=work.config.policy, aligned=outcome.aligned, response=storable(outcome.response),
             trace=storable(outcome.trace), fingerprint=printed, fingerprint_sha256=printed["digest"],
@@ -195,8 +192,8 @@ class PostEvaluationStep(StageStep):
             calls.add("reward_s_post_final")
         return final_evaluate(models.require(ModelRole.REWARD), answers, group[0].config)
 
-    def record(self, session: Session, work: Work, output: FinalEvaluation, *, elapsed_ms: float) -> bool:
-        return repo.record_post_evaluation(session=session, job_id=work.job_id, s_post_final=output.s_post_final,
+    def result(self, work: Work, output: FinalEvaluation, *, elapsed_ms: float) -> repo.StageResult:
+        return repo.post_evaluation_result(job_id=work.job_id, s_post_final=output.s_post_final,
                                            flagged=output.flagged, flag_reasons=output.flag_reasons,
                                            elapsed_ms=elapsed_ms)
 

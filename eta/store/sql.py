@@ -15,6 +15,11 @@ def affected_rows(result: Result[Any]) -> int:
     return int(cast(CursorResult[Any], result).rowcount)
 
 
+def insert_statement(session: Session, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
+    """An INSERT of the session's dialect, which knows ON CONFLICT (and `excluded`)."""
+    return _insert(session, model)
+
+
 def _insert(session: Session, model: type[DeclarativeBase]) -> postgresql.Insert | sqlite.Insert:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":

@@ -53,16 +53,22 @@ from eta.store.repository.jobs import (
     requeue_stalled_job,
     take_leases,
     transition_job,
+    transition_jobs,
 )
 from eta.store.repository.model_calls import add_model_calls, get_model_calls
 from eta.store.repository.pagination import Page
 from eta.store.repository.results import (
+    StageResult,
+    generation_result,
     get_job_results,
     get_job_with_result,
     get_stage_results,
+    post_evaluation_result,
+    pre_evaluation_result,
     record_generation,
     record_post_evaluation,
     record_pre_evaluation,
+    record_stage_results,
 )
 from eta.store.repository.retention import PurgedJobs, count_expired_jobs, purge_expired_jobs
 from eta.store.repository.tenants import (
@@ -87,6 +93,7 @@ __all__ = [
     "Page",
     "PurgedJobs",
     "ReviewEntry",
+    "StageResult",
     "StalledJob",
     "SubmittedBatch",
     "SummaryCounts",
@@ -118,7 +125,10 @@ __all__ = [
     "get_job_version",
     "get_live_api_key",
     "get_model_calls",
+    "generation_result",
     "get_job_with_result",
+    "post_evaluation_result",
+    "pre_evaluation_result",
     "get_or_create_tenant",
     "get_stage_results",
     "get_tenant",
@@ -132,6 +142,7 @@ __all__ = [
     "record_generation",
     "record_post_evaluation",
     "record_pre_evaluation",
+    "record_stage_results",
     "release_leases",
     "renew_leases",
     "requeue_stalled_job",
@@ -142,4 +153,5 @@ __all__ = [
     "stream_flagged_rows",
     "summarize_audit",
     "transition_job",
+    "transition_jobs",
 ]

@@ -284,9 +284,36 @@ def transition_job(
             status), whatever the job's current status.
     """
     expected, to = JobStatus(expected), JobStatus(to)
+    values = _transition_values(expected, to, now=now or utcnow(), error_code=error_code,
+                                error_message=error_message)
+    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.status == expected).values(**values))
+    moved = affected_rows(result) == 1
+    logger.debug("job %s: %s -> %s %s", job_id, expected, to, "done" if moved else "lost (status changed)")
+    return moved
+
+
+def transition_jobs(*, session: Session, job_ids: Sequence[uuid.UUID], expected: JobStatus, to: JobStatus,
+                    now: datetime | None = None) -> set[uuid.UUID]:
+    """`transition_job` for many jobs in one statement. Returns the ids this call moved.
+
+    Raises:
+        InvalidTransitionError: as `transition_job`.
+    """
+    expected, to = JobStatus(expected), JobStatus(to)
+    values = _transition_values(expected, to, now=now or utcnow())
+    if not job_ids:
+        return set()
+    moved = session.scalars(
+        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status == expected).values(**values)
+        .returning(Job.id).execution_options(synchronize_session=False)
+    )
+    return set(moved)
+
+
+def _transition_values(expected: JobStatus, to: JobStatus, *, now: datetime, error_code: str | None = None,
+                       error_message: str | None = None) -> dict[str, Any]:
     if not is_allowed_transition(expected, to):
         raise InvalidTransitionError(f"a job cannot move from {expected} to {to}")
-    now = now or utcnow()
     values: dict[str, Any] = {"status": to, "status_changed_at": now, "updated_at": now}
     if to in STAGE_STATUSES:
         values[_ENTERED_AT[to]] = now
@@ -296,10 +323,7 @@ def transition_job(
     if error_code is not None or error_message is not None:
         values["error_code"] = error_code
         values["error_message"] = error_message
-    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.status == expected).values(**values))
-    moved = affected_rows(result) == 1
-    logger.debug("job %s: %s -> %s %s", job_id, expected, to, "done" if moved else "lost (status changed)")
-    return moved
+    return values
 
 
 def cancel_job(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, now: datetime | None = None) -> bool:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -19,143 +20,135 @@ from sqlalchemy.orm import Session
 
 from eta.store.lifecycle import JobStatus
 from eta.store.models import Job, JobResult, utcnow
-from eta.store.sql import upsert
+from eta.store.sql import insert_statement
 
 logger = logging.getLogger(__name__)
 
 
-def _record_stage(
-    session: Session,
+@dataclass(frozen=True)
+class StageResult:
+    """What one stage writes for one job (`record_stage_results`)."""
+
+    job_id: uuid.UUID
+    # The stage's columns of `job_results`; every result of one call carries the same ones.
+    columns: Mapping[str, Any]
+    # Milliseconds the stage took for the job (its entry in `timings`).
+    elapsed_ms: float
+    # The audit flag, set on the job itself (post-evaluation only; None leaves it).
+    flagged: bool | None = None
+
+
+def record_stage_results(
     *,
-    job_id: uuid.UUID,
+    session: Session,
     stage: str,
     status: JobStatus,
-    columns: Mapping[str, Any],
-    elapsed_ms: float,
-    now: datetime | None,
-) -> bool:
-    # FOR UPDATE (a no-op on SQLite, whose transactions already hold the write lock) serialises writers
-    # of one job, which makes the read-merge-write of `timings` safe.
-    current = session.scalar(sa.select(Job.status).where(Job.id == job_id).with_for_update())
-    if current != status:
-        logger.info("job %s: not recording stage %s, the job is %s, not %s", job_id, stage, current, status)
-        return False
+    results: Sequence[StageResult],
+    now: datetime | None = None,
+) -> set[uuid.UUID]:
+    """Write a stage's results for a group of jobs, in three statements however large the group: lock the jobs
+    still in `status` (one SELECT ... FOR UPDATE, in id order), upsert their result rows (one multi-row INSERT
+    ... ON CONFLICT that merges `timings` and counts `stage_records` in SQL), and set their audit flags (one
+    UPDATE per flag value, post-evaluation only). A job that moved meanwhile writes nothing.
+
+    Returns the ids of the jobs recorded.
+    """
+    if not results:
+        return set()
+    ids = [r.job_id for r in results]
+    # FOR UPDATE (a no-op on SQLite, whose transactions already hold the write lock) serialises writers of one
+    # job; id order keeps two copies of one message from deadlocking.
+    current = set(session.scalars(
+        sa.select(Job.id).where(Job.id.in_(ids), Job.status == status).order_by(Job.id).with_for_update()
+    ))
+    stale = [str(job_id) for job_id in ids if job_id not in current]
+    if stale:
+        logger.info("jobs %s: not recording stage %s, no longer %s", ", ".join(stale), stage, status)
+    todo = [r for r in results if r.job_id in current]
+    if not todo:
+        return set()
     now = now or utcnow()
-    stored = session.execute(
-        sa.select(JobResult.timings, JobResult.stage_records).where(JobResult.job_id == job_id)
-    ).first()
-    timings, records = (stored.timings or {}, stored.stage_records or 0) if stored is not None else ({}, 0)
-    values = {
-        "job_id": job_id,
-        **columns,
-        "timings": {**timings, stage: float(elapsed_ms)},
-        "stage_records": records + 1,
-        "created_at": now,
-        "updated_at": now,
-    }
-    upsert(
-        session,
-        JobResult,
-        values,
-        conflict_columns=("job_id",),
-        update_columns=(*columns, "timings", "stage_records", "updated_at"),
-    )
-    # A JobResult of this job already in the session is now stale: reload it on next access.
-    cached = session.identity_map.get(session.identity_key(JobResult, job_id))
-    if cached is not None:
-        session.expire(cached)
-    return True
+    names = list(todo[0].columns)
+    rows = [{"job_id": r.job_id, **r.columns, "timings": {stage: float(r.elapsed_ms)}, "stage_records": 1,
+             "created_at": now, "updated_at": now} for r in todo]
+    insert = insert_statement(session, JobResult).values(rows)
+    excluded = insert.excluded
+    timings: Any
+    if session.get_bind().dialect.name == "postgresql":
+        timings = sa.type_coerce(JobResult.timings.op("||")(excluded.timings), JobResult.timings.type)
+    else:
+        timings = sa.func.json_patch(JobResult.timings, excluded.timings)
+    session.execute(insert.on_conflict_do_update(
+        index_elements=["job_id"],
+        set_={**{name: excluded[name] for name in names}, "timings": timings,
+              "stage_records": JobResult.stage_records + 1, "updated_at": excluded.updated_at},
+    ))
+    for flag in (True, False):
+        flagged = [r.job_id for r in todo if r.flagged is flag]
+        if flagged:
+            session.execute(sa.update(Job).where(Job.id.in_(flagged)).values(flagged=flag, updated_at=now)
+                            .execution_options(synchronize_session=False))
+    for r in todo:  # a JobResult of these jobs already in the session is now stale: reload it on next access
+        cached = session.identity_map.get(session.identity_key(JobResult, r.job_id))
+        if cached is not None:
+            session.expire(cached)
+    return {r.job_id for r in todo}
 
 
-def record_pre_evaluation(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    s_pre: float | None,
-    pre_unsafe: bool | None,
-    tau_pre: float,
-    elapsed_ms: float,
-    now: datetime | None = None,
-) -> bool:
-    """Store the pre-evaluation (None scores for a text-only job); the job must be `pre_evaluating`."""
-    return _record_stage(
-        session,
-        job_id=job_id,
-        stage="pre",
-        status=JobStatus.PRE_EVALUATING,
-        columns={"s_pre": s_pre, "pre_unsafe": pre_unsafe, "tau_pre": tau_pre},
-        elapsed_ms=elapsed_ms,
-        now=now,
-    )
+def pre_evaluation_result(*, job_id: uuid.UUID, s_pre: float | None, pre_unsafe: bool | None, tau_pre: float,
+                          elapsed_ms: float) -> StageResult:
+    """The pre-evaluation of a job (None scores for a text-only job)."""
+    return StageResult(job_id, {"s_pre": s_pre, "pre_unsafe": pre_unsafe, "tau_pre": tau_pre}, elapsed_ms)
 
 
-def record_generation(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    vanilla_response: str,
-    s_post: float,
-    post_unsafe: bool,
-    tau_post: float,
-    policy: str,
-    aligned: bool,
-    response: str,
-    trace: Sequence[Any],
-    fingerprint: Mapping[str, Any],
-    fingerprint_sha256: str,
-    elapsed_ms: float,
-    now: datetime | None = None,
-) -> bool:
-    """Store generation with alignment (vanilla answer, its score, the decision, the final answer and
-    the alignment trace, and the fingerprint of models and parameters); the job must be `generating`.
-    """
-    return _record_stage(
-        session,
-        job_id=job_id,
-        stage="generate",
-        status=JobStatus.GENERATING,
-        columns={
-            "vanilla_response": vanilla_response,
-            "s_post": s_post,
-            "post_unsafe": post_unsafe,
-            "tau_post": tau_post,
-            "policy": policy,
-            "aligned": aligned,
-            "response": response,
-            "trace": list(trace),
-            "fingerprint": dict(fingerprint),
-            "fingerprint_sha256": fingerprint_sha256,
-        },
-        elapsed_ms=elapsed_ms,
-        now=now,
-    )
+def generation_result(*, job_id: uuid.UUID, vanilla_response: str, s_post: float, post_unsafe: bool,
+                      tau_post: float, policy: str, aligned: bool, response: str, trace: Sequence[Any],
+                      fingerprint: Mapping[str, Any], fingerprint_sha256: str, elapsed_ms: float) -> StageResult:
+    """Generation with alignment: the vanilla answer, its score, the decision, the final answer, the alignment
+    trace, and the fingerprint of models and parameters."""
+    return StageResult(job_id, {
+        "vanilla_response": vanilla_response, "s_post": s_post, "post_unsafe": post_unsafe, "tau_post": tau_post,
+        "policy": policy, "aligned": aligned, "response": response, "trace": list(trace),
+        "fingerprint": dict(fingerprint), "fingerprint_sha256": fingerprint_sha256,
+    }, elapsed_ms)
 
 
-def record_post_evaluation(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    s_post_final: float,
-    flagged: bool,
-    flag_reasons: Sequence[str],
-    elapsed_ms: float,
-    now: datetime | None = None,
-) -> bool:
-    """Store the final audit score and the flag (also set on the job, where audit queries look);
-    the job must be `post_evaluating`.
-    """
-    recorded = _record_stage(
-        session,
-        job_id=job_id,
-        stage="post",
-        status=JobStatus.POST_EVALUATING,
-        columns={"s_post_final": s_post_final, "flag_reasons": list(flag_reasons)},
-        elapsed_ms=elapsed_ms,
-        now=now,
-    )
-    if recorded:
-        session.execute(sa.update(Job).where(Job.id == job_id).values(flagged=flagged, updated_at=now or utcnow()))
-    return recorded
+def post_evaluation_result(*, job_id: uuid.UUID, s_post_final: float, flagged: bool, flag_reasons: Sequence[str],
+                           elapsed_ms: float) -> StageResult:
+    """The final audit score and the flag (also set on the job, where audit queries look)."""
+    return StageResult(job_id, {"s_post_final": s_post_final, "flag_reasons": list(flag_reasons)}, elapsed_ms,
+                       flagged=flagged)
+
+
+def record_pre_evaluation(*, session: Session, job_id: uuid.UUID, s_pre: float | None, pre_unsafe: bool | None,
+                          tau_pre: float, elapsed_ms: float, now: datetime | None = None) -> bool:
+    """Store the pre-evaluation of one job; it must be `pre_evaluating`."""
+    result = pre_evaluation_result(job_id=job_id, s_pre=s_pre, pre_unsafe=pre_unsafe, tau_pre=tau_pre,
+                                   elapsed_ms=elapsed_ms)
+    return bool(record_stage_results(session=session, stage="pre", status=JobStatus.PRE_EVALUATING,
+                                     results=[result], now=now))
+
+
+def record_generation(*, session: Session, job_id: uuid.UUID, vanilla_response: str, s_post: float,
+                      post_unsafe: bool, tau_post: float, policy: str, aligned: bool, response: str,
+                      trace: Sequence[Any], fingerprint: Mapping[str, Any], fingerprint_sha256: str,
+                      elapsed_ms: float, now: datetime | None = None) -> bool:
+    """Store generation with alignment of one job; it must be `generating`."""
+    result = generation_result(job_id=job_id, vanilla_response=vanilla_response, s_post=s_post,
+                               post_unsafe=post_unsafe, tau_post=tau_post, policy=policy, aligned=aligned,
+                               response=response, trace=trace, fingerprint=fingerprint,
+                               fingerprint_sha256=fingerprint_sha256, elapsed_ms=elapsed_ms)
+    return bool(record_stage_results(session=session, stage="generate", status=JobStatus.GENERATING,
+                                     results=[result], now=now))
+
+
+def record_post_evaluation(*, session: Session, job_id: uuid.UUID, s_post_final: float, flagged: bool,
+                           flag_reasons: Sequence[str], elapsed_ms: float, now: datetime | None = None) -> bool:
+    """Store the final audit score and the flag of one job; it must be `post_evaluating`."""
+    result = post_evaluation_result(job_id=job_id, s_post_final=s_post_final, flagged=flagged,
+                                    flag_reasons=flag_reasons, elapsed_ms=elapsed_ms)
+    return bool(record_stage_results(session=session, stage="post", status=JobStatus.POST_EVALUATING,
+                                     results=[result], now=now))
 
 
 def get_stage_results(*, session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobResult]:
