@@ -99,14 +99,15 @@ class AlignmentJob:
     prompt: str
     image: Image.Image | None
     seed: int
-    vanilla: PromptCache | None = None  # the vanilla generation's prompt cache (`generate_greedy(keep_prompt_cache)`)
+    # The vanilla generation's prompt cache (`generate_greedy(keep_prompt_cache=True)`); `align_jobs` sets it to
+    # None once it has taken what it needs.
+    vanilla: PromptCache | None = None
 
 
 @dataclass
 class _Aligning:
     """A job's state between rounds: its cached positions, the tokens still to feed, and the answer so far."""
 
-    job: AlignmentJob
     prompt_ids: list[int]
     prefix: RowPrefix  # cache of prompt_ids + response_ids minus `pending`
     pending: list[int]  # tokens to feed before the next sentence is sampled (at least one)
@@ -168,6 +169,10 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
                                strict=True):
             starts[i] = computed
         _count(calls, "align_prompt_forward", len({jobs[i].image is None for i in fresh}))
+    for job in jobs:
+        # The vanilla cache is a view into the vanilla batch's cache: letting go of it lets that batch's cache be
+        # freed once the first round has copied every job's prefix into its own batch.
+        job.vanilla = None
     for job, has_embedding, start in zip(jobs, with_image, starts, strict=True):
         if start is None:
             raise RuntimeError("no prompt cache for a job")  # unreachable: every job got one above
@@ -176,10 +181,12 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
             embedding = embeddings[image_row:image_row + 1]
             image_row += 1
         states.append(_Aligning(
-            job=job, prompt_ids=start.token_ids, prefix=start.prefix,
+            prompt_ids=start.token_ids, prefix=start.prefix,
             pending=start.token_ids[start.prefix.length:],
             generator=torch.Generator(device=vlm.device).manual_seed(job.seed), image_embedding=embedding,
         ))
+    starts.clear()  # the states hold the prefixes now (see above)
+    del start
     # Successive sentences share the reward prompt and each job's answer so far: their KV caches are reused.
     # Best-of-N scores under the short align_reward_prompt (the paper's).
     scorer = RewardRows(reward, config.align_reward_prompt)

@@ -186,10 +186,9 @@ def generate(models: Models, items: Sequence[ETAInput], pre: Sequence[PreEvaluat
                 for i in to_align]
         for answer in vanilla:
             if reuse:
-                answer.prompt = None  # the jobs hold what they need; the rest of the batch cache can go when they do
+                answer.prompt = None  # the jobs hold the caches now; align_jobs lets them go once used
         alignments = dict(zip(to_align, align_jobs(vlm, reward, models.clip, jobs, config=config, calls=calls),
                               strict=True))
-        del jobs
         align_ms = _ms(start)
 
     outcomes = []
