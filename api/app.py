@@ -39,7 +39,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     check_schema_current(engine)
 
     app = Flask("eta-api")
-    install_guards(app)
+    install_guards(app, body_timeout_s=settings.api.body_timeout_s)
     app.config["MAX_CONTENT_LENGTH"] = settings.limits.max_request_bytes
     # Multipart forms: Werkzeug's own per-part caps sit far below our image limit; lift them to the body cap.
     app.config["MAX_FORM_MEMORY_SIZE"] = settings.limits.max_request_bytes

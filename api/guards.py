@@ -11,12 +11,16 @@ from __future__ import annotations
 
 import codecs
 import json
+import socket
+import threading
+import time
 from typing import Any
 from urllib.parse import parse_qsl
 
 from flask import Flask, Request, request
 from flask.json.provider import DefaultJSONProvider
 from werkzeug.datastructures import Headers
+from werkzeug.exceptions import RequestTimeout
 from werkzeug.formparser import FormDataParser, MultiPartParser
 
 from api.problems import Problem
@@ -143,7 +147,80 @@ def _check_request() -> None:
                           errors=[{"field": "", "code": "model_type", "message": message}])
 
 
-def install_guards(app: Flask) -> None:
+# Seconds one read of the body may wait for the client, under gunicorn (which hands the socket over).
+SOCKET_READ_TIMEOUT_S = 30.0
+
+
+class _DeadlineInput:
+    """`wsgi.input` with a deadline for the whole body: a client that trickles its upload gets 408 instead
+    of holding a server thread for as long as it likes."""
+
+    def __init__(self, stream: Any, deadline: float, timeout_s: float) -> None:
+        self._stream, self._deadline, self._timeout_s = stream, deadline, timeout_s
+
+    def _late(self) -> RequestTimeout:
+        return RequestTimeout(f"the request body did not arrive within {self._timeout_s:g} s")
+
+    def _guarded(self, read: Any, *args: Any) -> Any:
+        if time.monotonic() > self._deadline:
+            raise self._late()
+        try:
+            return read(*args)
+        except OSError as exc:  # the read side was cut at the deadline, or one read waited too long
+            if isinstance(exc, TimeoutError) or time.monotonic() > self._deadline:
+                raise self._late() from exc
+            raise
+
+    def read(self, *args: Any) -> bytes:
+        return self._guarded(self._stream.read, *args)
+
+    def readline(self, *args: Any) -> bytes:
+        return self._guarded(self._stream.readline, *args)
+
+    def __iter__(self) -> Any:
+        return self
+
+    def __next__(self) -> bytes:
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+def _cut_reading(sock: socket.socket) -> None:
+    try:
+        sock.shutdown(socket.SHUT_RD)  # a blocked read returns at once; the answer can still be written
+    except OSError:
+        pass
+
+
+class BodyDeadline:
+    """WSGI middleware bounding how long a request body may take. Under gunicorn (whose socket is in the
+    environ) the read side of the connection is cut at the deadline, so even one long blocking read ends;
+    every read also checks the deadline."""
+
+    def __init__(self, app: Any, timeout_s: float) -> None:
+        self.app, self.timeout_s = app, timeout_s
+
+    def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        sock = environ.get("gunicorn.socket")
+        timer = None
+        if sock is not None and (environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")):
+            sock.settimeout(SOCKET_READ_TIMEOUT_S)
+            timer = threading.Timer(self.timeout_s, _cut_reading, args=(sock,))
+            timer.daemon = True
+            timer.start()
+        environ["wsgi.input"] = _DeadlineInput(environ["wsgi.input"], time.monotonic() + self.timeout_s,
+                                               self.timeout_s)
+        try:
+            return self.app(environ, start_response)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+
+def install_guards(app: Flask, *, body_timeout_s: float = 300.0) -> None:
     app.request_class = StrictRequest
     app.json = BoundedJSONProvider(app)
     app.before_request(_check_request)
+    app.wsgi_app = BodyDeadline(app.wsgi_app, body_timeout_s)  # type: ignore[method-assign]

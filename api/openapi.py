@@ -25,6 +25,7 @@ _ERROR_TITLES = {
     "401": "Unauthorized: missing, unknown or revoked API key",
     "403": "Forbidden: the key's role does not allow this",
     "404": "Not Found (another tenant's resources are not found either)",
+    "408": "Request Timeout: the body did not arrive within ETA_BODY_TIMEOUT_S",
     "409": "Conflict",
     "413": "Payload Too Large",
     "415": "Unsupported Media Type",
@@ -135,7 +136,7 @@ def _complete_responses(doc: dict[str, Any]) -> None:
             if "{" in path:
                 statuses.add("404")
             if operation.get("requestBody"):
-                statuses.update({"413", "415", "422"})
+                statuses.update({"408", "413", "415", "422"})
                 _body_optional_without_required_fields(doc, operation["requestBody"])
                 _inline_body_schemas(doc, operation["requestBody"])
             if operation.get("parameters") or operation.get("requestBody"):

@@ -242,6 +242,8 @@ class ApiSettings(SettingsGroup):
     rate_limit_admin: str = "1200/minute"
     # Failed authentications (no, unknown or revoked key) per client address before it gets 429s.
     rate_limit_auth_failures: str = "30/minute"
+    # Seconds a request body may take to arrive, in all; a slower client gets 408 and its thread back.
+    body_timeout_s: float = Field(default=300.0, gt=0)
 
     @field_validator("rate_limit_submit", "rate_limit_review", "rate_limit_admin", "rate_limit_auth_failures")
     @classmethod

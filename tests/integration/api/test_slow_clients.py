@@ -5,12 +5,16 @@ HTTP server."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy.engine import Engine
@@ -24,6 +28,7 @@ from eta.store.models import ApiKeyRole
 
 from .conftest import TEST_LIMITS
 
+ETA = str(Path(sys.executable).with_name("eta"))
 # A poll normally answers in milliseconds; a held lock or pool slot would make it wait seconds.
 POLL_BUDGET_S = 1.0
 UPLOAD_SECONDS = 4.0
@@ -60,7 +65,7 @@ def _poll(address: str, key: str, job_id: str) -> float:
     return time.perf_counter() - started
 
 
-def _slow_upload(address: str, key: str, done: threading.Event) -> None:
+def _slow_upload(address: str, key: str, done: threading.Event, expect: bytes = b"HTTP/1.1 202") -> None:
     """A multipart job submission (read after authentication) whose body arrives a few bytes at a time over
     UPLOAD_SECONDS."""
     boundary = "slow-boundary"
@@ -73,10 +78,16 @@ def _slow_upload(address: str, key: str, done: threading.Event) -> None:
                      f"Content-Length: {len(body)}\r\n\r\n".encode())
         chunks = [body[i:i + 10] for i in range(0, len(body), 10)]
         for chunk in chunks:
-            sock.sendall(chunk)
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break  # the server answered early and closed: read what it said
             time.sleep(UPLOAD_SECONDS / len(chunks))  # the client's own pace, not a wait on the server
-        answer = sock.recv(100)
-    assert answer.startswith(b"HTTP/1.1 202"), answer
+        try:
+            answer = sock.recv(100)
+        except ConnectionResetError:
+            answer = b"(connection reset)"
+    assert answer.startswith(expect), answer
     done.set()
 
 
@@ -99,3 +110,33 @@ def test_a_slow_upload_does_not_delay_another_tenants_poll(server):
     assert done.is_set(), "the slow upload did not complete"
     assert len(latencies) >= 5, latencies
     assert max(latencies) < max(POLL_BUDGET_S, 10 * baseline), (baseline, sorted(latencies)[-5:])
+
+
+def test_under_eta_serve_an_upload_slower_than_the_body_timeout_gets_408(tmp_path):
+    """Through gunicorn, as deployed: the read side is cut at ETA_BODY_TIMEOUT_S, the thread answers 408."""
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY"))}
+    env.update({"ETA_DATA_DIR": str(tmp_path), "ETA_BODY_TIMEOUT_S": "1.5"})
+    subprocess.run([ETA, "db", "upgrade"], env=env, check=True, capture_output=True)
+    key = subprocess.run([ETA, "keys", "create", "--tenant", "slow", "--role", "submit"], env=env, check=True,
+                         capture_output=True, text=True).stdout.strip()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([ETA, "serve", "--port", str(port), "--workers", "1", "--threads", "4"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):  # noqa: S310
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "eta serve did not start"
+                time.sleep(0.2)
+        started = time.monotonic()
+        _slow_upload(f"127.0.0.1:{port}", key, threading.Event(), expect=b"HTTP/1.1 408")
+        assert time.monotonic() - started < UPLOAD_SECONDS
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
