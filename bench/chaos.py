@@ -555,14 +555,15 @@ class Chaos:
                 fault.detail["stage"], "")
             left = _left_stage_times(url, stage_status, ids)
             times = [ended.get(j) for j in ids]
+            recovered = max(left.get(j, ended.get(j, float("inf"))) for j in ids) - fault.at
+            completed = max(t if t is not None else float("inf") for t in times) - fault.at
             kills.append({
                 "worker": fault.detail["worker"], "stage": fault.detail["stage"], "jobs": len(ids),
-                # Until the killed stage was done again for every job it held (or the job ended otherwise).
-                "seconds_to_stage_recovered": round(max(left.get(j, ended.get(j, float("inf"))) for j in ids)
-                                                    - fault.at, 2),
+                # Until the killed stage was done again for every job it held (or the job ended otherwise); 0
+                # when the worker had recorded the stage just before the kill (its log had not said so yet).
+                "seconds_to_stage_recovered": round(max(0.0, recovered), 2),
                 # Until every job it held ended (the rest of its pipeline included, behind any backlog).
-                "seconds_to_jobs_completed": round(max(t if t is not None else float("inf") for t in times)
-                                                   - fault.at, 2),
+                "seconds_to_jobs_completed": round(max(0.0, completed), 2),
             })
         last_end = max(ended.values(), default=None)
         return {

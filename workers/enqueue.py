@@ -116,3 +116,34 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chu
     size = chunk_size or int(app.conf.get("eta_chunk_size") or 32)
     sent = send_chunks(app, job_ids, chunk_size=size, ahead=ahead)
     logger.info("enqueued %d jobs in %d chunks (first %s)", len(job_ids), sent, job_ids[0])
+
+
+def publish_batch_callback(app: Celery, batch_id: uuid.UUID, *, patience_s: float = 30.0) -> None:
+    """Publish the callback task of a completed batch, trying again for up to `patience_s` while the broker is
+    unreachable (a Redis restart): a callback not published now waits for the sweeper's late re-send.
+
+    Raises:
+        BrokerUnavailable: the broker stayed unreachable.
+    """
+    import time
+
+    from workers.stage_table import CALLBACK_TASK
+
+    deadline = time.monotonic() + patience_s
+    delay = 0.5
+    while True:
+        try:
+            app.send_task(CALLBACK_TASK, args=[str(batch_id)], retry=False)
+            return
+        except Exception as exc:
+            from kombu.exceptions import OperationalError
+
+            if not isinstance(exc, OperationalError | ConnectionError | TimeoutError | OSError) \
+                    and not _is_connection_error(exc):
+                raise
+            if time.monotonic() + delay > deadline:
+                raise BrokerUnavailable(f"the message broker is unreachable: {exc}") from exc
+            logger.warning("batch %s: could not publish its callback (%s); trying again in %.1fs", batch_id, exc,
+                           delay)
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)

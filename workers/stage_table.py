@@ -34,9 +34,6 @@ CALLBACK_TASK = "eta.send_batch_callback"
 SWEEP_TASK = "eta.sweep"
 PURGE_TASK = "eta.purge_expired"
 CONTROL_TASKS = (CALLBACK_TASK, SWEEP_TASK, PURGE_TASK)
-# Publishing a batch callback keeps trying for about half a minute (a Redis restart), so that a completed batch
-# does not wait for the sweeper's late re-send (`ETA_CALLBACK_RESEND_AFTER_S`).
-CALLBACK_PUBLISH_RETRY = {"max_retries": 12, "interval_start": 0.5, "interval_step": 1.0, "interval_max": 5.0}
 
 
 @dataclass(frozen=True)

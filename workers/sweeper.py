@@ -37,9 +37,9 @@ from eta.settings import Settings
 from eta.store import repository as repo
 from eta.store.lifecycle import JobStatus
 from eta.store.models import utcnow
-from workers.enqueue import BrokerUnavailable, send_chunks
+from workers.enqueue import BrokerUnavailable, publish_batch_callback, send_chunks
 from workers.runner import STALLED
-from workers.stage_table import CALLBACK_PUBLISH_RETRY, CALLBACK_TASK, RESTART_STAGE, WAITING_QUEUE, sweep_timeouts
+from workers.stage_table import RESTART_STAGE, WAITING_QUEUE, sweep_timeouts
 
 if TYPE_CHECKING:
     from celery import Celery
@@ -176,7 +176,7 @@ def broker_lost_data(app: Celery, settings: Settings) -> bool:
                 client.set(key, token)
                 lost, _seen_epoch = _seen_epoch is not None, token
                 return lost
-            _seen_epoch = current.decode()
+            _seen_epoch = current.decode() if isinstance(current, bytes) else str(current)
             return False
         finally:
             client.close()
@@ -211,7 +211,7 @@ def resend_callbacks(*, sessions: sessionmaker[Session], app: Celery, report: Sw
         batch_ids = repo.find_undelivered_callbacks(session=session, finished_before=finished_before,
                                                     finished_after=finished_after)
     for batch_id in batch_ids:
-        app.send_task(CALLBACK_TASK, args=[str(batch_id)], retry=True, retry_policy=CALLBACK_PUBLISH_RETRY)
+        publish_batch_callback(app, batch_id)
     report.callbacks_resent += len(batch_ids)
 
 
@@ -238,4 +238,4 @@ def with_callbacks(app: Celery, sessions: sessionmaker[Session], batch_ids: list
     with sessions() as session:
         with_url = repo.batches_with_callback(session=session, batch_ids=batch_ids)
     for batch_id in with_url:
-        app.send_task(CALLBACK_TASK, args=[str(batch_id)], retry=True, retry_policy=CALLBACK_PUBLISH_RETRY)
+        publish_batch_callback(app, batch_id)

@@ -26,6 +26,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 
 from eta.settings import Settings, get_settings
 from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
+from workers.enqueue import publish_batch_callback
 from workers.leases import LeaseKeeper, lease_owner, release
 from workers.runner import (
     OUT_OF_MEMORY,
@@ -37,7 +38,7 @@ from workers.runner import (
     fail_pending,
     parse_ids,
 )
-from workers.stage_table import CALLBACK_PUBLISH_RETRY, CALLBACK_TASK, PURGE_TASK, SWEEP_TASK, Stage, stage
+from workers.stage_table import CALLBACK_TASK, PURGE_TASK, SWEEP_TASK, Stage, stage
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +137,7 @@ def _complete(task: Task, ctx: StageContext, progress: StageProgress) -> None:
         return
     try:
         for batch_id in complete_batches(ctx, sorted(progress.touched_batches)):
-            task.app.send_task(CALLBACK_TASK, args=[str(batch_id)], retry=True, retry_policy=CALLBACK_PUBLISH_RETRY)
+            publish_batch_callback(task.app, batch_id)
     except Exception:
         # The jobs are saved; the sweeper completes any batch left in progress.
         logger.exception("could not complete batches %s", _ids(progress.touched_batches))
