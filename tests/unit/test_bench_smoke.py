@@ -51,4 +51,22 @@ def test_overhead_benchmark_report_built_in_memory(tiny_models_dir, samples_dir,
         assert set(branch["eta_stage_seconds_median"]) >= {"pre_evaluation", "generation", "alignment", "other"}
         assert isinstance(branch["met"], bool)
     assert report["branches"]["aligned"]["eta_stage_seconds_median"]["alignment"] > 0
+    assert set(report["branches"]["aligned"]["peak_memory_mb"]) == {"vanilla", "eta"}
     assert report["branches"]["safe"]["eta_stage_seconds_median"]["alignment"] == 0
+
+
+def test_cross_job_benchmark_report(tiny_models_dir, samples_dir, tmp_path):
+    report = _bench("align.py", "--jobs", "1,3", "--candidates", "2", "--max-new-tokens", "6",
+                    "--max-sentence-tokens", "3", models_dir=tiny_models_dir, samples_dir=samples_dir,
+                    tmp_path=tmp_path)
+    assert report["benchmark"] == "cross_job_alignment_together_vs_one_after_another"
+    assert report["config"]["num_candidates"] == 2
+    assert [r["jobs"] for r in report["results"]] == [1, 3]
+    for result in report["results"]:
+        for key in ("throughput_ratio", "throughput_ratio_in_cpu_time", "together_jobs_per_s",
+                    "one_after_another_jobs_per_s"):
+            assert set(result[key]) == {"min", "median", "max"}
+        assert set(result["peak_memory_mb"]) == {"together", "one_after_another"}
+        assert result["model_calls_last_together_run"]["align_vlm_forward"] > 0
+    assert report["results"][0]["padding_share_of_packed_prefix"] == 0.0  # one job: nothing to pad
+    assert report["target"] == {"jobs": 8, "throughput_ratio_at_least": 3.0, "median": None, "met": None}
