@@ -79,6 +79,9 @@ def _items_from_form() -> tuple[list[RawItem], list[ItemError]]:
     else:
         raise invalid(single_error("manifest", "manifest_missing", "upload the JSONL manifest as `manifest`"),
                       what="batch")
+    if "files" in request.form:
+        raise invalid(single_error("files", "files_not_uploaded", "upload images as file parts named `files`"),
+                      what="batch")
     files: dict[str, bytes] = {}
     for field_name, upload in request.files.items(multi=True):
         if field_name != "manifest" and upload.filename:

@@ -1,10 +1,10 @@
 """schemathesis hooks (SCHEMATHESIS_HOOKS=tests.fuzz.hooks): fill the fields whose validity no JSON Schema
-can state with valid values, in schema-valid cases only.
+can state with valid values.
 
 An image must decode, a manifest must be JSON Lines, a cursor must be one the server wrote, and a callback
 host must resolve to a public address; the document says what it can (types, lengths, patterns, bounds),
-and these four are made real here so that positive cases test everything else. Negative cases are sent
-as generated.
+and these four are made real here so that positive cases test everything else; schemathesis re-labels each
+case by the data actually sent.
 """
 
 from __future__ import annotations
@@ -38,16 +38,13 @@ def _fix_item(item: Any) -> None:
 
 @schemathesis.hook
 def before_call(ctx: Any, case: Any, **kwargs: Any) -> None:
-    meta = getattr(case, "meta", None)
-    if meta is None or not meta.generation.mode.is_positive:
-        return
-    # Replace what needs changing, never mutate: generated cases may share nested objects.
+    # Every case, positive or negative, and always a new object: schemathesis re-checks a case whose data
+    # a hook replaced, so each case is labelled by what is actually sent (a negative case derived from an
+    # edited positive one would otherwise keep a stale label).
     if isinstance(case.query, dict) and "cursor" in case.query:
         case.query = {k: v for k, v in case.query.items() if k != "cursor"}
     if isinstance(case.body, dict):
-        body = _valid_body(copy.deepcopy(case.body))
-        if body != case.body:
-            case.body = body
+        case.body = _valid_body(copy.deepcopy(case.body))
 
 
 def _valid_body(body: dict[str, Any]) -> dict[str, Any]:

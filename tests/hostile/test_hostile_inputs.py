@@ -193,6 +193,8 @@ CASES = [
     Case("manifest missing", "POST", B, form(params="{}")),
     Case("manifest prompt lone surrogate", "POST", B, manifest(b'{"prompt": "\\ud800"}\n')),
     Case("manifest line not an object", "POST", B, manifest(b'["Hi?"]\n')),
+    Case("manifest files sent as text", "POST", B, form(manifest=(io.BytesIO(b'{"prompt": "Hi?"}\n'), "m.jsonl"),
+                                                         files="not a file")),
     Case("manifest file corrupt", "POST", B, manifest(b'{"prompt": "Hi?", "image": "a.png"}\n', **{"a.png": b"junk"})),
     # ---- GET /v1/batches/{id}/results: cursors and limits
     Case("results cursor garbage", "GET", "/v1/batches/{batch}/results?cursor=!!garbage!!"),
