@@ -313,7 +313,7 @@ def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None
     log_dir.mkdir(parents=True, exist_ok=True)
     port = port or _free_port()
     url = f"http://127.0.0.1:{port}"
-    eta = [sys.executable, "-m", "eta.cli"]
+    eta = [sys.executable, "-m", "eta"]
     items = demo_items(jobs)
     with _children() as children:
         click.echo(f"starting: eta worker --queues pre,generate,post,control   (log {log_dir / 'worker.log'})")

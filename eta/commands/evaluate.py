@@ -14,8 +14,8 @@ from typing import Any
 
 import click
 
-from eta.cli_options import model_options, parameter_options
 from eta.commands.evaluate_benchmark import benchmark_options
+from eta.commands.options import model_options, parameter_options
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
     Unsafe rate by refusal-phrase matching, aligned rate, mean scores per label and, with labels, the
     pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
     """
-    from eta.cli_options import MODEL_OPTION_NAMES, PARAMETER_NAMES
+    from eta.commands.options import MODEL_OPTION_NAMES, PARAMETER_NAMES
     from eta.evaluation import DatasetError, evaluate_dataset
 
     config = _config({name: options[name] for name in PARAMETER_NAMES})
@@ -160,8 +160,8 @@ def _no_benchmark_options(options: dict[str, Any]) -> None:
 
 def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, batch_size: int, as_json: bool,
                     no_progress: bool, options: dict[str, Any]) -> None:
-    from eta.cli_options import MODEL_OPTION_NAMES, PARAMETER_NAMES
     from eta.commands.evaluate_benchmark import JudgeOptions, ServiceOptions, run_benchmark_eval
+    from eta.commands.options import MODEL_OPTION_NAMES, PARAMETER_NAMES
 
     if not options["benchmark"]:
         raise DatasetCommandError("give a DATASET (JSONL) or --benchmark NAME with --data DIR")
@@ -200,7 +200,7 @@ def calibrate_command(dataset: Path, plot_path: Path, target_fpr: float, tau_pre
 
     Only CLIP is loaded. Items without an image or a label are skipped.
     """
-    from eta.cli_options import MODEL_OPTION_NAMES
+    from eta.commands.options import MODEL_OPTION_NAMES
     from eta.evaluation import DatasetError, calibrate, plot_calibration
 
     config = _config({"tau_pre": tau_pre, "safety_prompt": safety_prompt})

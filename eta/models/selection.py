@@ -395,7 +395,7 @@ def models_config_from_options(*, tiny_dir: str | os.PathLike[str] | None, vlm: 
                                clip_pretrained: str | None, reward: str | None, device: str = "auto",
                                dtype: str = "auto") -> ModelsConfig:
     """The model specs named by the shared `--tiny-dir/--vlm/--clip/--clip-pretrained/--reward/--device/--dtype`
-    options (`eta.cli_options.model_options`); the tiny set is built here when it is the one chosen.
+    options (`eta.commands.options.model_options`); the tiny set is built here when it is the one chosen.
 
     Raises:
         ModelSelectionError: only some models named.

@@ -28,7 +28,7 @@ def _environ(**extra: str) -> dict[str, str]:
 
 
 def _run_demo(env: dict[str, str], data_dir: Path) -> str:
-    done = subprocess.run([sys.executable, "-m", "eta.cli", "demo", "--max-new-tokens", "8"], env=env,
+    done = subprocess.run([sys.executable, "-m", "eta", "demo", "--max-new-tokens", "8"], env=env,
                           capture_output=True, text=True, timeout=400)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-5000:]

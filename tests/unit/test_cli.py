@@ -7,7 +7,7 @@ import sys
 import pytest
 from click.testing import CliRunner
 
-from eta.cli import main
+from eta.commands.main import main
 
 pytestmark = pytest.mark.models
 
@@ -54,7 +54,7 @@ def test_text_only(tiny_models_dir):
 )
 def test_bad_input_is_one_line_and_exit_2(args, message):
     # A real process: exit status and stderr exactly as a shell user sees them.
-    proc = subprocess.run([sys.executable, "-m", "eta.cli", "run", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "eta", "run", *args], capture_output=True, text=True)
     assert proc.returncode == 2
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr

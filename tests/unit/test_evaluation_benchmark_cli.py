@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 
 from eta.benchmarks.standins import write_standin
-from eta.cli import main
+from eta.commands.main import main
 from eta.judges.tiny import build_tiny_judge
 
 pytestmark = pytest.mark.models

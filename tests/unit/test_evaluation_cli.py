@@ -7,7 +7,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from eta.cli import main
+from eta.commands.main import main
 
 pytestmark = pytest.mark.models
 

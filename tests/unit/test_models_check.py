@@ -20,7 +20,7 @@ pytestmark = pytest.mark.models
 
 
 def test_check_json_passes_on_the_tiny_production_shaped_set(tiny_models_dir):
-    from eta.cli import main
+    from eta.commands.main import main
 
     result = CliRunner().invoke(main, ["models", "check", "--json", "--tiny-dir", str(tiny_models_dir),
                                        "--device", "cpu"])

@@ -66,7 +66,7 @@ def test_settings_follow_the_same_rule():
 
 
 def test_cli_partial_set_exits_2_with_one_line():
-    from eta.cli import main
+    from eta.commands.main import main
 
     result = CliRunner().invoke(main, ["run", "--vlm", "llava-hf/llava-1.5-7b-hf", "--prompt", "hi"])
     assert result.exit_code == 2
@@ -75,7 +75,7 @@ def test_cli_partial_set_exits_2_with_one_line():
 
 
 def test_cli_missing_directory_exits_2_naming_model_cause_and_fix(tmp_path):
-    from eta.cli import main
+    from eta.commands.main import main
 
     missing = tmp_path / "nowhere"
     result = CliRunner().invoke(main, ["run", "--prompt", "hi", "--vlm", str(missing / "vlm"), "--clip",
@@ -162,5 +162,5 @@ def test_worker_refuses_to_start_with_the_same_line(monkeypatch):
 def test_no_import_cycles_between_cli_and_commands_or_config_and_models():
     evaluate = (REPO / "eta" / "commands" / "evaluate.py").read_text()
     config = (REPO / "eta" / "config.py").read_text()
-    assert "from eta.cli import" not in evaluate and "import eta.cli" not in evaluate
+    assert "from eta.commands.main import" not in evaluate and "import eta.commands.main" not in evaluate
     assert "from eta.models" not in config and "import eta.models" not in config

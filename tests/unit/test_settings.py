@@ -52,7 +52,7 @@ def test_every_process_reading_bad_settings_gets_one_line_naming_the_variable(en
     with pytest.raises(SettingsError, match="SECRET_KEY must be set"):
         get_settings()
     get_settings.cache_clear()
-    from eta.cli import main
+    from eta.commands.main import main
 
     result = CliRunner().invoke(main, ["sweep"])
     assert result.exit_code == 2 and "settings: SECRET_KEY must be set" in result.output

@@ -15,7 +15,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api import create_app
-from eta.cli import main
+from eta.commands.main import main
 from eta.settings import Settings
 from eta.store import make_blob_store
 from eta.store.models import Blob, Job, JobResult, Review

@@ -9,8 +9,8 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from eta.cli import main
 from eta.commands.client import items_from_folder, items_from_manifest, write_results
+from eta.commands.main import main
 
 ENV = {"ETA_URL": "http://127.0.0.1:9", "ETA_API_KEY": "eta_test"}
 

@@ -1,8 +1,8 @@
 """Click options shared by the `eta` commands that load models and run ETA.
 
-They live apart from `eta.cli` because commands defined in other modules (`eta.evaluation_cli`) need them at
-import time, while `eta.cli` imports those modules to register their commands: kept in `eta.cli`, the
-options would make an import cycle that breaks `python -m eta.cli`.
+They live apart from `eta.commands.main` because commands defined in other modules (`eta.commands.evaluate`)
+need them at import time, while `eta.commands.main` imports those modules to register their commands: kept
+there, the options would make an import cycle.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# Keyword names match `eta.cli.models_config(...)`.
+# Keyword names match `eta.commands.main.models_config(...)`.
 _MODEL_OPTIONS = (
     click.option("--tiny-dir", type=click.Path(file_okay=False, path_type=Path),
                  help="Where the tiny models are (default: the data directory's cache)."),
