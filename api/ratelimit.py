@@ -18,7 +18,6 @@ import math
 import time
 import uuid
 
-import sqlalchemy as sa
 from limits import RateLimitItem, parse_many
 from limits.storage import storage_from_string
 from limits.strategies import FixedWindowRateLimiter
@@ -26,8 +25,7 @@ from sqlalchemy.orm import Session
 
 from api.problems import Problem
 from eta.settings import Settings
-from eta.store.lifecycle import TERMINAL_JOB_STATUSES
-from eta.store.models import Job
+from eta.store import repository as repo
 
 logger = logging.getLogger(__name__)
 
@@ -91,8 +89,8 @@ def check_quota(session: Session, *, tenant_id: uuid.UUID, adding: int, settings
     cap = settings.limits.max_unfinished_jobs
     if not cap:
         return
-    unfinished = session.scalar(sa.select(sa.func.count()).select_from(Job).where(
-        Job.tenant_id == tenant_id, Job.status.not_in(list(TERMINAL_JOB_STATUSES)))) or 0
+    # Counting stops at the cap: past it every submission is refused whatever the exact number.
+    unfinished = repo.count_active_jobs(session=session, tenant_id=tenant_id, cap=cap)
     if unfinished + adding > cap:
         raise _too_many("quota_exceeded",
                         f"{unfinished} unfinished jobs + {adding} submitted would exceed this tenant's cap of {cap} "

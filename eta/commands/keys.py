@@ -53,13 +53,10 @@ def create(tenant: str, role: str, name: str | None) -> None:
 @click.option("--tenant", required=True, help="Tenant name.")
 def list_keys(tenant: str) -> None:
     """The tenant's keys: id, visible prefix, role, created, revoked (never the key itself)."""
-    import sqlalchemy as sa
-
     from eta.store import repository as repo
-    from eta.store.models import Tenant
 
     with _sessions()() as session:
-        owner = session.scalar(sa.select(Tenant).where(Tenant.name == tenant))
+        owner = repo.get_tenant_by_name(session=session, name=tenant)
         if owner is None:
             raise click.ClickException(f"no tenant {tenant!r}")
         for key in repo.list_api_keys(session=session, tenant_id=owner.id):
@@ -76,7 +73,7 @@ def revoke(key_id: str) -> None:
     """
     import uuid
 
-    from eta.store.repository.tenants import revoke_api_key_by_id
+    from eta.store import repository as repo
 
     try:
         ident = uuid.UUID(key_id)
@@ -84,7 +81,7 @@ def revoke(key_id: str) -> None:
         raise click.BadParameter("give the key's id (a UUID, see `eta keys list --tenant NAME`), not its prefix",
                                  param_hint="KEY_ID") from None
     with _sessions()() as session, session.begin():
-        key = revoke_api_key_by_id(session=session, key_id=ident)
+        key = repo.revoke_api_key_by_id(session=session, key_id=ident)
         prefix = key.prefix if key is not None else None
     if prefix is None:
         raise click.ClickException(f"no live key with id {ident}")

@@ -65,11 +65,6 @@ def authenticate_api_key(*, session: Session, token: str) -> ApiKey | None:
     return session.scalar(sa.select(ApiKey).where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None)))
 
 
-def get_live_api_key(*, session: Session, key_id: uuid.UUID) -> ApiKey | None:
-    """The key with this id unless it has been revoked (sessions signed in with a key re-check it)."""
-    return session.scalar(sa.select(ApiKey).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None)))
-
-
 def list_api_keys(*, session: Session, tenant_id: uuid.UUID) -> Sequence[ApiKey]:
     return session.scalars(
         sa.select(ApiKey).where(ApiKey.tenant_id == tenant_id).order_by(ApiKey.created_at, ApiKey.id)
@@ -86,6 +81,10 @@ def revoke_api_key(*, session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID)
     return affected_rows(result) > 0
 
 
+def get_tenant_by_name(*, session: Session, name: str) -> Tenant | None:
+    return session.scalar(sa.select(Tenant).where(Tenant.name == name))
+
+
 def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
     """The tenant called `name`, created if there is none (race-safe on the unique name)."""
     tenant = session.scalar(sa.select(Tenant).where(Tenant.name == name))
@@ -99,17 +98,6 @@ def get_or_create_tenant(*, session: Session, name: str) -> Tenant:
         if found is None:
             raise
         return found
-
-
-def revoke_api_key_by_prefix(*, session: Session, prefix: str) -> ApiKey | None:
-    """Revoke the live key with this visible prefix (operator tooling); None if there is none."""
-    key = session.scalar(sa.select(ApiKey).where(ApiKey.prefix == prefix, ApiKey.revoked_at.is_(None)))
-    if key is None:
-        return None
-    key.revoked_at = utcnow()
-    session.flush()
-    logger.info("revoked key %s of tenant %s", prefix, key.tenant_id)
-    return key
 
 
 def revoke_api_key_by_id(*, session: Session, key_id: uuid.UUID) -> ApiKey | None:
