@@ -21,6 +21,7 @@ from api.audit.images import ImageUnavailable, image_response, load_job_image, m
 from api.audit.records import counts_doc, flat_row, record_doc, review_doc
 from api.audit.schemas import MAX_NOTE_CHARS, AuditFilters, FlaggedQuery
 from api.audit.verdicts import VerdictRefused, record_verdict
+from api.problems import Problem
 from api.review.session import (
     CSRF_FIELD,
     Reviewer,
@@ -134,9 +135,20 @@ def login() -> Any:
 
 @bp.post("/login")
 def login_submit() -> Any:
+    # Wrong keys typed here count against the address like wrong keys sent to the API: no guessing through
+    # the sign-in form once the API refuses the address.
+    limits = state().rate_limits()
+    address = request.remote_addr or "unknown"
+    try:
+        limits.check_address(address)
+    except Problem as limited:
+        return render_template("review/login.html", next=request.form.get("next", ""),
+                               error=limited.detail), limited.status, limited.headers
     key, refusal = check_key(request.form.get("api_key", ""))
     if key is None:
         assert refusal is not None  # noqa: S101 - check_key gives one or the other
+        if refusal.status == 401:
+            limits.failed_authentication(address)
         return render_template("review/login.html", next=request.form.get("next", ""),
                                error=refusal.message), refusal.status
     sign_in(key)

@@ -3,6 +3,8 @@ each a 429 problem with a code and Retry-After, and never another tenant's busin
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from api import create_app
@@ -50,6 +52,25 @@ def test_failed_authentications_from_one_address_end_in_429(client, tenant):
     _is_429(client.get("/v1/audit/summary", headers=tenant.auth("review")), "auth_rate_limited")
     other = client.get("/v1/audit/summary", headers=tenant.auth("review"), environ_base={"REMOTE_ADDR": "10.9.8.7"})
     assert other.status_code == 200
+
+
+def _sign_in(client, key: str, **kwargs):
+    page = client.get("/review/login", **kwargs).get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+    assert token is not None
+    return client.post("/review/login", data={"csrf_token": token.group(1), "api_key": key}, **kwargs)
+
+
+def test_wrong_keys_on_the_review_sign_in_form_count_like_wrong_keys_on_the_api(client, tenant):
+    for _ in range(4):
+        assert _sign_in(client, "eta_wrong_key").status_code == 401
+    held = _sign_in(client, tenant.keys["review"])
+    assert held.status_code == 429 and int(held.headers["Retry-After"]) >= 1
+    assert b"failed authentications" in held.data
+    # The API refuses the same address too; a reviewer elsewhere signs in.
+    _is_429(client.get("/v1/audit/summary", headers=tenant.auth("review")), "auth_rate_limited")
+    elsewhere = _sign_in(client, tenant.keys["review"], environ_base={"REMOTE_ADDR": "10.9.8.7"})
+    assert elsewhere.status_code == 302
 
 
 def test_a_tenant_cannot_queue_beyond_its_unfinished_job_cap(client, make_tenant, enqueue):
