@@ -188,9 +188,9 @@ class WorkerSettings(SettingsGroup):
     # Per-attempt timeout and number of retries (exponential backoff) of a batch callback POST.
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_retries: int = Field(default=8, ge=0)
-    # Seconds after a batch completed before the sweeper sends its undelivered callback again (its message may
-    # have been lost with the broker's data; at once when the sweeper sees the broker lost its data).
-    callback_resend_after_s: int = Field(default=900, gt=0)
+    # Seconds after a batch completed before the sweeper sends its undelivered callback again (a worker died
+    # between completing the batch and publishing the callback; at once when the broker lost its data).
+    callback_resend_after_s: int = Field(default=120, gt=0)
 
     @field_validator("callback_allowed_networks")
     @classmethod
