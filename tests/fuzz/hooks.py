@@ -26,8 +26,9 @@ def _png() -> bytes:
 
 PNG = _png()
 PNG_BASE64 = base64.b64encode(PNG).decode()
-# A public address given as a literal: checked like any host, and nothing is sent at submission.
-PUBLIC_CALLBACK = "https://93.184.216.34/eta-callback"
+# An address of the documentation range TEST-NET-1, which the fuzzed server's operator allow-list admits
+# (test_openapi_contract.py): checked like any host, never routable, and no worker runs to send to it.
+PUBLIC_CALLBACK = "https://192.0.2.10/eta-callback"
 MANIFEST = b'{"prompt": "What is in the picture?", "custom_id": "fuzz-1"}\n'
 
 

@@ -37,7 +37,9 @@ def _env(data_dir: Path) -> dict[str, str]:
     # The fuzzer is one client sending thousands of requests, many without a valid key: limits that a
     # tenant would meet are lifted so that it reaches every route (429s are documented either way).
     env.update({"ETA_DATA_DIR": str(data_dir), "PYTHONPATH": str(REPO), "ETA_RATE_LIMIT_ADMIN": "1000000/minute",
-                "ETA_RATE_LIMIT_AUTH_FAILURES": "1000000/minute"})
+                "ETA_RATE_LIMIT_AUTH_FAILURES": "1000000/minute",
+                # The hooks' callback URL lies in TEST-NET-1 (never routable); the allow-list admits it.
+                "ETA_CALLBACK_ALLOWED_NETWORKS": "192.0.2.0/24"})
     return env
 
 
