@@ -30,9 +30,12 @@ def single_error(field: str, code: str, message: str) -> SubmissionInvalid:
 
 
 def store_images(session: Any, submission: ValidSubmission) -> None:
-    """Write each distinct image once (content-addressed), in the submission's transaction."""
+    """Write each distinct image once (content-addressed), in the submission's transaction.
+
+    In digest order: each image's row is locked, and the retention purge locks them in that order too.
+    """
     blobs = make_blob_store(session=session, settings=state().settings)
-    for image in submission.images.values():
+    for image in sorted(submission.images.values(), key=lambda image: image.sha256):
         repo.store_image(session=session, blobs=blobs, data=image.data, mime=image.mime, width=image.width,
                          height=image.height)
 

@@ -1,9 +1,13 @@
 """The purge pass: `eta purge` and the workers' beat schedule both run `purge_expired`.
 
 It walks expired jobs in short transactions of `batch_size` jobs (short row locks, bounded memory) until
-none is left. Blobs of the database backend are deleted in the transaction that purged their last job;
-files of the filesystem backend only after that transaction commits, so a rolled-back pass never leaves
-an unpurged job without its image.
+none is left. The bytes of images left unreferenced are deleted inside the transaction that purged their
+last job, while it holds those images' rows `FOR UPDATE`: rows of the database backend roll back with it;
+files of the filesystem backend are deleted before the commit, so a resubmission of the same image (which
+share-locks the image's row before it checks for the file) waits for the commit and then writes the file
+again, rather than finding the file, committing its job and losing the file to a deletion after the commit.
+Should that commit fail, the batch's jobs (expired and finished, the images' only users) stay unpurged
+without their image until the next pass purges them.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session, sessionmaker
 
 from eta.settings import Settings, get_settings
-from eta.store.blobs import DatabaseBlobStore, make_blob_store
+from eta.store.blobs import make_blob_store
 from eta.store.models import utcnow
 from eta.store.repository.retention import count_expired_jobs, purge_expired_jobs
 
@@ -58,16 +62,12 @@ def purge_expired(
         return PurgeReport(cutoff=None, jobs=0, images=0)
     jobs = images = 0
     while True:
-        deferred: list[str] = []
         with sessions() as session, session.begin():
             purged = purge_expired_jobs(session=session, cutoff=cutoff, limit=settings.retention.purge_batch_size,
                                         now=now)
+            # Before the commit, under the images' row locks taken by purge_expired_jobs (see above).
             blobs = make_blob_store(session=session, settings=settings)
-            if isinstance(blobs, DatabaseBlobStore):
-                images += sum(blobs.delete(digest) for digest in purged.unreferenced_images)
-            else:
-                deferred = purged.unreferenced_images
-        images += sum(blobs.delete(digest) for digest in deferred)
+            images += sum(blobs.delete(digest) for digest in purged.unreferenced_images)
         jobs += len(purged.job_ids)
         if len(purged.job_ids) < settings.retention.purge_batch_size:
             break

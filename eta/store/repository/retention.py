@@ -47,13 +47,15 @@ def purge_expired_jobs(
 ) -> PurgedJobs:
     """Mark up to `limit` finished jobs created before `cutoff` purged and clear their vanilla answers.
 
-    Returns the jobs purged and the image digests left unreferenced; the caller deletes those blobs (in
-    this transaction for the database blob store, after the commit for files). Jobs still running are
-    never purged. Concurrent purges skip each other's rows (`SKIP LOCKED` on Postgres).
+    Returns the jobs purged and the image digests left unreferenced; the caller deletes those blobs in
+    this transaction, before it commits (files too). Jobs still running are never purged. Concurrent
+    purges skip each other's rows (`SKIP LOCKED` on Postgres).
 
-    An image's row in `images` is locked before checking whether a live job still uses it: a submission
-    that is inserting a job referring to it holds a key-share lock on that row (its foreign-key check),
-    so the check waits for that submission and then sees its job.
+    An image's row in `images` is locked (`FOR UPDATE`, in digest order) before checking whether a live job
+    still uses it, and stays locked until the commit: a submission of that image key-share-locks the row
+    before it checks or writes the bytes (`store_image`), and again when inserting its job (the foreign-key
+    check). So the check waits for a submission already under way and then sees its job, and a submission
+    arriving later waits until the bytes are deleted and the purge committed, then writes them again.
     """
     now = now or utcnow()
     rows = session.execute(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -18,7 +20,10 @@ from api import create_app
 from eta.commands.main import main
 from eta.settings import Settings
 from eta.store import make_blob_store
+from eta.store import repository as repo
+from eta.store.blobs import FilesystemBlobStore
 from eta.store.models import Blob, Job, JobResult, Review
+from eta.store.repository import NewJob
 from eta.store.retention import purge_expired
 from tests.integration.audit.seed import seed_job, store_sample
 
@@ -101,7 +106,7 @@ def test_the_last_user_of_an_image_takes_its_bytes_with_it(
         assert session.get(Job, job).image_sha256 == digest  # the digest stays for the audit trail
 
 
-def test_filesystem_blobs_are_deleted_after_the_commit(
+def test_filesystem_blobs_of_unreferenced_images_are_deleted(
         postgres_engine: Engine, settings: Settings, make_tenant, tmp_path: Path) -> None:
     fs_settings = settings.with_values(blob_backend="filesystem", blob_dir=tmp_path / "blobs",
                                        eta_retention_days=30)
@@ -116,6 +121,82 @@ def test_filesystem_blobs_are_deleted_after_the_commit(
     assert path.is_file()
     report = purge_expired(sessions, settings=fs_settings, now=NOW)
     assert report.images >= 1 and not path.exists()
+
+
+def test_a_resubmission_racing_the_purge_of_its_image_keeps_the_bytes(
+        postgres_engine: Engine, settings: Settings, make_tenant, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The purge finds an image unreferenced; the same image is submitted again just as its bytes are deleted.
+
+    The submission is started from inside the purge's deletion of the file and run until it either finishes
+    or waits on a lock held by the purge; only then is the file deleted and the purge finished. Whichever
+    happens, the new job's image must be readable at the end (when the deletion came after the purge's
+    commit, the submission found the file, committed its job, and then lost the file).
+    """
+    from eta.store import session_factory
+
+    fs_settings = settings.with_values(blob_backend="filesystem", blob_dir=tmp_path / "blobs", eta_retention_days=30)
+    sessions = session_factory(postgres_engine)
+    tenant = make_tenant()
+    data = unique_png()
+    with sessions() as session, session.begin():
+        digest = store_sample(session, fs_settings, data)
+        old_job = seed_job(session, tenant.id, image_sha256=digest, created_at=OLD)
+
+    submitted: dict[str, object] = {}
+    errors: list[BaseException] = []
+    pid_known = threading.Event()
+    done = threading.Event()
+
+    def resubmit() -> None:
+        try:
+            with sessions() as session, session.begin():
+                submitted["pid"] = session.scalar(sa.text("SELECT pg_backend_pid()"))
+                pid_known.set()
+                blobs = make_blob_store(session=session, settings=fs_settings)
+                stored = repo.store_image(session=session, blobs=blobs, data=data, mime="image/png", width=8,
+                                          height=8)
+                submitted["job"] = repo.create_job(session=session, tenant_id=tenant.id,
+                                                   job=NewJob(prompt="again", image_sha256=stored)).id
+        except BaseException as exc:
+            errors.append(exc)
+        finally:
+            pid_known.set()
+            done.set()
+
+    def waits_on_a_lock(pid: object) -> bool:
+        with postgres_engine.connect() as connection:
+            return bool(connection.scalar(sa.text("SELECT cardinality(pg_blocking_pids(:pid)) > 0"), {"pid": pid}))
+
+    real_delete = FilesystemBlobStore.delete
+    outcome: list[str] = []
+
+    def delete_racing_a_resubmission(self: FilesystemBlobStore, sha256: str) -> bool:
+        if sha256 == digest and not outcome:
+            thread = threading.Thread(target=resubmit, daemon=True)
+            thread.start()
+            assert pid_known.wait(timeout=10)
+            deadline = time.monotonic() + 10
+            while not done.is_set() and not waits_on_a_lock(submitted.get("pid")):
+                assert time.monotonic() < deadline, "the resubmission neither finished nor waited on a lock"
+                done.wait(timeout=0.02)  # poll the two states; neither is an event this thread can wait on
+            outcome.append("finished first" if done.is_set() else "waited on the purge")
+        return real_delete(self, sha256)
+
+    monkeypatch.setattr(FilesystemBlobStore, "delete", delete_racing_a_resubmission)
+    purge_expired(sessions, settings=fs_settings, now=NOW)
+    assert done.wait(timeout=10), "the resubmission is still waiting after the purge ended"
+    assert not errors, errors
+    assert outcome, "the purge did not delete the image"
+
+    with sessions() as session:
+        assert session.get(Job, old_job).purged_at is not None
+        new_job = session.get(Job, submitted["job"])
+        assert new_job.purged_at is None and new_job.image_sha256 == digest
+    # What the worker reads for the new job: the bytes, not image_missing.
+    assert FilesystemBlobStore(tmp_path / "blobs").get(digest) == data
+    # The purge held the image's row until its deletion was committed, and the resubmission waited for it.
+    assert outcome == ["waited on the purge"]
 
 
 def test_retention_off_purges_nothing(sessions, settings: Settings) -> None:
