@@ -165,11 +165,14 @@ class _DeadlineInput:
         if time.monotonic() > self._deadline:
             raise self._late()
         try:
-            return read(*args)
+            data = read(*args)
         except OSError as exc:  # the read side was cut at the deadline, or one read waited too long
-            if isinstance(exc, TimeoutError) or time.monotonic() > self._deadline:
+            if isinstance(exc, TimeoutError) or time.monotonic() >= self._deadline:
                 raise self._late() from exc
             raise
+        if not data and time.monotonic() >= self._deadline:
+            raise self._late()  # the cut read side reads as end of file: the body is late, not short
+        return data
 
     def read(self, *args: Any) -> bytes:
         return self._guarded(self._stream.read, *args)
@@ -203,6 +206,9 @@ class BodyDeadline:
         self.app, self.timeout_s = app, timeout_s
 
     def __call__(self, environ: dict[str, Any], start_response: Any) -> Any:
+        # The deadline is taken before the timer starts, so the cut never comes before the deadline: a read
+        # that the cut ends finds the deadline passed and answers 408.
+        deadline = time.monotonic() + self.timeout_s
         sock = environ.get("gunicorn.socket")
         timer = None
         if sock is not None and (environ.get("CONTENT_LENGTH") or environ.get("HTTP_TRANSFER_ENCODING")):
@@ -210,8 +216,7 @@ class BodyDeadline:
             timer = threading.Timer(self.timeout_s, _cut_reading, args=(sock,))
             timer.daemon = True
             timer.start()
-        environ["wsgi.input"] = _DeadlineInput(environ["wsgi.input"], time.monotonic() + self.timeout_s,
-                                               self.timeout_s)
+        environ["wsgi.input"] = _DeadlineInput(environ["wsgi.input"], deadline, self.timeout_s)
         try:
             return self.app(environ, start_response)
         finally:
