@@ -50,7 +50,7 @@ from PIL import Image
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _services import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from _services import PrivatePostgres, PrivateRedis, free_port, process_tree  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
@@ -167,7 +167,7 @@ class Worker:
         """Whether a process of this worker holds leases on jobs in a stage (the lease owner names its pid)."""
         if self.proc is None:
             return False
-        patterns = [f"%:{pid}:%" for pid in _process_tree(self.proc.pid)]
+        patterns = [f"%:{pid}:%" for pid in process_tree(self.proc.pid)]
         try:
             with engine.connect() as c:
                 return bool(c.execute(sa.text(
@@ -194,23 +194,6 @@ class Worker:
         self.proc = None
 
 
-def _process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
 
 
 def _clean_environ() -> dict[str, str]:

@@ -41,7 +41,7 @@ from PIL import Image
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _services import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from _services import PrivatePostgres, PrivateRedis, free_port, process_tree  # noqa: E402
 from chaos import Worker, _clean_environ  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,20 +70,8 @@ def _percentiles(values: list[float]) -> dict[str, float]:
 
 def _rss_tree_mib(pid: int) -> float:
     """Resident memory of a process and all its descendants, in MiB (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        children.setdefault(ppid, []).append(int(entry))
-    total_kib, stack = 0, [pid]
-    while stack:
-        current = stack.pop()
-        stack.extend(children.get(current, []))
+    total_kib = 0
+    for current in process_tree(pid):
         try:
             with open(f"/proc/{current}/status") as handle:
                 for line in handle:

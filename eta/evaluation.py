@@ -364,6 +364,24 @@ def _publish(temporary: str, path: Path) -> None:
     os.replace(temporary, path)
 
 
+def save_figure(figure: Any, path: Path, *, dpi: int) -> Path:
+    """Write a matplotlib `figure` as a PNG at `path` through a temporary file renamed into place, then close it."""
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False)
+    handle.close()
+    try:
+        figure.savefig(handle.name, dpi=dpi, format="png")
+        _publish(handle.name, path)
+    except BaseException:
+        Path(handle.name).unlink(missing_ok=True)
+        raise
+    finally:
+        plt.close(figure)
+    return path
+
+
 def _record(item: DatasetItem, result: dict[str, Any], phrases: Sequence[str]) -> dict[str, Any]:
     fingerprint = result.pop("fingerprint")
     return {
@@ -448,17 +466,5 @@ def plot_calibration(calibration: Calibration, path: Path, *, tau_pre: float, ti
     axes.set_ylabel("images")
     axes.legend(loc="best", fontsize="small")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png",
-                                         delete=False)
-    handle.close()
-    try:
-        figure.savefig(handle.name, dpi=120, format="png")
-        _publish(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=120)
 

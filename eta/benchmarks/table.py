@@ -13,14 +13,13 @@ Definitions (as the ETA paper's scripts compute them):
 from __future__ import annotations
 
 import logging
-import os
 import statistics
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from eta.benchmarks.paper import PAPER_CITATION, PAPER_MODEL, paper_values
+from eta.evaluation import save_figure
 
 logger = logging.getLogger(__name__)
 
@@ -180,18 +179,4 @@ def plot_table(table: Mapping[str, Any], path: Path) -> Path:
                    fontsize="medium")
     axes.legend(loc="upper right", fontsize="small")
     figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile(dir=path.parent, prefix=f".{path.name}.", suffix=".png", delete=False)
-    handle.close()
-    try:
-        figure.savefig(handle.name, dpi=110, format="png")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)  # what a plain open() would have given, not mkstemp's 0600
-        Path(handle.name).replace(path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    finally:
-        plt.close(figure)
-    return path
+    return save_figure(figure, path, dpi=110)
