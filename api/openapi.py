@@ -17,6 +17,7 @@ from typing import Any
 from api.intake import PARAM_LIMITS
 from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
 from eta.config import POLICIES, ETAConfig
+from eta.outbound import MAX_URL_CHARS
 from eta.settings import Settings
 
 PROBLEM_MIMETYPE = "application/problem+json"
@@ -75,6 +76,22 @@ def _custom_id(base: dict[str, Any]) -> dict[str, Any]:
             "description": base.get("description", "Your own id, echoed back.")}
 
 
+# What `eta.outbound.check_url` admits by syntax: an absolute http(s) URL of printable ASCII without spaces. Whether
+# its host resolves to a public address is checked at submission and again at send time; no schema can say it.
+_CALLBACK_URL = {"type": "string", "format": "uri", "minLength": len("http://x"), "maxLength": MAX_URL_CHARS,
+                 "pattern": "^[hH][tT][tT][pP][sS]?://[!-~]+$",
+                 "description": "POSTed a signed summary when the batch ends: an http(s) URL whose host resolves to "
+                                "public addresses only (422 callback_url_forbidden otherwise)."}
+
+
+def _part_types(settings: Settings) -> dict[str, str]:
+    """The content types of the multipart parts that are files (OpenAPI `encoding`): the image formats this
+    server accepts. It reads an image by its bytes, whatever type the part declares, and refuses one it cannot
+    decode (422)."""
+    images = ", ".join(f"image/{name.lower()}" for name in sorted(settings.limits.image_formats))
+    return {"image": images, "files": images, "manifest": "application/jsonl"}
+
+
 def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
     params = params_schema(settings)
     for name, schema in doc["components"]["schemas"].items():
@@ -97,6 +114,10 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
                 props["image"] = {"type": "string", "format": "binary", "description": "The image file."}
         if kind == "BatchCreateForm":
             schema["required"] = ["manifest"]
+            props["callback_url"] = dict(_CALLBACK_URL)
+        if kind == "BatchCreate":
+            props["callback_url"] = {"anyOf": [{k: v for k, v in _CALLBACK_URL.items() if k != "description"},
+                                               {"type": "null"}], "description": _CALLBACK_URL["description"]}
         if kind == "BatchCreate":
             props["items"]["maxItems"] = settings.limits.max_batch_items
             ref = props["items"]["items"].get("$ref", "")
@@ -116,15 +137,19 @@ def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, 
         body["required"] = False
 
 
-def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any]) -> None:
+def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any], settings: Settings) -> None:
     # The body schema itself rather than a reference: tools then see its `additionalProperties: false`.
-    for content in body.get("content", {}).values():
+    for media_type, content in body.get("content", {}).items():
         ref = content.get("schema", {}).get("$ref", "")
         if ref:
             content["schema"] = copy.deepcopy(doc["components"]["schemas"][ref.rsplit("/", 1)[-1]])
+        if media_type == "multipart/form-data":
+            parts = content.get("schema", {}).get("properties", {})
+            content["encoding"] = {name: {"contentType": kind} for name, kind in _part_types(settings).items()
+                                   if name in parts}
 
 
-def _complete_responses(doc: dict[str, Any]) -> None:
+def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
     problem = next(f"#/components/schemas/{n}" for n in doc["components"]["schemas"] if n.startswith("ProblemOut."))
     problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": problem}}}
     for path, item in doc["paths"].items():
@@ -138,7 +163,7 @@ def _complete_responses(doc: dict[str, Any]) -> None:
             if operation.get("requestBody"):
                 statuses.update({"408", "413", "415", "422"})
                 _body_optional_without_required_fields(doc, operation["requestBody"])
-                _inline_body_schemas(doc, operation["requestBody"])
+                _inline_body_schemas(doc, operation["requestBody"], settings)
             if operation.get("parameters") or operation.get("requestBody"):
                 statuses.add("422")
             for status in statuses:
@@ -177,7 +202,7 @@ def document(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The served document: `base` (spectree's) completed for this server's settings."""
     doc = copy.deepcopy(base)
     _complete_request_schemas(doc, settings)
-    _complete_responses(doc)
+    _complete_responses(doc, settings)
     doc["components"]["schemas"] = {n: s for n, s in doc["components"]["schemas"].items()
                                     if not n.startswith("ValidationError.")}
     return _plain_names(doc)

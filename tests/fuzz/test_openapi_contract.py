@@ -1,7 +1,8 @@
 """The OpenAPI document tells the truth: schemathesis (every check, every phase) against a live `eta serve`.
 
-Every check is on by default; tests/fuzz/schemathesis.toml turns off the two data checks on the two
-submission routes only, where schemathesis 4.32 mislabels its own cases (the file says how).
+Every check runs on every operation; tests/fuzz/schemathesis.toml only adds the refusal statuses gunicorn answers
+itself (414, 431) to the statuses schemathesis counts as a refusal. tests/fuzz/hooks.py generates what no schema
+can state (decodable images, JSONL manifests, public callback URLs).
 
 The server runs as operators run it (gunicorn, embedded SQLite and broker, a key made with `eta keys`).
 The seed is fixed and the examples per operation bounded, so the run is reproducible and takes about a

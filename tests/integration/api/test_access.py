@@ -121,3 +121,36 @@ def test_health_metrics_and_openapi(client, tenant):
     content = doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
     assert doc["components"]["securitySchemes"]["bearer"]["scheme"] == "bearer"
+
+
+@pytest.mark.parametrize("url", ["https://hooks.example/eta", "HTTP://192.0.2.1:8080/a?b=c", "http://x",
+                                 "ftp://hooks.example/", "https://hooks.example/a b", "//hooks.example/",
+                                 "https://hooks.example/\u00e9", "http:/x", "https://" + "a" * 2000])
+def test_openapi_callback_url_syntax_is_the_servers(client, url):
+    """The document's callback_url pattern and length admit exactly what the server's syntax check admits
+    (whether the host resolves to a public address is checked at submission; no schema can say it)."""
+    import re
+
+    from eta.outbound import OutboundRefused, check_url
+
+    doc = client.get("/v1/openapi.json").json
+    schema = doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    declared = schema["properties"]["callback_url"]
+    by_document = (declared["minLength"] <= len(url) <= declared["maxLength"]
+                   and re.search(declared["pattern"], url) is not None)
+    try:
+        check_url(url)
+        by_server = True
+    except OutboundRefused:
+        by_server = False
+    assert by_document == by_server
+
+
+def test_openapi_declares_the_multipart_parts_content_types(client, settings):
+    doc = client.get("/v1/openapi.json").json
+    images = {f"image/{name.lower()}" for name in settings.limits.image_formats}
+    jobs = doc["paths"]["/v1/jobs"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]
+    batches = doc["paths"]["/v1/batches"]["post"]["requestBody"]["content"]["multipart/form-data"]["encoding"]
+    assert set(jobs["image"]["contentType"].split(", ")) == images
+    assert set(batches["files"]["contentType"].split(", ")) == images
+    assert batches["manifest"]["contentType"] == "application/jsonl"
