@@ -50,6 +50,10 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     metrics = ApiMetrics()
     app.extensions["eta"] = ApiState(settings=settings, engine=engine, sessions=session_factory(engine),
                                      metrics=metrics, enqueue_override=enqueue)
+    # Built before the first request, not by it: a gunicorn worker's threads would otherwise race to build it
+    # (the `limits` library's lazy import of redis, raced, reads its version as 0.0.0 and refuses).
+    app.extensions["eta"].rate_limits()
+    app.extensions["eta"].key_cache()
     metrics.install(app)
     app.teardown_appcontext(close_request_session)
     install_problem_handlers(app)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -59,6 +60,39 @@ def authenticate() -> Principal:
     return principal
 
 
+class KeyCache:
+    """Keys a process looked up lately, by the hash of their token: a poll then pays no key lookup.
+
+    Used for GET and HEAD requests only, for `ttl_s` seconds: a revoked key can read for that long and can
+    never write again (every other request looks its key up). Only keys found live are kept, so an unknown
+    key is looked up (and counted as a failure) every time.
+    """
+
+    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
+        self.ttl_s = ttl_s
+        self.max_entries = max_entries
+        self._entries: dict[str, tuple[Principal, float]] = {}
+
+    def get(self, digest: str) -> Principal | None:
+        entry = self._entries.get(digest)
+        if entry is None:
+            return None
+        if entry[1] < time.monotonic():
+            self._entries.pop(digest, None)
+            return None
+        return entry[0]
+
+    def put(self, digest: str, principal: Principal) -> None:
+        if not self.ttl_s:
+            return
+        now = time.monotonic()
+        if len(self._entries) >= self.max_entries:
+            self._entries = {d: e for d, e in self._entries.items() if e[1] >= now}
+            if len(self._entries) >= self.max_entries:
+                return
+        self._entries[digest] = (principal, now + self.ttl_s)
+
+
 def _authenticate() -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -66,15 +100,30 @@ def _authenticate() -> Principal:
         raise _unauthorized("missing Authorization header (expected: Bearer <API key>)")
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("the Authorization header must be: Bearer <API key>")
-    # A session of its own, closed before the view reads the body: no connection or transaction (on SQLite,
-    # no lock) is held while a slow client uploads.
-    with state().read_sessions() as session:
-        key = repo.authenticate_api_key(session=session, token=token.strip())
-        if key is None:
-            raise _unauthorized("the API key is not valid or has been revoked")
-        principal = Principal(key.id, key.tenant_id, str(key.role.value), key.prefix)
+    reading = request.method in ("GET", "HEAD")
+    cache = state().key_cache()
+    digest = repo.hash_api_key(token.strip())
+    principal = cache.get(digest) if reading else None
+    if principal is None:
+        principal = _look_up(token.strip(), keep_session=reading)
+        cache.put(digest, principal)
     g.principal = principal
     return principal
+
+
+def _look_up(token: str, *, keep_session: bool) -> Principal:
+    # The request's read session: a GET then looks up its key and reads its document on one connection. A
+    # request with a body gives the connection back before the view reads the body: no connection or
+    # transaction (on SQLite, no lock) is held while a slow client uploads.
+    with state().read() as session:
+        try:
+            key = repo.live_key(session=session, token=token)
+            if key is None:
+                raise _unauthorized("the API key is not valid or has been revoked")
+            return Principal(key.id, key.tenant_id, str(key.role.value), key.prefix)
+        finally:
+            if not keep_session:
+                session.close()
 
 
 def requires(permission: str) -> Callable[[F], F]:

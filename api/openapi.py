@@ -32,6 +32,7 @@ _ERROR_TITLES = {
     "415": "Unsupported Media Type",
     "422": "Validation failed: the problem's `errors` name each bad field",
     "429": "Too Many Requests: a rate limit or the tenant's job quota; retry after `Retry-After` seconds",
+    "503": "Service Unavailable: the database could not be reached; retry after `Retry-After` seconds",
 }
 _RETRY_AFTER = {"Retry-After": {"description": "Seconds to wait before retrying.", "schema": {"type": "integer"}}}
 
@@ -157,7 +158,7 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             if not isinstance(operation, dict) or "responses" not in operation:
                 continue
             responses = operation["responses"]
-            statuses = {"400", "401", "403", "429"}
+            statuses = {"400", "401", "403", "429", "503"}
             if "{" in path:
                 statuses.add("404")
             if operation.get("requestBody"):
@@ -176,7 +177,7 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
                 if status[0] in "45" and status != "414":
                     response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
                     response["content"] = dict(problem_content)
-                if status == "429":
+                if status in ("429", "503"):
                     response["headers"] = dict(_RETRY_AFTER)
             operation["responses"] = dict(sorted(responses.items()))
 

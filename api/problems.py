@@ -6,6 +6,7 @@ import logging
 from typing import Any, cast
 
 from flask import Flask, Response, json, request
+from sqlalchemy.exc import DBAPIError
 from werkzeug.exceptions import HTTPException
 
 logger = logging.getLogger(__name__)
@@ -86,6 +87,16 @@ def install_problem_handlers(app: Flask) -> None:
             limit = app.config.get("MAX_CONTENT_LENGTH")
             detail = f"the request body is larger than the limit of {limit} bytes"
         return problem_response(status, _HTTP_CODES.get(status, f"http_{status}"), exc.name, detail, headers=headers)
+
+    @app.errorhandler(DBAPIError)
+    def _database(exc: DBAPIError) -> Response:
+        # A lost connection (a database restart, a failover) is the client's to retry; the pool has already
+        # dropped the dead connections. Any other database error is a defect: a 500, logged.
+        if not exc.connection_invalidated:
+            return _unexpected(exc)
+        logger.warning("database unreachable on %s %s: %s", request.method, request.path, exc.orig)
+        return problem_response(503, "database_unavailable", "Service Unavailable",
+                                "the database could not be reached; retry shortly", headers={"Retry-After": "1"})
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception) -> Response:

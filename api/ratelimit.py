@@ -2,7 +2,10 @@
 
 - Requests per API key, by role (`ETA_RATE_LIMIT_<ROLE>`), counted after authentication.
 - Failed authentications per client address (`ETA_RATE_LIMIT_AUTH_FAILURES`): once over, the address gets
-  429 before any key is even looked up (guessing keys stops being cheap).
+  429 before any key is even looked up (guessing keys stops being cheap). Each process reads an address's
+  shared failure counter only while that address failed in this process within the longest window: an
+  address that never failed here costs no read, and a guesser spread over several processes gets at most
+  one guess per process past the limit before each of them reads the counter too.
 - Unfinished jobs per tenant (`ETA_MAX_UNFINISHED_JOBS`): a submission that would go beyond is a 429.
 
 Counters live in Redis when the broker is Redis (every API process shares them), else in this process.
@@ -30,6 +33,9 @@ from eta.store import repository as repo
 logger = logging.getLogger(__name__)
 
 ROLES = ("submit", "review", "admin")
+# Addresses a process remembers as having failed authentication; past this, new ones are not remembered
+# until old windows end (their failures are still counted in the shared store).
+_MAX_SUSPECTS = 100_000
 
 
 def _too_many(code: str, detail: str, retry_after: int) -> Problem:
@@ -46,6 +52,9 @@ class RateLimits:
         self.limiter = FixedWindowRateLimiter(storage_from_string(self.uri))
         self.by_role = {role: parse_many(getattr(settings.api, f"rate_limit_{role}")) for role in ROLES}
         self.auth_failures = parse_many(settings.api.rate_limit_auth_failures)
+        self._failure_window_s = max(item.get_expiry() for item in self.auth_failures)
+        # Addresses that failed authentication in this process -> until when their shared counter is read.
+        self._suspects: dict[str, float] = {}
 
     def _retry_after(self, item: RateLimitItem, *identifiers: str) -> int:
         reset = self.limiter.get_window_stats(item, self.namespace, *identifiers).reset_time
@@ -69,6 +78,12 @@ class RateLimits:
 
     def check_address(self, address: str) -> None:
         """Refuse an address that failed authentication too often lately (before looking at its key)."""
+        until = self._suspects.get(address)
+        if until is None:
+            return
+        if until < time.monotonic():
+            self._suspects.pop(address, None)
+            return
         try:
             for item in self.auth_failures:
                 if not self.limiter.test(item, self.namespace, "auth-failures", address):
@@ -81,6 +96,11 @@ class RateLimits:
             logger.warning("rate limits not checked: %s", exc)
 
     def failed_authentication(self, address: str) -> None:
+        now = time.monotonic()
+        if len(self._suspects) >= _MAX_SUSPECTS:  # many failing addresses: forget those whose window ended
+            self._suspects = {a: until for a, until in self._suspects.items() if until >= now}
+        if len(self._suspects) < _MAX_SUSPECTS or address in self._suspects:
+            self._suspects[address] = now + self._failure_window_s
         self._hit(self.auth_failures, "auth-failures", address)
 
 

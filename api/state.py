@@ -32,14 +32,23 @@ class ApiState:
     _celery: Any = None
     _read_sessions: sessionmaker[Session] | None = None
     _rate_limits: Any = None
+    _key_cache: Any = None
 
     def rate_limits(self) -> Any:
-        """This app's `api.ratelimit.RateLimits` (built on first use)."""
+        """This app's `api.ratelimit.RateLimits` (built once, when the app is created)."""
         if self._rate_limits is None:
             from api.ratelimit import RateLimits
 
             self._rate_limits = RateLimits(self.settings)
         return self._rate_limits
+
+    def key_cache(self) -> Any:
+        """This app's `api.auth.KeyCache`."""
+        if self._key_cache is None:
+            from api.auth import KeyCache
+
+            self._key_cache = KeyCache(self.settings.api.auth_cache_s)
+        return self._key_cache
 
     def celery(self) -> Any:
         """A Celery app for this API's settings, built on first use (the API never loads the models)."""

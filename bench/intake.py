@@ -23,8 +23,10 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -78,6 +80,7 @@ def _poll(port: int, key: str, job_ids: list[str], *, clients: int, seconds: flo
     errors = 0
     not_modified = 0
     lock = threading.Lock()
+    kinds: Counter[str] = Counter()  # what the errors were: a status or an exception's type
     stop_at = time.perf_counter() + seconds
 
     def client(seed: int) -> None:
@@ -100,12 +103,15 @@ def _poll(port: int, key: str, job_ids: list[str], *, clients: int, seconds: flo
             try:
                 status, _, etag = _request(c, "GET", f"/v1/jobs/{job_id}", key,
                                            etag=etags.get(job_id) if conditional else None)
-            except (OSError, http.client.HTTPException):
+            except (OSError, http.client.HTTPException) as exc:
                 bad += 1
+                kinds[type(exc).__name__] += 1
                 c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
                 continue
             local.append(time.perf_counter() - t0)
-            bad += status not in (200, 304)
+            if status not in (200, 304):
+                bad += 1
+                kinds[str(status)] += 1
             unchanged += status == 304
             if etag:
                 etags[job_id] = etag
@@ -122,7 +128,7 @@ def _poll(port: int, key: str, job_ids: list[str], *, clients: int, seconds: flo
     ms = [x * 1000 for x in latencies]
     return {
         "clients": clients, "interval_ms": interval_s * 1000, "conditional": conditional, "seconds": seconds,
-        "requests": len(ms), "not_modified": not_modified, "errors": errors,
+        "requests": len(ms), "not_modified": not_modified, "errors": errors, "error_kinds": dict(kinds),
         "requests_per_s": round(len(ms) / seconds, 1),
         "latency_ms": {"p50": round(_percentile(ms, 0.5), 2), "p95": round(_percentile(ms, 0.95), 2),
                        "p99": round(_percentile(ms, 0.99), 2), "max": round(max(ms), 2)},
@@ -140,6 +146,8 @@ def run(args: argparse.Namespace) -> dict:
     env = {**os.environ, "DATABASE_URL": url, "REDIS_URL": REDIS_URL, "ETA_BROKER_KEY_PREFIX": prefix,
            "ETA_RATE_LIMIT_SUBMIT": "10000000/minute"}
     server = None
+    # The server's log, to a file: a pipe nobody reads would stall the server once its buffer is full.
+    server_log = tempfile.NamedTemporaryFile(prefix="eta-bench-intake-", suffix=".log", delete=False)  # noqa: SIM115
     try:
         from eta.store import make_engine, session_factory
         from eta.store import repository as repo
@@ -156,7 +164,7 @@ def run(args: argparse.Namespace) -> dict:
         port = _free_port()
         server = subprocess.Popen(  # noqa: S603 - our own CLI
             [str(REPO / ".venv/bin/eta"), "serve", "--port", str(port), "--workers", str(args.workers),
-             "--threads", str(args.threads)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+             "--threads", str(args.threads)], env=env, stdout=subprocess.DEVNULL, stderr=server_log)
         deadline = time.time() + 60
         while True:
             try:
@@ -201,6 +209,7 @@ def run(args: argparse.Namespace) -> dict:
             "polling": polling,
             "target_polling_p99_ms": 20,
             "note": "client and server share this machine's cores",
+            "server_log": server_log.name,
         }
     finally:
         if server is not None:
@@ -229,7 +238,7 @@ def main() -> None:
     parser.add_argument("--interval-ms", type=float, nargs="+", default=[0, 250, 100],
                         help="per-client polling intervals to run (0: closed loop)")
     parser.add_argument("--workers", type=int, default=2, help="gunicorn workers")
-    parser.add_argument("--threads", type=int, default=8, help="threads per gunicorn worker")
+    parser.add_argument("--threads", type=int, default=4, help="threads per gunicorn worker (eta serve's default)")
     result = run(parser.parse_args())
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")

@@ -242,6 +242,9 @@ class ApiSettings(SettingsGroup):
     rate_limit_admin: str = "1200/minute"
     # Failed authentications (no, unknown or revoked key) per client address before it gets 429s.
     rate_limit_auth_failures: str = "30/minute"
+    # Seconds an API process trusts a key it looked up, for GET requests only (polling pays no key lookup):
+    # a revoked key can still read for this long; it can never write again. 0 looks up every request.
+    auth_cache_s: float = Field(default=2.0, ge=0, le=60)
     # Seconds a request body may take to arrive, in all; a slower client gets 408 and its thread back.
     body_timeout_s: float = Field(default=300.0, gt=0)
 

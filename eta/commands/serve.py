@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8000, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=int, help="gunicorn worker processes.")
-@click.option("--threads", default=8, show_default=True, type=int, help="Threads per worker.")
+@click.option("--threads", default=4, show_default=True, type=int,
+              help="Threads per worker (more threads than about 4 per core lose throughput to the GIL).")
 @click.option("--dev", is_flag=True, help="Flask's development server (one process, reloader off).")
 def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     """Run the API. Refuses to start when the schema is not at head (run `eta db upgrade`)."""

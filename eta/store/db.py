@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,9 @@ logger = logging.getLogger(__name__)
 
 # Seconds a SQLite connection waits for another writer before giving up with "database is locked".
 SQLITE_BUSY_TIMEOUT_S = 30.0
+# A pooled Postgres connection idle for longer than this is checked (one round trip) before it is handed out;
+# one returned more recently is handed out as it is (see `_check_idle_connections`).
+PING_AFTER_IDLE_S = 5.0
 
 
 def default_database_url(settings: Settings | None = None) -> str:
@@ -54,10 +58,39 @@ def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
         engine = sa.create_engine(parsed, connect_args=connect_args, **engine_kwargs)
         _configure_sqlite(engine)
     else:
-        engine_kwargs.setdefault("pool_pre_ping", True)
+        ping_idle = not engine_kwargs.get("pool_pre_ping")
         engine = sa.create_engine(parsed, **engine_kwargs)
+        if ping_idle:
+            _check_idle_connections(engine, PING_AFTER_IDLE_S)
     logger.debug("engine for %s", parsed.render_as_string(hide_password=True))
     return engine
+
+
+def _check_idle_connections(engine: Engine, idle_s: float) -> None:
+    """Check a pooled connection before handing it out only when it sat idle for more than `idle_s` seconds.
+
+    `pool_pre_ping` pays a round trip on every checkout, which is one of the few round trips of a poll. A
+    connection returned a moment ago is alive but for a database restart in that moment; the statement it
+    then runs fails as a disconnect, which invalidates the whole pool, so one request (an API 503, a worker
+    retry) pays instead of every request. A connection idle for longer is checked, and replaced if dead.
+    """
+
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["eta_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned_at = record.info.get("eta_returned_at")
+        if returned_at is None or time.monotonic() - returned_at <= idle_s:
+            return  # a new connection, or one in use a moment ago
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+            dbapi_connection.rollback()  # the ping opened a transaction: leave the connection idle
+        except engine.dialect.loaded_dbapi.Error as exc:
+            if not engine.dialect.is_disconnect(exc, dbapi_connection, None):
+                raise
+            raise sa.exc.DisconnectionError("the pooled connection is closed; the pool replaces it") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -84,8 +117,16 @@ READ_ONLY_OPTION = "eta_read_only"
 
 
 def read_only_engine(engine: Engine) -> Engine:
-    """The same engine (and pool) for transactions that only read; on SQLite they do not take the write lock."""
-    return engine.execution_options(**{READ_ONLY_OPTION: True})
+    """The same engine (and pool) for sessions that only read.
+
+    On SQLite their transactions begin DEFERRED and never take the write lock. On Postgres they run in
+    autocommit: no BEGIN and ROLLBACK round trips around a read. Each statement still sees a consistent
+    snapshot of its own, which is what a READ COMMITTED transaction gives each of its statements anyway.
+    """
+    options: dict[str, Any] = {READ_ONLY_OPTION: True}
+    if engine.dialect.name == "postgresql":
+        options["isolation_level"] = "AUTOCOMMIT"
+    return engine.execution_options(**options)
 
 
 def ping(engine: Engine) -> None:

@@ -80,6 +80,7 @@ from eta.store.repository.tenants import (
     get_tenant_by_name,
     hash_api_key,
     list_api_keys,
+    live_key,
     revoke_api_key,
     revoke_api_key_by_id,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "add_model_calls",
     "add_review",
     "authenticate_api_key",
+    "live_key",
     "batches_with_callback",
     "cancel_batch",
     "cancel_job",

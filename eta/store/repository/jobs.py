@@ -211,7 +211,7 @@ def get_job_version(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID
     """What identifies the current state of the tenant's job document, read without the document: every change
     of a job or its result moves `updated_at` (in the same transaction), and retention sets `purged_at`.
     None when the job is not the tenant's."""
-    row = session.execute(
+    row = session.connection().execute(
         sa.select(Job.updated_at, Job.status, Job.purged_at).where(Job.id == job_id, Job.tenant_id == tenant_id)
     ).first()
     return tuple(row) if row is not None else None

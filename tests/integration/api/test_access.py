@@ -154,3 +154,27 @@ def test_openapi_declares_the_multipart_parts_content_types(client, settings):
     assert set(jobs["image"]["contentType"].split(", ")) == images
     assert set(batches["files"]["contentType"].split(", ")) == images
     assert batches["manifest"]["contentType"] == "application/jsonl"
+
+
+def test_a_revoked_key_can_never_write_again_and_stops_reading_within_the_key_cache_time(
+        postgres_url, postgres_engine, tmp_path, enqueue, tenant):
+    import time
+
+    from api import create_app
+    from eta.settings import Settings
+
+    from .conftest import TEST_LIMITS
+
+    settings = Settings(database_url=postgres_url, eta_data_dir=tmp_path, eta_auth_cache_s=0.5, **TEST_LIMITS)
+    client = create_app(settings, engine=postgres_engine, enqueue=enqueue).test_client()
+    job = client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"}).json
+    assert client.get(f"/v1/jobs/{job['id']}", headers=tenant.auth()).status_code == 200  # now cached
+    with session_factory(postgres_engine)() as session, session.begin():
+        key = repo.authenticate_api_key(session=session, token=tenant.keys["submit"])
+        assert key is not None and repo.revoke_api_key_by_id(session=session, key_id=key.id) is not None
+    revoked_at = time.monotonic()
+    assert client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"}).status_code == 401
+    deadline = revoked_at + 10
+    while client.get(f"/v1/jobs/{job['id']}", headers=tenant.auth()).status_code != 401:
+        assert time.monotonic() < deadline, "a revoked key kept reading past the key cache time"
+    assert time.monotonic() - revoked_at < 0.5 + 2.0

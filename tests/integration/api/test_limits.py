@@ -86,3 +86,35 @@ def test_a_tenant_cannot_queue_beyond_its_unfinished_job_cap(client, make_tenant
     job_id = str(enqueue.job_ids[0])
     assert client.post(f"/v1/jobs/{job_id}/cancel", headers=busy.auth("admin")).status_code == 200
     assert client.post("/v1/jobs", headers=busy.auth("admin"), json={"prompt": "Now?"}).status_code == 202
+
+
+def test_an_address_blocked_in_one_api_process_is_held_back_by_every_other(postgres_url, postgres_engine, tmp_path,
+                                                                            enqueue, tenant):
+    """Two API processes sharing the Redis counters: a process that never saw the address fail reads the shared
+    counter from its first failure on (at most one guess past the limit), and a good key from it passes."""
+    import os
+    import uuid
+
+    import redis
+
+    url = os.environ.get("ETA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    prefix = f"eta-test-{uuid.uuid4().hex[:8]}:"
+    shared = Settings(database_url=postgres_url, eta_data_dir=tmp_path, redis_url=url, eta_broker_key_prefix=prefix,
+                      eta_rate_limit_auth_failures="4/minute", **TEST_LIMITS)
+    first = create_app(shared, engine=postgres_engine, enqueue=enqueue).test_client()
+    second = create_app(shared, engine=postgres_engine, enqueue=enqueue).test_client()
+    wrong = {"Authorization": "Bearer eta_wrong_key"}
+    try:
+        for _ in range(4):
+            assert first.get("/v1/audit/summary", headers=wrong).status_code == 401
+        _is_429(first.get("/v1/audit/summary", headers=tenant.auth("review")), "auth_rate_limited")
+        # The second process has seen no failure from this address: a good key passes without a counter read.
+        assert second.get("/v1/audit/summary", headers=tenant.auth("review")).status_code == 200
+        # Its first wrong key is looked up and counted; from then on it reads the shared counter too.
+        assert second.get("/v1/audit/summary", headers=wrong).status_code == 401
+        _is_429(second.get("/v1/audit/summary", headers=wrong), "auth_rate_limited")
+        _is_429(second.get("/v1/audit/summary", headers=tenant.auth("review")), "auth_rate_limited")
+    finally:
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(match=f"{prefix}*"):
+            client.delete(key)
