@@ -409,8 +409,9 @@ class Chaos:
 
     def kill_one(self, workers: list[Worker], engine: sa.Engine) -> Fault:
         """SIGKILL a worker in the middle of a stage: its log says the stage started and the database shows it
-        holding jobs (waiting up to a few seconds for one to be)."""
-        deadline = time.monotonic() + 10
+        holding jobs. Waits up to 90 s for one to be: after earlier kills every worker may sit idle until the
+        killed workers' leases run out and the sweeper sends their jobs again (tens of seconds)."""
+        deadline = time.monotonic() + 90
         candidates = list(workers)
         while True:
             self.rng.shuffle(candidates)

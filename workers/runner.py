@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import Enum
 from typing import TYPE_CHECKING, Any
 
@@ -220,7 +221,11 @@ class StageRunner:
             self.progress.batch_of.update((job.id, job.batch_id) for job in jobs)
             stored = (repo.get_stage_results(session=session, job_ids=[job.id for job in jobs])
                       if self.step.reads_results else {})
-            claims = self._claim_waiting(session, jobs)
+            # Held until recorded and handed on: a worker that dies from here on leaves leases that run out. The
+            # jobs this call moves are leased by the move itself; the rest (resumed, or past the stage) next.
+            lease = (None if self.ctx.lease_owner is None
+                     else (self.ctx.lease_owner, lease_deadline(self.ctx.settings.workers.lease_s)))
+            claims = self._claim_waiting(session, jobs, lease)
             for job in jobs:
                 claim = claims.get(job.id) or self._claim_one(job)
                 if claim is _Claim.HAND_ON:
@@ -229,19 +234,18 @@ class StageRunner:
                     item = self._hold(session, job, stored.get(job.id))
                     if item is not None:
                         work.append(item)
-            if self.ctx.lease_owner is not None:
-                # Held until recorded and handed on: a worker that dies from here on leaves leases that run out.
-                repo.take_leases(session=session, job_ids=[w.job_id for w in work] + passed,
-                                 owner=self.ctx.lease_owner,
-                                 until=lease_deadline(self.ctx.settings.workers.lease_s))
+            unleased = [job_id for job_id in [w.job_id for w in work] + passed if job_id not in claims]
+            if lease is not None and unleased:
+                repo.take_leases(session=session, job_ids=unleased, owner=lease[0], until=lease[1])
         self.progress.forward.extend(passed)
         self.flush_failures()
         return work
 
-    def _claim_waiting(self, session: Session, jobs: Sequence[Job]) -> dict[uuid.UUID, _Claim]:
+    def _claim_waiting(self, session: Session, jobs: Sequence[Job], lease: tuple[str, datetime] | None
+                       ) -> dict[uuid.UUID, _Claim]:
         """Move the jobs waiting for this stage into it, or straight to `next` when the step has nothing to do
-        for them: one compare-and-set statement for each of the two groups. A job another copy of this message
-        took, or that was cancelled, is dropped."""
+        for them: one compare-and-set statement for each of the two groups, which also leases the jobs it
+        moves. A job another copy of this message took, or that was cancelled, is dropped."""
         stage = self.stage
         if stage.waiting == stage.running:
             return {}
@@ -256,11 +260,11 @@ class StageRunner:
                     entering.append(job.id)
         claims = dict.fromkeys([*passing, *entering], _Claim.DROP)
         for job_id in repo.transition_jobs(session=session, job_ids=list(passing), expected=stage.waiting,
-                                           to=stage.next):
+                                           to=stage.next, lease=lease):
             logger.info("job %s: %s", job_id, passing[job_id])
             claims[job_id] = _Claim.HAND_ON
         for job_id in repo.transition_jobs(session=session, job_ids=entering, expected=stage.waiting,
-                                           to=stage.running):
+                                           to=stage.running, lease=lease):
             claims[job_id] = _Claim.HOLD
         return claims
 

@@ -293,8 +293,10 @@ def transition_job(
 
 
 def transition_jobs(*, session: Session, job_ids: Sequence[uuid.UUID], expected: JobStatus, to: JobStatus,
-                    now: datetime | None = None) -> set[uuid.UUID]:
+                    now: datetime | None = None, lease: tuple[str, datetime] | None = None) -> set[uuid.UUID]:
     """`transition_job` for many jobs in one statement. Returns the ids this call moved.
+
+    `lease` = (owner, until): the moved jobs are also leased to `owner` (`take_leases`), in the same statement.
 
     Raises:
         InvalidTransitionError: as `transition_job`.
@@ -303,10 +305,12 @@ def transition_jobs(*, session: Session, job_ids: Sequence[uuid.UUID], expected:
     values = _transition_values(expected, to, now=now or utcnow())
     if not job_ids:
         return set()
-    moved = session.scalars(
-        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status == expected).values(**values)
-        .returning(Job.id).execution_options(synchronize_session=False)
-    )
+    if lease is not None:
+        values.update(lease_owner=lease[0], lease_expires_at=lease[1])
+    # Core, not the ORM's bulk UPDATE: nothing in the session is synchronised, and the statement is compiled once.
+    moved = session.connection().execute(
+        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status == expected).values(**values).returning(Job.id)
+    ).scalars()
     return set(moved)
 
 
@@ -490,10 +494,9 @@ def take_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str, u
     """`owner` holds the jobs until `until` (whoever held them before). Returns the number of jobs leased."""
     if not job_ids:
         return 0
-    result = session.execute(
+    result = session.connection().execute(
         sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status.in_(ACTIVE_JOB_STATUSES))
         .values(lease_owner=owner, lease_expires_at=until)
-        .execution_options(synchronize_session=False)
     )
     return affected_rows(result)
 

@@ -58,9 +58,9 @@ def record_stage_results(
     ids = [r.job_id for r in results]
     # FOR UPDATE (a no-op on SQLite, whose transactions already hold the write lock) serialises writers of one
     # job; id order keeps two copies of one message from deadlocking.
-    current = set(session.scalars(
+    current = set(session.connection().execute(
         sa.select(Job.id).where(Job.id.in_(ids), Job.status == status).order_by(Job.id).with_for_update()
-    ))
+    ).scalars())
     stale = [str(job_id) for job_id in ids if job_id not in current]
     if stale:
         logger.info("jobs %s: not recording stage %s, no longer %s", ", ".join(stale), stage, status)
@@ -71,23 +71,25 @@ def record_stage_results(
     names = list(todo[0].columns)
     rows = [{"job_id": r.job_id, **r.columns, "timings": {stage: float(r.elapsed_ms)}, "stage_records": 1,
              "created_at": now, "updated_at": now} for r in todo]
-    insert = insert_statement(session, JobResult).values(rows)
+    insert = insert_statement(session, JobResult)
     excluded = insert.excluded
     timings: Any
     if session.get_bind().dialect.name == "postgresql":
         timings = sa.type_coerce(JobResult.timings.op("||")(excluded.timings), JobResult.timings.type)
     else:
         timings = sa.func.json_patch(JobResult.timings, excluded.timings)
-    session.execute(insert.on_conflict_do_update(
+    # The rows as parameters of one statement, not as its VALUES: the statement is compiled once per stage and
+    # cached, and the driver still sends the rows as one multi-row INSERT (SQLAlchemy's "insertmanyvalues").
+    session.connection().execute(insert.on_conflict_do_update(
         index_elements=["job_id"],
         set_={**{name: excluded[name] for name in names}, "timings": timings,
               "stage_records": JobResult.stage_records + 1, "updated_at": excluded.updated_at},
-    ))
+    ), rows)
     for flag in (True, False):
         flagged = [r.job_id for r in todo if r.flagged is flag]
         if flagged:
-            session.execute(sa.update(Job).where(Job.id.in_(flagged)).values(flagged=flag, updated_at=now)
-                            .execution_options(synchronize_session=False))
+            session.connection().execute(
+                sa.update(Job).where(Job.id.in_(flagged)).values(flagged=flag, updated_at=now))
     for r in todo:  # a JobResult of these jobs already in the session is now stale: reload it on next access
         cached = session.identity_map.get(session.identity_key(JobResult, r.job_id))
         if cached is not None:
