@@ -59,3 +59,33 @@ def test_bad_input_is_one_line_and_exit_2(args, message):
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_serve_runs_gunicorn_threaded_with_two_malloc_arenas(monkeypatch, tmp_path):
+    """`eta serve` replaces itself with gunicorn (gthread, the given workers and threads) and caps glibc's malloc
+    arenas unless the operator set a value."""
+    import os
+
+    from click.testing import CliRunner
+
+    from eta.commands import serve as serve_command
+
+    calls = []
+    monkeypatch.setattr(serve_command.os, "execv", lambda path, argv: calls.append((argv, dict(os.environ))))
+    monkeypatch.delenv("MALLOC_ARENA_MAX", raising=False)
+    monkeypatch.setenv("ETA_DATA_DIR", str(tmp_path))
+    from eta.settings import get_settings
+
+    get_settings.cache_clear()
+    from eta.commands.main import main
+
+    assert CliRunner().invoke(main, ["db", "upgrade"]).exit_code == 0
+    result = CliRunner().invoke(main, ["serve", "--workers", "3"])
+    assert result.exit_code == 0, result.output
+    argv, env = calls[-1]
+    assert argv[argv.index("--workers") + 1] == "3" and argv[argv.index("--threads") + 1] == "4"
+    assert "gthread" in argv and env["MALLOC_ARENA_MAX"] == "2"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
+    CliRunner().invoke(main, ["serve"])
+    assert calls[-1][1]["MALLOC_ARENA_MAX"] == "8"
+    get_settings.cache_clear()
