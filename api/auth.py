@@ -105,19 +105,19 @@ def _authenticate() -> Principal:
     digest = repo.hash_api_key(token.strip())
     principal = cache.get(digest) if reading else None
     if principal is None:
-        principal = _look_up(token.strip(), keep_session=reading)
+        principal = _look_up(digest, keep_session=reading)
         cache.put(digest, principal)
     g.principal = principal
     return principal
 
 
-def _look_up(token: str, *, keep_session: bool) -> Principal:
+def _look_up(key_hash: str, *, keep_session: bool) -> Principal:
     # The request's read session: a GET then looks up its key and reads its document on one connection. A
     # request with a body gives the connection back before the view reads the body: no connection or
     # transaction (on SQLite, no lock) is held while a slow client uploads.
     with state().read() as session:
         try:
-            key = repo.live_key(session=session, token=token)
+            key = repo.live_key(session=session, key_hash=key_hash)
             if key is None:
                 raise _unauthorized("the API key is not valid or has been revoked")
             return Principal(key.id, key.tenant_id, str(key.role.value), key.prefix)

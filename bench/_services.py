@@ -26,6 +26,24 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_api(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90) -> None:
+    """Wait until the API on `port` answers /healthz with 200; RuntimeError if it exits or takes too long."""
+    import http.client
+
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conn.request("GET", "/healthz")
+            if conn.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        if time.time() > deadline or proc.poll() is not None:
+            raise RuntimeError("the API did not start")
+        time.sleep(0.2)
+
+
 def process_tree(pid: int) -> list[int]:
     """`pid` and its descendants (from /proc)."""
     children: dict[int, list[int]] = {}

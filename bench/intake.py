@@ -19,7 +19,6 @@ import json
 import os
 import random
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,15 +32,12 @@ import sqlalchemy as sa
 from PIL import Image
 from sqlalchemy.pool import NullPool
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _services import free_port, wait_api  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 ADMIN_URL = os.environ.get("ETA_BENCH_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("ETA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _png(i: int) -> str:
@@ -161,24 +157,14 @@ def run(args: argparse.Namespace) -> dict:
             _, key = repo.create_api_key(session=session, tenant_id=tenant.id, role=ApiKeyRole.SUBMIT)
         engine.dispose()
 
-        port = _free_port()
+        port = free_port()
         server = subprocess.Popen(  # noqa: S603 - our own CLI
             [str(REPO / ".venv/bin/eta"), "serve", "--port", str(port), "--workers", str(args.workers),
              "--threads", str(args.threads)], env=env, stdout=subprocess.DEVNULL, stderr=server_log)
-        deadline = time.time() + 60
-        while True:
-            try:
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-                conn.request("GET", "/healthz")
-                if conn.getresponse().status == 200:
-                    break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise RuntimeError("the API did not start") from None
-                time.sleep(0.2)
+        wait_api(port, server, timeout_s=60)
 
         # ---- intake: batches of `items` jobs, a quarter with an image of their own
-        images = [_png(i) for i in range(args.items // 4)]
+        images = [_png(i) for i in range((args.items + 3) // 4)]  # one per fourth item, the last included
         conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
         rates, job_ids = [], []
         for b in range(args.batches):
@@ -212,6 +198,7 @@ def run(args: argparse.Namespace) -> dict:
             "server_log": server_log.name,
         }
     finally:
+        server_log.close()
         if server is not None:
             server.terminate()
             try:

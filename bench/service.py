@@ -40,7 +40,7 @@ import sqlalchemy as sa
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _services import PrivatePostgres, PrivateRedis, free_port, process_tree  # noqa: E402
+from _services import PrivatePostgres, PrivateRedis, free_port, process_tree, wait_api  # noqa: E402
 from chaos import Worker, _clean_environ  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 worker.start()
             for worker in [*workers, control]:
                 worker.wait_ready()
-            _wait_api(port, api_proc)
+            wait_api(port, api_proc)
             images = [_png(i) for i in range(16)]
 
             def items(n: int, tag: str) -> list[dict[str, Any]]:
@@ -337,21 +337,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "rss": {"after_warmup": rss_start, "after_jobs": rss_end, "growth": growth, "target_growth_percent": 5},
         "logs": str(log_dir),
     }
-
-
-def _wait_api(port: int, proc: subprocess.Popen[bytes]) -> None:
-    deadline = time.time() + 90
-    while True:
-        try:
-            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            conn.request("GET", "/healthz")
-            if conn.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        if time.time() > deadline or proc.poll() is not None:
-            raise RuntimeError("the API did not start")
-        time.sleep(0.2)
 
 
 def _batch_job_ids(api: Api, key: str, batch_id: str) -> list[str]:

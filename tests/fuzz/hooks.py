@@ -147,7 +147,7 @@ def _files_admitted(body: dict[str, Any]) -> bool:
 
 def _files_as_text(value: Any) -> Any:
     """`value` with every file's bytes (bytes, or schemathesis' `Binary` string) as an empty string."""
-    if isinstance(value, (bytes, bytearray)) or (isinstance(value, str) and type(value) is not str):
+    if _file_bytes(value) is not None:
         return ""
     if isinstance(value, list):
         return [_files_as_text(v) for v in value]

@@ -70,12 +70,12 @@ class LiveKey(NamedTuple):
     prefix: str
 
 
-def live_key(*, session: Session, token: str) -> LiveKey | None:
-    """The live (not revoked) key matching `token`, as four columns: one indexed lookup on every request, read
-    without building an ORM object (a poll is a few of these statements)."""
+def live_key(*, session: Session, key_hash: str) -> LiveKey | None:
+    """The live (not revoked) key whose token hashes to `key_hash` (`hash_api_key`), as four columns: one indexed
+    lookup, read without building an ORM object (the caller has the hash already, for its cache)."""
     row = session.connection().execute(
         sa.select(ApiKey.id, ApiKey.tenant_id, ApiKey.role, ApiKey.prefix)
-        .where(ApiKey.key_hash == hash_api_key(token), ApiKey.revoked_at.is_(None))
+        .where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
     ).first()
     return LiveKey(*row) if row is not None else None
 
