@@ -269,7 +269,7 @@ def _no_subset(name: str, subset: str | None) -> None:
         raise BenchmarkError(f"the {name} benchmark has no subsets (got {subset!r})")
 
 
-READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
+SAFETY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "spa-vl-harm": read_spa_vl_harm,
     "mm-safetybench": read_mm_safetybench,
     "figstep": read_figstep,

@@ -1,4 +1,7 @@
-"""`eta eval --benchmark NAME --data DIR`: reproduce the paper's table on one of its safety benchmarks.
+"""`eta eval --benchmark NAME --data DIR`: reproduce the paper's tables on one of its benchmarks.
+
+A general-ability benchmark (`mmbench`, `textvqa`, `mme`, `scienceqa-img`) is answered the same way and then
+scored against its ground truth by its official metric (`eta.benchmarks.ability_table`), with no judge.
 
 Steps, each resumable (see `eta.benchmarks.run`): read and validate the benchmark; answer every item with ETA
 (the local models, or `--via URL`: a running service, as one batch); free the ETA models; load the judge on its
@@ -110,6 +113,7 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
                        progress: bool, models_spec: Callable[[], Any]) -> None:
     """The body of `eta eval --benchmark`; `models_spec()` gives the model selection of the model options."""
     from eta.benchmarks import BenchmarkError, load_benchmark
+    from eta.benchmarks.registry import is_ability_benchmark
     from eta.benchmarks.run import judge_answers, read_verdicts, write_outputs
     from eta.benchmarks.table import build_table, plot_table, table_markdown
 
@@ -119,6 +123,10 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
         benchmark = load_benchmark(benchmark_name, data_dir, subset=subset, limit=limit)
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
+    ability = is_ability_benchmark(benchmark.name)
+    if ability and (judge.judge_id or plot):
+        raise BenchmarkCommandError(f"{'--judge' if judge.judge_id else '--plot'}: {benchmark.name} is a "
+                                    f"general-ability benchmark, scored by its own metric (no judge, no USR plot)")
     judge_info = _check_judge(judge)
     out_dir = out_dir or Path("eta-eval") / benchmark.name
     if out_dir.exists() and not out_dir.is_dir():
@@ -134,6 +142,10 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
     timing: dict[str, Any] = {"answered_now": answered, "answer_s": round(time.perf_counter() - started, 3)}
+    if ability:
+        _ability_outputs(benchmark, records, {**run, "key": key, "out_dir": str(out_dir), "timing": timing}, out_dir,
+                         as_json)
+        return
 
     verdicts: dict[tuple[str, str], dict[str, Any]] = {}
     if judge_info is not None:
@@ -172,6 +184,25 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     click.echo(f"written: {json_path}, {markdown_path}" + (f", {plot_path}" if plot_path else ""))
     if judge.judge_id is None:
         click.echo("no --judge: USR columns are empty (ASR is the keyword check)")
+
+
+def _ability_outputs(benchmark: Any, records: dict[str, dict[str, Any]], run: dict[str, Any], out_dir: Path,
+                     as_json: bool) -> None:
+    """Score a general-ability run against its ground truth, write table.json/.md and print the table."""
+    from eta.benchmarks.ability_table import ability_markdown, build_ability_table
+    from eta.benchmarks.run import write_outputs
+
+    timing = run["timing"]
+    if timing["answered_now"] and timing["answer_s"] > 0:
+        timing["items_per_s"] = round(timing["answered_now"] / timing["answer_s"], 4)
+    table = build_ability_table(benchmark.name, benchmark.items, records, run=run)
+    json_path, markdown_path = write_outputs([table], out_dir, markdown=ability_markdown)
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    click.echo(ability_markdown([table]).rstrip())
+    click.echo(f"\nthis invocation: {timing['answered_now']} items answered in {timing['answer_s']:.1f} s")
+    click.echo(f"written: {json_path}, {markdown_path}")
 
 
 def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any], out_dir: Path, batch_size: int,
@@ -232,17 +263,18 @@ BENCHMARK_OPTION_NAMES = ("benchmark", "data_dir", "subset", "limit", "out_dir",
 
 def benchmark_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `eta eval --benchmark` (their keyword names are BENCHMARK_OPTION_NAMES)."""
-    from eta.benchmarks.readers import READERS
+    from eta.benchmarks.registry import READERS
     from eta.config import DTYPES
     from eta.judges.formats import FORMATS
 
     options = (
         click.option("--benchmark", type=click.Choice(list(READERS)),
-                     help="Evaluate one of the paper's safety benchmarks (instead of a JSONL DATASET)."),
+                     help="Evaluate one of the paper's safety or general-ability benchmarks (instead of a JSONL "
+                          "DATASET)."),
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
                      help="The benchmark's directory, in its published layout (see docs/evaluation.md)."),
         click.option("--subset", help="The benchmark's variant: MM-SafetyBench SD_TYPO (default), SD or TYPO; the "
-                                      "cross-modal attack's image file name."),
+                                      "cross-modal attack's image file name; MMBench's TSV file name."),
         click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the benchmark."),
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where results.jsonl, verdicts.jsonl, table.json/.md go; a rerun resumes there "
