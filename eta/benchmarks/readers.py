@@ -4,6 +4,8 @@ Layouts (DIR is what `--data` names):
 
 - `spa-vl-harm`: SPA-VL's test split `harm`, one parquet file `DIR/harm-00000-of-00001.parquet` (or under
   `DIR/test/`), columns `image` ({bytes, path}), `question`, `class1`, `class2`, `class3`. Category: `class1`.
+- `spa-vl-help`: SPA-VL's test split `help` (`help-00000-of-00001.parquet`, same columns): the paper's helpfulness
+  set, judged for helpfulness (`--judge-url`) as well as for safety.
 - `mm-safetybench`: `DIR/processed_questions/<scenario>.json` for the 13 scenarios (a JSON object of id ->
   {"Rephrased Question", "Rephrased Question(SD)", "Key Phrase", ...}) and `DIR/imgs/<scenario>/<variant>/<id>.jpg`;
   variant `SD_TYPO` (the paper's) with `Rephrased Question`, `TYPO` likewise, `SD` with `Rephrased Question(SD)`.
@@ -122,8 +124,18 @@ def _csv_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[
 def read_spa_vl_harm(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
     """SPA-VL's harm test split (265 items) from its parquet file; the image bytes are embedded."""
     _no_subset("spa-vl-harm", subset)
-    path = _first_existing(data_dir, ["harm-00000-of-00001.parquet", "test/harm-00000-of-00001.parquet"],
-                           "SPA-VL's test split `harm` as parquet")
+    return _read_spa_vl(data_dir, "harm")
+
+
+def read_spa_vl_help(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """SPA-VL's help test split (the paper's helpfulness set), laid out as the harm split."""
+    _no_subset("spa-vl-help", subset)
+    return _read_spa_vl(data_dir, "help")
+
+
+def _read_spa_vl(data_dir: Path, split: str) -> list[BenchmarkItem]:
+    path = _first_existing(data_dir, [f"{split}-00000-of-00001.parquet", f"test/{split}-00000-of-00001.parquet"],
+                           f"SPA-VL's test split `{split}` as parquet")
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - a dependency of the project
@@ -146,7 +158,7 @@ def read_spa_vl_harm(data_dir: Path, *, subset: str | None = None) -> list[Bench
         if not data:
             raise BenchmarkError(f"{path}, row {index}: no image bytes (expected image = {{bytes, path}})")
         items.append(BenchmarkItem(
-            item_id=f"harm-{index:04d}", prompt=question, category=str(row.get("class1") or NO_CATEGORY),
+            item_id=f"{split}-{index:04d}", prompt=question, category=str(row.get("class1") or NO_CATEGORY),
             image_bytes=data,
             extra={"class2": row.get("class2"), "class3": row.get("class3"),
                    "image_name": image.get("path") if isinstance(image, dict) else None},
@@ -271,6 +283,7 @@ def _no_subset(name: str, subset: str | None) -> None:
 
 SAFETY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "spa-vl-harm": read_spa_vl_harm,
+    "spa-vl-help": read_spa_vl_help,
     "mm-safetybench": read_mm_safetybench,
     "figstep": read_figstep,
     "cross-modal": read_cross_modal,

@@ -38,7 +38,11 @@ def _image(seed: int, text: str, fmt: str = "PNG", size: tuple[int, int] = (64, 
     return buffer.getvalue()
 
 
-def write_spa_vl_harm(root: Path, items: int = 4) -> Path:
+def write_spa_vl_help(root: Path, items: int = 4) -> Path:
+    return write_spa_vl_harm(root, items, split="help")
+
+
+def write_spa_vl_harm(root: Path, items: int = 4, *, split: str = "harm") -> Path:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -47,7 +51,7 @@ def write_spa_vl_harm(root: Path, items: int = 4) -> Path:
              "class1": SPA_VL_CLASSES[i % len(SPA_VL_CLASSES)], "class2": f"sub {i % 2}", "class3": f"leaf {i}"}
             for i in range(items)]
     root.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(rows), root / "harm-00000-of-00001.parquet")
+    pq.write_table(pa.Table.from_pylist(rows), root / f"{split}-00000-of-00001.parquet")
     return root
 
 
@@ -198,6 +202,7 @@ def write_scienceqa_img(root: Path, items: int = 3) -> Path:
 
 WRITERS: dict[str, Callable[..., Path]] = {
     "spa-vl-harm": write_spa_vl_harm,
+    "spa-vl-help": write_spa_vl_help,
     "mm-safetybench": write_mm_safetybench,
     "figstep": write_figstep,
     "cross-modal": write_cross_modal,

@@ -152,7 +152,8 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
 def _no_benchmark_options(options: dict[str, Any]) -> None:
     """A JSONL dataset run refuses the options that only --benchmark reads, rather than ignoring them."""
     flags = {"data_dir": "--data", "subset": "--subset", "limit": "--limit", "out_dir": "--out-dir",
-             "judge_id": "--judge", "judge_format": "--judge-format", "via": "--via", "plot": "--plot"}
+             "judge_id": "--judge", "judge_format": "--judge-format", "via": "--via", "plot": "--plot",
+             "judge_url": "--judge-url"}
     given = [flag for name, flag in flags.items() if options.get(name)]
     if given:
         raise DatasetCommandError(f"{', '.join(given)}: only with --benchmark (a JSONL DATASET run takes --out)")
@@ -160,7 +161,7 @@ def _no_benchmark_options(options: dict[str, Any]) -> None:
 
 def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, batch_size: int, as_json: bool,
                     no_progress: bool, options: dict[str, Any]) -> None:
-    from eta.commands.evaluate_benchmark import JudgeOptions, ServiceOptions, run_benchmark_eval
+    from eta.commands.evaluate_benchmark import HelpfulnessOptions, JudgeOptions, ServiceOptions, run_benchmark_eval
     from eta.commands.options import MODEL_OPTION_NAMES, PARAMETER_NAMES
 
     if not options["benchmark"]:
@@ -171,12 +172,15 @@ def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, ba
     judge = JudgeOptions(options["judge_id"], options["judge_format"], options["judge_device"],
                          options["judge_dtype"], options["judge_trust_remote_code"], options["judge_batch_size"])
     service = ServiceOptions(options["via"], options["api_key"], options["wait_timeout"]) if options["via"] else None
+    helpfulness = (HelpfulnessOptions(options["judge_url"], options["judge_model"], options["judge_api_key_env"],
+                                      not options["judge_no_image"]) if options["judge_url"] else None)
     run_benchmark_eval(
         benchmark_name=options["benchmark"], data_dir=options["data_dir"], subset=options["subset"],
         limit=options["limit"], out_dir=options["out_dir"], config=config,
         overrides={name: options[name] for name in PARAMETER_NAMES}, batch_size=batch_size, judge=judge,
         service=service, plot=options["plot"], as_json=as_json, progress=not no_progress,
         models_spec=lambda: _models_spec({name: options[name] for name in MODEL_OPTION_NAMES}),
+        helpfulness=helpfulness,
     )
 
 
