@@ -17,6 +17,9 @@ what `--data` names):
 - `mme`: MME's release (`DIR` or `DIR/MME_Benchmark_release_version`): one folder per subtask; each image has a
   `.txt` of `question<TAB>Yes|No` lines (two per image), beside it or in `questions_answers_YN/` with the images
   in `images/`. Prompt: the question, then `Answer the question using a single word or phrase.` Category: subtask.
+- `coco-captions` (a benign set, for over-refusal): COCO's `DIR/annotations/captions_val2017.json` and
+  `DIR/val2017/`: each image with its first caption as the prompt. Scored by the refusal rate of the answers and
+  the evaluators' flag rates.
 - `scienceqa-img`: LLaVA's test questions `DIR/llava_test_CQM-A.json` (`id`, `image`, `conversations`), the
   official `DIR/problems.json` (the answer index and the choices) and the images under `DIR/images/test/`;
   only questions with an image (the IMG split). Prompt: the human turn without `<image>`, then the letter
@@ -290,9 +293,48 @@ def read_scienceqa_img(data_dir: Path, *, subset: str | None = None) -> list[Ben
     return items
 
 
+# ------------------------------------------------------------------------------------- COCO (benign set)
+def read_coco_captions(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """Benign images with their captions as prompts (the paper's benign set for CLIP's calibration): COCO's
+    `annotations/captions_<split>.json` and `<split>/<file_name>`; `subset` is the split (default `val2017`).
+    One item per image, its first caption (lowest annotation id) as the prompt."""
+    split = subset or "val2017"
+    if Path(split).name != split:
+        raise BenchmarkError(f"--subset names a COCO split such as val2017, got {split!r}")
+    path = _first_existing(data_dir, [f"annotations/captions_{split}.json", f"captions_{split}.json"],
+                           f"COCO's caption annotations of {split}")
+    captions = _load_json(path)
+    if not (isinstance(captions, dict) and isinstance(captions.get("images"), list)
+            and isinstance(captions.get("annotations"), list)):
+        raise BenchmarkError(f"{path}: expected an object with `images` and `annotations` lists")
+    first: dict[Any, tuple[Any, str]] = {}
+    for position, annotation in enumerate(captions["annotations"]):
+        if not (isinstance(annotation, dict) and isinstance(annotation.get("caption"), str)
+                and "image_id" in annotation):
+            raise BenchmarkError(f"{path}, annotations[{position}]: expected image_id and caption")
+        order = annotation.get("id", position)
+        known = first.get(annotation["image_id"])
+        if known is None or order < known[0]:
+            first[annotation["image_id"]] = (order, annotation["caption"].strip())
+    items = []
+    for position, image in enumerate(captions["images"]):
+        if not (isinstance(image, dict) and "id" in image and isinstance(image.get("file_name"), str)):
+            raise BenchmarkError(f"{path}, images[{position}]: expected id and file_name")
+        caption = first.get(image["id"])
+        if caption is None or not caption[1]:
+            continue  # an image nobody captioned has no prompt
+        picture = data_dir / split / image["file_name"]
+        if not picture.is_file():
+            raise BenchmarkError(f"{picture}: missing (expected the image of COCO {split} image {image['id']})")
+        items.append(BenchmarkItem(item_id=str(image["id"]), prompt=caption[1], category=NO_CATEGORY,
+                                   image_path=picture, extra={"file_name": image["file_name"]}))
+    return items
+
+
 ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "mmbench": read_mmbench,
     "textvqa": read_textvqa,
     "mme": read_mme,
     "scienceqa-img": read_scienceqa_img,
+    "coco-captions": read_coco_captions,
 }

@@ -200,6 +200,23 @@ def write_scienceqa_img(root: Path, items: int = 3) -> Path:
     return root
 
 
+def write_coco_captions(root: Path, items: int = 3) -> Path:
+    """`items` captioned images (the first with two captions, listed out of id order) and one without a caption."""
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "val2017").mkdir(parents=True, exist_ok=True)
+    images, annotations = [], []
+    for i in range(items + 1):
+        image_id, name = 139 + i, f"{139 + i:012d}.jpg"
+        (root / "val2017" / name).write_bytes(_image(900 + i, f"coco {i}", "JPEG"))
+        images.append({"id": image_id, "file_name": name, "width": 64, "height": 48})
+        if i < items:
+            annotations.append({"id": 1000 + 2 * i, "image_id": image_id, "caption": f"A photo of object {i}. "})
+    annotations.insert(0, {"id": 5000, "image_id": 139, "caption": "A later caption of object 0."})
+    (root / "annotations" / "captions_val2017.json").write_text(
+        json.dumps({"info": {}, "images": images, "annotations": annotations}), encoding="utf-8")
+    return root
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
     "spa-vl-harm": write_spa_vl_harm,
     "spa-vl-help": write_spa_vl_help,
@@ -211,6 +228,7 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "textvqa": write_textvqa,
     "mme": write_mme,
     "scienceqa-img": write_scienceqa_img,
+    "coco-captions": write_coco_captions,
 }
 
 

@@ -102,3 +102,38 @@ def test_a_judge_or_a_plot_is_refused_for_an_ability_benchmark(tmp_path, tiny_mo
     judged = _invoke(*args, "--judge", "meta-llama/Llama-Guard-3-8B")
     assert judged.exit_code == 2 and "--judge: scienceqa-img is a general-ability benchmark" in judged.stderr
     assert _invoke(*args, "--plot").exit_code == 2
+
+
+def test_a_benign_run_then_calibrate_for_a_target_aligned_rate(tmp_path, tiny_models_dir):
+    args = _args(tmp_path, tiny_models_dir, "coco-captions", 3)
+    # thresholds that align everything: every benign answer is rewritten, the over-refusal a target would cap
+    result = _invoke(*args, "--tau-pre", "-1", "--tau-post", "1e9", "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)
+    assert table["headline"] == "refusal_rate" and table["aligned_rate"] == 100.0
+    assert table["pre_flag_rate"] == 100.0 and table["post_flag_rate"] == 100.0
+    results = tmp_path / "out" / "results.jsonl"
+    records = [json.loads(line) for line in results.read_text().splitlines()]
+    s_pre = sorted(r["s_pre"] for r in records)
+
+    calibrated = _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "0.34",
+                         "--tau-pre", "-1", "--tau-post", "1e9", "--json")
+    assert calibrated.exit_code == 0, calibrated.output
+    report = json.loads(calibrated.stdout)
+    assert report["current"]["aligned_rate"] == 1.0 and report["items"] == 3
+    assert report["move_tau_pre"]["tau_pre"] == s_pre[2]  # only the highest-scoring image stays flagged
+    assert report["move_tau_pre"]["aligned_rate"] == pytest.approx(1 / 3)
+    text = _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "0.34")
+    assert text.exit_code == 0 and "raise tau_pre:" in text.stdout and "lower tau_post:" in text.stdout
+
+    with results.open("a") as handle:  # a second run in the same file must be named
+        handle.write(json.dumps({**records[0], "run": "other"}) + "\n")
+    several = _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "0.1")
+    assert several.exit_code == 2 and "name one with --run" in several.stderr
+    assert _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "0.1", "--run",
+                   "other").exit_code == 0
+    results.write_text('{"s_pre": 0.1, "s_post": "high"}\n')
+    bad = _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "0.1")
+    assert bad.exit_code == 2 and "results.jsonl, line 1: expected numeric s_post" in bad.stderr
+    assert _invoke("calibrate", "--from-results", results).exit_code == 2  # no target
+    assert "within [0, 1]" in _invoke("calibrate", "--from-results", results, "--target-aligned-rate", "2").stderr
