@@ -17,6 +17,9 @@ what `--data` names):
 - `mme`: MME's release (`DIR` or `DIR/MME_Benchmark_release_version`): one folder per subtask; each image has a
   `.txt` of `question<TAB>Yes|No` lines (two per image), beside it or in `questions_answers_YN/` with the images
   in `images/`. Prompt: the question, then `Answer the question using a single word or phrase.` Category: subtask.
+- `vqav2`: the official `DIR/v2_OpenEnded_mscoco_val2014_questions.json`, `DIR/v2_mscoco_val2014_annotations.json`
+  and `DIR/val2014/COCO_val2014_<image id, 12 digits>.jpg` (`--subset` another split with answers). Prompt: the
+  question and the short-answer instruction. Category: the answer type. Scored as TextVQA.
 - `coco-captions` (a benign set, for over-refusal): COCO's `DIR/annotations/captions_val2017.json` and
   `DIR/val2017/`: each image with its first caption as the prompt. Scored by the refusal rate of the answers and
   the evaluators' flag rates.
@@ -293,6 +296,54 @@ def read_scienceqa_img(data_dir: Path, *, subset: str | None = None) -> list[Ben
     return items
 
 
+# ------------------------------------------------------------------------------------------------- VQAv2
+VQAV2_QUESTIONS = "v2_OpenEnded_mscoco_{split}_questions.json"
+VQAV2_ANNOTATIONS = "v2_mscoco_{split}_annotations.json"
+
+
+def read_vqav2(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """VQAv2 from its official question and annotation files (`subset`: the split, `val2014` by default; test-dev
+    has no public answers: its score comes from the EvalAI server only). Prompt: the question and the
+    short-answer instruction, as LLaVA's VQAv2 question file has it. Category: the answer type."""
+    split = subset or "val2014"
+    if Path(split).name != split:
+        raise BenchmarkError(f"--subset names a VQAv2 split such as val2014, got {split!r}")
+    questions_path = _first_existing(data_dir, [VQAV2_QUESTIONS.format(split=split)], f"VQAv2's {split} questions")
+    annotations_path = _first_existing(data_dir, [VQAV2_ANNOTATIONS.format(split=split)],
+                                       f"VQAv2's {split} annotations (ten answers per question)")
+    questions, annotations = _load_json(questions_path), _load_json(annotations_path)
+    if not (isinstance(questions, dict) and isinstance(questions.get("questions"), list)):
+        raise BenchmarkError(f"{questions_path}: expected an object with a `questions` list")
+    if not (isinstance(annotations, dict) and isinstance(annotations.get("annotations"), list)):
+        raise BenchmarkError(f"{annotations_path}: expected an object with an `annotations` list")
+    by_id: dict[Any, Mapping[str, Any]] = {}
+    for position, annotation in enumerate(annotations["annotations"]):
+        answers = annotation.get("answers") if isinstance(annotation, dict) else None
+        if not (isinstance(answers, list) and answers and all(isinstance(a, dict) and isinstance(a.get("answer"), str)
+                                                              for a in answers) and "question_id" in annotation):
+            raise BenchmarkError(f"{annotations_path}, annotations[{position}]: expected question_id and answers "
+                                 f"[{{answer}}, ...]")
+        by_id[annotation["question_id"]] = annotation
+    items = []
+    for position, question in enumerate(questions["questions"]):
+        if not (isinstance(question, dict) and isinstance(question.get("question"), str)
+                and "question_id" in question and "image_id" in question):
+            raise BenchmarkError(f"{questions_path}, questions[{position}]: expected question_id, image_id, question")
+        annotation = by_id.get(question["question_id"])
+        if annotation is None:
+            raise BenchmarkError(f"{annotations_path}: no annotation of question {question['question_id']} "
+                                 f"(asked in {questions_path.name})")
+        image = data_dir / split / f"COCO_{split}_{int(question['image_id']):012d}.jpg"
+        if not image.is_file():
+            raise BenchmarkError(f"{image}: missing (expected the image of VQAv2 question {question['question_id']})")
+        items.append(BenchmarkItem(
+            item_id=str(question["question_id"]), prompt=f"{question['question']}\n{SHORT_ANSWER_PROMPT}",
+            category=str(annotation.get("answer_type") or NO_CATEGORY), image_path=image,
+            extra={"answers": [a["answer"] for a in annotation["answers"]], "image_id": question["image_id"]},
+        ))
+    return items
+
+
 # ------------------------------------------------------------------------------------- COCO (benign set)
 def read_coco_captions(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
     """Benign images with their captions as prompts (the paper's benign set for CLIP's calibration): COCO's
@@ -336,5 +387,6 @@ ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "textvqa": read_textvqa,
     "mme": read_mme,
     "scienceqa-img": read_scienceqa_img,
+    "vqav2": read_vqav2,
     "coco-captions": read_coco_captions,
 }

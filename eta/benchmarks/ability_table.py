@@ -4,7 +4,7 @@ the paper's numbers, with the share of items ETA aligned and each evaluator's fl
 Metrics (`eta.benchmarks.metrics`):
 - `mmbench`: accuracy over every row (each index on its own) and CircularEval accuracy over questions (a question
   counts when all its rotated rows are right; LLaVA publishes this figure). Headline: CircularEval.
-- `textvqa`: VQA accuracy (%), the mean over questions.
+- `textvqa`, `vqav2`: VQA accuracy (%), the mean over questions (VQAv2 also by answer type).
 - `mme`: perception and cognition scores (sums of acc + acc+ per subtask). Headline: perception.
 - `scienceqa-img`: accuracy (%) on the questions with an image.
 - `coco-captions` (benign images, their captions as prompts): the refusal rate (%) of the answers, by refusal
@@ -38,7 +38,7 @@ logger = logging.getLogger(__name__)
 
 ANSWER_FIELDS = {"vanilla": "vanilla_response", "eta": "response"}
 HEADLINE = {"mmbench": "circular_accuracy", "textvqa": "accuracy", "mme": "perception",
-            "scienceqa-img": "accuracy", "coco-captions": "refusal_rate"}
+            "scienceqa-img": "accuracy", "vqav2": "accuracy", "coco-captions": "refusal_rate"}
 
 
 def _percent(numerator: float, denominator: int) -> float | None:
@@ -65,9 +65,15 @@ def score(name: str, pairs: Sequence[tuple[BenchmarkItem, str]]) -> dict[str, An
     """The metrics of benchmark `name` for (item, answer) pairs (empty metrics without pairs)."""
     if name in ("mmbench", "scienceqa-img"):
         return _multiple_choice(name, pairs)
-    if name == "textvqa":
-        scores = [vqa_accuracy(answer, item.extra["answers"]) for item, answer in pairs]
-        return {"accuracy": _percent(sum(scores), len(scores)), "answers": len(pairs)}
+    if name in ("textvqa", "vqav2"):
+        scores = {item.item_id: vqa_accuracy(answer, item.extra["answers"]) for item, answer in pairs}
+        metrics: dict[str, Any] = {"accuracy": _percent(sum(scores.values()), len(scores)), "answers": len(pairs)}
+        if name == "vqav2":  # by answer type (yes/no, number, other), as VQA reports it
+            by_type: dict[str, list[float]] = defaultdict(list)
+            for item, _ in pairs:
+                by_type[item.category].append(scores[item.item_id])
+            metrics["categories"] = {kind: _percent(sum(v), len(v)) for kind, v in by_type.items()}
+        return metrics
     if name == "coco-captions":
         from eta.config import DEFAULT_SAFETY_PREFIX
         from eta.evaluation import is_refusal, refusal_phrases_for
@@ -151,7 +157,8 @@ def ability_markdown(tables: Sequence[Mapping[str, Any]]) -> str:
                 lines += ["", f"Subtasks not in the data (left out of the totals): "
                               f"{', '.join(table['missing_subtasks'])}."]
         elif "categories" in table["vanilla"]:
-            extra = " (plain accuracy by index; CircularEval in the summary)" if table["benchmark"] == "mmbench" else ""
+            extra = {"mmbench": " (plain accuracy by index; CircularEval in the summary)",
+                     "vqav2": " (answer type; VQA accuracy)"}.get(table["benchmark"], "")
             lines += [f"| category{extra} | vanilla | ETA |", "| --- | ---: | ---: |"]
             eta_categories = table["eta"].get("categories", {})
             lines.append(f"| all | {_cell(table['vanilla'].get('accuracy'))} | {_cell(table['eta'].get('accuracy'))} |")

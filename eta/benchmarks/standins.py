@@ -200,6 +200,26 @@ def write_scienceqa_img(root: Path, items: int = 3) -> Path:
     return root
 
 
+def write_vqav2(root: Path, items: int = 3) -> Path:
+    """`items` val2014 questions over two images, answer types yes/no, number, other in turn."""
+    (root / "val2014").mkdir(parents=True, exist_ok=True)
+    questions, annotations = [], []
+    kinds = (("yes/no", "yes"), ("number", "two"), ("other", "red"))
+    for q in range(items):
+        image_id = 42 + q % 2
+        (root / "val2014" / f"COCO_val2014_{image_id:012d}.jpg").write_bytes(_image(950 + q, f"vqa {q}", "JPEG"))
+        kind, answer = kinds[q % len(kinds)]
+        questions.append({"image_id": image_id, "question": f"Placeholder question {q}?", "question_id": 420 + q})
+        annotations.append({"question_id": 420 + q, "image_id": image_id, "answer_type": kind,
+                            "question_type": "what", "multiple_choice_answer": answer,
+                            "answers": [{"answer": answer, "answer_confidence": "yes", "answer_id": i + 1}
+                                        for i in range(8)] + [{"answer": "no idea", "answer_confidence": "no",
+                                                               "answer_id": i} for i in (9, 10)]})
+    (root / "v2_OpenEnded_mscoco_val2014_questions.json").write_text(json.dumps({"questions": questions}))
+    (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps({"annotations": annotations}))
+    return root
+
+
 def write_coco_captions(root: Path, items: int = 3) -> Path:
     """`items` captioned images (the first with two captions, listed out of id order) and one without a caption."""
     (root / "annotations").mkdir(parents=True, exist_ok=True)
@@ -228,6 +248,7 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "textvqa": write_textvqa,
     "mme": write_mme,
     "scienceqa-img": write_scienceqa_img,
+    "vqav2": write_vqav2,
     "coco-captions": write_coco_captions,
 }
 

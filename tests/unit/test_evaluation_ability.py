@@ -227,7 +227,25 @@ def test_scienceqa_img_keeps_questions_with_an_image(standin):
         load_benchmark("scienceqa-img", root)
 
 
-@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img"])
+def test_vqav2_reads_the_official_val_files_and_scores_by_answer_type(standin):
+    root = standin("vqav2", 3)
+    benchmark = load_benchmark("vqav2", root)
+    assert [item.item_id for item in benchmark.items] == ["420", "421", "422"]
+    assert benchmark.items[0].prompt == f"Placeholder question 0?\n{SHORT_ANSWER_PROMPT}"
+    assert benchmark.categories == ["yes/no", "number", "other"]
+    assert benchmark.items[1].image_path.name == "COCO_val2014_000000000043.jpg"
+    # "2" matches the eight annotators who wrote "two"; "Red." matches "red"; "no" matches none
+    metrics = score("vqav2", list(zip(benchmark.items, ["no", "2", "Red."], strict=True)))
+    assert metrics["categories"] == {"yes/no": 0.0, "number": 100.0, "other": 100.0}
+    assert metrics["accuracy"] == pytest.approx(200 / 3)
+    annotations = json.loads((root / "v2_mscoco_val2014_annotations.json").read_text())
+    annotations["annotations"].pop(1)
+    (root / "v2_mscoco_val2014_annotations.json").write_text(json.dumps(annotations))
+    with pytest.raises(BenchmarkError, match=r"v2_mscoco_val2014_annotations\.json: no annotation of question 421"):
+        load_benchmark("vqav2", root)
+
+
+@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "coco-captions"])
 def test_an_empty_directory_names_what_is_expected(tmp_path, name):
     with pytest.raises(BenchmarkError, match=r"missing \(expected|no MME subtask folder"):
         load_benchmark(name, tmp_path)

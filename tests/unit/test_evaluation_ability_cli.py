@@ -25,7 +25,7 @@ def _args(tmp_path, tiny_models_dir, name, items=None):
             tiny_models_dir, "--device", "cpu", "--max-new-tokens", "3", "--no-progress"]
 
 
-@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img"])
+@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2"])
 def test_each_reader_runs_and_a_second_run_resumes(tmp_path, tiny_models_dir, name, monkeypatch):
     args = _args(tmp_path, tiny_models_dir, name, 2)
     result = _invoke(*args, "--json")
@@ -85,6 +85,10 @@ def test_mmbench_scores_the_answers_against_the_ground_truth(tmp_path, tiny_mode
         ("mme", lambda d: (d / "existence" / "000000000000.txt").write_text("no tab here\n"),
          "000000000000.txt, line 1: expected question<TAB>Yes|No"),
         ("scienceqa-img", lambda d: (d / "problems.json").unlink(), "problems.json: missing (expected"),
+        ("vqav2", lambda d: (d / "v2_OpenEnded_mscoco_val2014_questions.json").write_text('{"questions": 1}'),
+         "questions.json: expected an object with a `questions` list"),
+        ("coco-captions", lambda d: (d / "annotations" / "captions_val2017.json").write_text("[]"),
+         "captions_val2017.json: expected an object with `images` and `annotations`"),
     ],
 )
 def test_malformed_files_exit_2_in_one_line_and_nothing_runs(tmp_path, tiny_models_dir, name, break_it, message):
