@@ -174,3 +174,37 @@ def ability_markdown(tables: Sequence[Mapping[str, Any]]) -> str:
             lines.append(f"VQA accuracy over {table['vanilla'].get('answers', 0)} answers: vanilla "
                          f"{_cell(table['vanilla'].get('accuracy'))}, ETA {_cell(table['eta'].get('accuracy'))}.")
     return "\n".join(lines) + "\n"
+
+
+def read_ability_tables(paths: Sequence[str]) -> list[dict[str, Any]]:
+    """The general-ability tables of finished runs: each path an `--out-dir` or its `table.json`.
+
+    Raises:
+        ValueError: a path without a readable table.json, or one that is not a general-ability table.
+    """
+    import json
+    from pathlib import Path
+
+    tables = []
+    for name in paths:
+        path = Path(name)
+        path = path / "table.json" if path.is_dir() else path
+        try:
+            loaded = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise ValueError(f"{path}: not a readable table.json ({exc})") from None
+        for table in loaded if isinstance(loaded, list) else [loaded]:
+            if not isinstance(table, dict) or table.get("kind") != "ability":
+                raise ValueError(f"{path}: not a general-ability table (written by eta eval --benchmark mmbench, ...)")
+            tables.append(table)
+    return tables
+
+
+if __name__ == "__main__":  # pragma: no cover - exercised through main() in the tests
+    import sys
+
+    try:
+        print(ability_markdown(read_ability_tables(sys.argv[1:])), end="")
+    except ValueError as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -317,3 +317,26 @@ def test_thresholds_for_a_target_benign_aligned_rate_by_hand():
     assert loose["move_tau_pre"]["tau_pre"] == 0.10 and loose["move_tau_post"]["tau_post"] == 0.10
     with pytest.raises(ValueError, match="within"):
         thresholds_for_aligned_rate(scores, tau_pre=0.16, tau_post=0.06, target=1.5)
+
+
+def test_finished_runs_combine_into_one_table(tmp_path):
+    import json as json_module
+
+    from eta.benchmarks.ability_table import ability_markdown, read_ability_tables
+
+    items = [_item("1", index=1, answer="A", options=["x", "y"])]
+    record = {"1": {"vanilla_response": "A", "response": "B", "aligned": True, "pre_unsafe": True,
+                    "post_unsafe": True}}
+    (tmp_path / "mmbench").mkdir()
+    (tmp_path / "mmbench" / "table.json").write_text(json_module.dumps([build_ability_table("mmbench", items,
+                                                                                            record)]))
+    text_item = [_item("t", answers=["cat"] * 10)]
+    (tmp_path / "textvqa.json").write_text(json_module.dumps(build_ability_table(
+        "textvqa", text_item, {"t": {"vanilla_response": "cat", "response": "cat", "aligned": False,
+                                     "pre_unsafe": False, "post_unsafe": False}})))
+    markdown = ability_markdown(read_ability_tables([str(tmp_path / "mmbench"), str(tmp_path / "textvqa.json")]))
+    assert "| mmbench | circular_accuracy | 1 | 100.00 | 0.00 | 64.60 | 64.69 | 100.00 | 100.00 | 100.00 |" in markdown
+    assert "| textvqa | accuracy | 1 | 100.00 | 100.00 |  |  | 0.00 | 0.00 | 0.00 |" in markdown
+    (tmp_path / "safety.json").write_text(json_module.dumps([{"benchmark": "figstep", "rows": []}]))
+    with pytest.raises(ValueError, match="safety.json: not a general-ability table"):
+        read_ability_tables([str(tmp_path / "safety.json")])
