@@ -114,7 +114,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float, batch_size: int, as_json: bool,
                  no_progress: bool, **options: Any) -> None:
     """Run ETA on every line of DATASET (JSONL: image, prompt, optional label) and summarise; or, with
-    --benchmark and --data, on one of the paper's safety benchmarks, judged by --judge, beside the paper's table.
+    --benchmark and --data, on one of the paper's benchmarks beside the paper's numbers: a safety benchmark judged
+    by --judge, a general-ability one scored by its own metric (helpfulness by --judge-url on either).
 
     Unsafe rate by refusal-phrase matching, aligned rate, mean scores per label and, with labels, the
     pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
