@@ -35,6 +35,8 @@ GENERAL_ABILITY_CITATION = ("Ding, Li, Zhang. ETA (ICLR 2025, arXiv:2410.06625),
 # paper's text (its abstract-level claim "MMBench 64.60 -> 64.69"); the paper also reports MME, ScienceQA,
 # TextVQA, VQAv2 and MMMU-Pro, but its tables were not readable from here and its code repository does not
 # restate them, so those cells stay empty rather than guessed.
+# The paper's MMBench figure comes from MMBench's evaluation server (its scripts/eta_mmbench.sh uploads the dev
+# answers), which scores with CircularEval: it sits beside the CircularEval accuracy.
 PAPER_GENERAL_ABILITY: dict[str, dict[str, dict[str, float]]] = {
     "mmbench": {"llava-1.5-7b": {"vanilla": 64.60, "eta": 64.69}},
 }
