@@ -3,8 +3,9 @@
 - Bodies: JSON (and multipart/form-data where a route takes uploads) only; anything else is a 415.
 - JSON: nesting deeper than `MAX_JSON_DEPTH` is refused as malformed (a deep document would otherwise
   exhaust the parser's recursion, and is never a valid request).
-- Strict UTF-8: the query string must be valid UTF-8, and invalid bytes in a multipart text field reach
-  the text check (which refuses them) instead of being replaced with U+FFFD and stored.
+- Strict UTF-8: the query string must be valid UTF-8, and invalid bytes in a multipart or urlencoded text
+  field reach the text check (which refuses them) instead of being replaced with U+FFFD (or kept as `%FF`
+  text) and stored.
 """
 
 from __future__ import annotations
@@ -116,6 +117,14 @@ class _StrictFormDataParser(FormDataParser):
             raise ValueError("Missing boundary")
         form, files = parser.parse(stream, boundary, content_length)
         return stream, form, files
+
+    def _parse_urlencoded(self, stream: Any, mimetype: str, content_length: int | None,
+                          options: dict[str, str]) -> Any:
+        # Werkzeug leaves an invalid percent-encoded sequence as its literal `%FF` text (and a raw invalid
+        # byte fails the whole decode): keep invalid bytes as lone surrogates instead, for the text check.
+        text = stream.read().decode("utf-8", "surrogateescape")
+        items = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
+        return stream, self.cls(items), self.cls()
 
 
 class StrictRequest(Request):
