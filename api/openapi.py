@@ -169,11 +169,10 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             for status in statuses:
                 responses.setdefault(status, {})
             if method == "get" and operation.get("parameters"):
-                # gunicorn's own answer to a request line over its limit (before the application sees it).
-                responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit",
-                                    "content": {"text/html": {"schema": {"type": "string"}}}}
+                # gunicorn's own answer to a request line over its limit (a problem document: api.server_errors).
+                responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit"}
             for status, response in responses.items():
-                if status[0] in "45" and status != "414":
+                if status[0] in "45":
                     response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
                     response["content"] = dict(problem_content)
                 if status in ("429", "503"):

@@ -10,7 +10,13 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import os
 import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -268,11 +274,170 @@ def test_line_breaks_in_one_line_fields_are_a_400(client, tenant, flagged_job, f
     _assert_review_400(answer, field, "line break")
 
 
-def _png() -> bytes:
+# ------------------------------------------------------------------ item 7: duplicate multipart parts
+def _png(colour: tuple[int, int, int] = (200, 10, 10)) -> bytes:
     buffer = io.BytesIO()
-    Image.new("RGB", (4, 4), (200, 10, 10)).save(buffer, "PNG")
+    Image.new("RGB", (4, 4), colour).save(buffer, "PNG")
     return buffer.getvalue()
 
 
-def _gzip(data: bytes) -> bytes:
-    return gzip.compress(data)
+MANIFEST_A = b'{"prompt": "First?", "image": "a.png"}\n'
+MANIFEST_B = b'{"prompt": "Second?"}\n{"prompt": "Third?"}\n'
+
+
+@pytest.mark.parametrize(("path", "parts", "field"), [
+    ("/v1/batches", [("manifest", MANIFEST_A, "m1.jsonl"), ("manifest", MANIFEST_B, "m2.jsonl"),
+                     ("files", _png(), "a.png")], "manifest"),
+    ("/v1/batches", [("manifest", MANIFEST_A, "m1.jsonl"), ("manifest", MANIFEST_B), ("files", _png(), "a.png")],
+     "manifest"),
+    ("/v1/batches", [("manifest", MANIFEST_A, "m.jsonl"), ("files", _png(), "a.png"),
+                     ("files", _png((1, 2, 3)), "a.png")], "files"),
+    ("/v1/batches", [("manifest", MANIFEST_B, "m.jsonl"), ("params", b"{}"), ("params", b'{"tau_pre": 1}')],
+     "params"),
+    ("/v1/batches", [("manifest", MANIFEST_B, "m.jsonl"), ("callback_url", b"https://example.test/a"),
+                     ("callback_url", b"https://example.test/b")], "callback_url"),
+    ("/v1/jobs", [("prompt", b"Hi?"), ("image", _png(), "a.png"), ("image", _png((1, 2, 3)), "b.png")], "image"),
+    ("/v1/jobs", [("prompt", b"Hi?"), ("image", _png(), "a.png"), ("image", _png())], "image"),
+    ("/v1/jobs", [("prompt", b"Hi?"), ("prompt", b"Other?")], "prompt"),
+    ("/v1/jobs", [("prompt", b"Hi?"), ("custom_id", b"a"), ("custom_id", b"b")], "custom_id"),
+])
+def test_a_repeated_part_is_a_422_naming_it(client, tenant, unchanged, path, parts, field):
+    answer = client.post(path, headers=tenant.auth(), **_multipart(*parts))
+    assert answer.status_code == 422, answer.get_json()
+    problem = answer.get_json()
+    assert problem["code"] == "duplicate_part" and answer.mimetype == PROBLEM
+    assert [e["field"] for e in problem["errors"]] == [field], problem
+
+
+def test_several_files_of_distinct_names_are_still_one_batch(client, tenant):
+    manifest = b'{"prompt": "A?", "image": "a.png"}\n{"prompt": "B?", "image": "b.png"}\n'
+    answer = client.post("/v1/batches", headers=tenant.auth(), **_multipart(
+        ("manifest", manifest, "m.jsonl"), ("files", _png(), "a.png"), ("files", _png((1, 2, 3)), "b.png")))
+    assert answer.status_code == 202, answer.get_json()
+    assert answer.get_json()["total"] == 2
+
+
+def test_duplicate_parts_are_not_parsed_for_an_anonymous_client(client, unchanged):
+    answer = client.post("/v1/jobs", **_multipart(("prompt", b"Hi?"), ("prompt", b"Other?")))
+    assert answer.status_code == 401
+
+
+# --------------------------------------------------------- item 7: JSON in UTF-8 only, no content coding
+JOB = json.dumps({"prompt": "What is this?"})
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-32-le", "utf-32-be"])
+def test_a_json_body_not_in_utf8_is_refused(client, tenant, unchanged, encoding):
+    for path, body in (("/v1/jobs", JOB), ("/v1/batches", json.dumps({"items": [{"prompt": "Hi?"}]}))):
+        answer = client.post(path, headers=tenant.auth(), data=body.encode(encoding), content_type="application/json")
+        assert answer.status_code == 415, (path, answer.get_data()[:300])
+        assert answer.get_json()["code"] == "unsupported_charset"
+        assert "UTF-8" in answer.get_json()["detail"]
+
+
+@pytest.mark.parametrize("charset", ["utf-16", "latin-1", "UTF-32"])
+def test_a_json_body_declaring_another_charset_is_refused(client, tenant, unchanged, charset):
+    answer = client.post("/v1/jobs", headers=tenant.auth(), data=JOB.encode(),
+                         content_type=f"application/json; charset={charset}")
+    assert answer.status_code == 415, answer.get_data()[:300]
+    assert answer.get_json()["code"] == "unsupported_charset"
+
+
+@pytest.mark.parametrize("content_type", ["application/json; charset=utf-8", "application/json; charset=UTF-8",
+                                          "application/json"])
+def test_a_utf8_json_body_is_accepted(client, tenant, content_type):
+    answer = client.post("/v1/jobs", headers=tenant.auth(), data=JOB.encode(), content_type=content_type)
+    assert answer.status_code == 202, answer.get_data()[:300]
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate", "br", "identity, gzip"])
+def test_a_content_coded_body_is_refused(client, tenant, flagged_job, unchanged, coding):
+    compressed = gzip.compress(JOB.encode())
+    for path, body, content_type in (
+            ("/v1/jobs", compressed, "application/json"),
+            ("/v1/batches", gzip.compress(json.dumps({"items": [{"prompt": "Hi?"}]}).encode()), "application/json"),
+            (f"/v1/jobs/{flagged_job}/review", gzip.compress(b'{"verdict": "false_positive"}'), "application/json"),
+            ("/v1/jobs", gzip.compress(_multipart(("prompt", b"Hi?"))["data"]),
+             _multipart(("prompt", b"Hi?"))["content_type"])):
+        answer = client.post(path, headers={**tenant.auth("admin"), "Content-Encoding": coding}, data=body,
+                             content_type=content_type)
+        assert answer.status_code == 415, (path, answer.get_data()[:300])
+        assert answer.get_json()["code"] == "unsupported_content_encoding"
+        assert answer.headers["Accept-Encoding"] == "identity"
+
+
+def test_an_identity_content_coding_is_plain(client, tenant):
+    answer = client.post("/v1/jobs", headers={**tenant.auth(), "Content-Encoding": "identity"}, json={"prompt": "Hi?"})
+    assert answer.status_code == 202
+
+
+# ------------------------------------------------------------ item 7: gunicorn's refusals as problems
+ETA = str(Path(sys.executable).with_name("eta"))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
+    """`eta serve` as a user starts it (gunicorn, its embedded SQLite database); yields the port."""
+    data_dir = tmp_path_factory.mktemp("served")
+    env = {k: v for k, v in os.environ.items()
+           if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY"))}
+    env["ETA_DATA_DIR"] = str(data_dir)
+    subprocess.run([ETA, "db", "upgrade"], env=env, check=True, capture_output=True)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (data_dir / "serve.log").open("wb")
+    server = subprocess.Popen([ETA, "serve", "--port", str(port), "--workers", "1", "--threads", "2"], env=env,
+                              stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2):  # noqa: S310
+                    break
+            except OSError:
+                assert time.monotonic() < deadline and server.poll() is None, "eta serve did not start"
+                time.sleep(0.2)  # polling the server's readiness, not waiting for a fixed time
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()
+
+
+def _raw(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+        sock.sendall(request)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:] if ": " in line)
+    return int(lines[0].split()[1]), {k.lower(): v for k, v in headers.items()}, body
+
+
+@pytest.mark.parametrize(("name", "request_bytes", "status", "code"), [
+    ("request line over the limit", b"GET /v1/jobs?cursor=" + b"A" * 6000 + b" HTTP/1.1\r\nHost: x\r\n\r\n",
+     414, "uri_too_long"),
+    ("header field over the limit", b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"b" * 9000 + b"\r\n\r\n",
+     431, "header_fields_too_large"),
+    ("too many header fields", b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+     + b"".join(b"X-H%d: v\r\n" % i for i in range(120)) + b"\r\n", 431, "header_fields_too_large"),
+    ("malformed request line", b"GARBAGE\r\n\r\n", 400, "bad_request"),
+    ("invalid header name", b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Name: v\r\n\r\n", 400, "bad_request"),
+    ("unknown transfer coding", b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: foo, chunked\r\n"
+     b"Content-Type: application/json\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_coding"),
+    # gunicorn itself passes a gzip transfer-coded body on, still compressed: the application refuses it.
+    ("gzip transfer coding", b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n"
+     b"Content-Type: application/json\r\n\r\n0\r\n\r\n", 501, "unsupported_transfer_coding"),
+])
+def test_gunicorns_own_refusals_are_problem_documents(served, name, request_bytes, status, code):
+    answered, headers, body = _raw(served, request_bytes)
+    assert answered == status, (name, answered, body[:300])
+    assert headers["content-type"] == PROBLEM, headers
+    problem = json.loads(body)
+    assert (problem["status"], problem["code"]) == (status, code), problem
+    assert problem["detail"]
+    # The server is still there for the next client.
+    assert _raw(served, b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")[0] == 200
