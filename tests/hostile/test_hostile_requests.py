@@ -203,6 +203,15 @@ def test_a_next_inside_the_review_pages_is_followed(client, tenant, flagged_job)
     assert answer.headers["Location"].endswith(f"/review/jobs/{flagged_job}?back=/review/")
 
 
+@pytest.mark.parametrize("back", ["//evil.test/review/", "/review/../v1/jobs", "https://evil.test/"])
+def test_the_job_page_links_back_only_inside_the_review_pages(client, tenant, flagged_job, back):
+    _sign_in(client, tenant.keys["review"])
+    page = client.get(f"/review/jobs/{flagged_job}", query_string={"back": back})
+    assert page.status_code == 200
+    links = re.findall(r'href="([^"]*)" id="back"', page.get_data(as_text=True))
+    assert links == ["/review/"], links
+
+
 def test_a_verdict_note_with_a_nul_byte_is_refused_on_every_database(client, tenant, flagged_job, unchanged):
     token = _sign_in(client, tenant.keys["review"])
     unchanged()
