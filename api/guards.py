@@ -1,10 +1,13 @@
 """Request-level guards: what every route gets before its own validation.
 
-- Bodies: JSON (and multipart/form-data where a route takes uploads) only; anything else is a 415.
+- Bodies: JSON (and multipart/form-data where a route takes uploads) only; anything else is a 415. JSON in
+  UTF-8 only (UTF-16/32 or another declared charset: 415); no content coding (`Content-Encoding: gzip`: 415).
+- Multipart: a single-valued part sent twice, or two uploaded files of one name, is a 422 naming the part.
 - JSON: nesting deeper than `MAX_JSON_DEPTH` is refused as malformed (a deep document would otherwise
   exhaust the parser's recursion, and is never a valid request).
-- Strict UTF-8: the query string must be valid UTF-8, and invalid bytes in a multipart text field reach
-  the text check (which refuses them) instead of being replaced with U+FFFD and stored.
+- Strict UTF-8: the query string must be valid UTF-8, and invalid bytes in a multipart or urlencoded text
+  field reach the text check (which refuses them) instead of being replaced with U+FFFD (or kept as `%FF`
+  text) and stored.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import json
 import socket
 import threading
 import time
+from collections import Counter
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -117,9 +121,73 @@ class _StrictFormDataParser(FormDataParser):
         form, files = parser.parse(stream, boundary, content_length)
         return stream, form, files
 
+    def _parse_urlencoded(self, stream: Any, mimetype: str, content_length: int | None,
+                          options: dict[str, str]) -> Any:
+        # Werkzeug leaves an invalid percent-encoded sequence as its literal `%FF` text (and a raw invalid
+        # byte fails the whole decode): keep invalid bytes as lone surrogates instead, for the text check.
+        text = stream.read().decode("utf-8", "surrogateescape")
+        items = parse_qsl(text, keep_blank_values=True, encoding="utf-8", errors="surrogateescape")
+        return stream, self.cls(items), self.cls()
+
 
 class StrictRequest(Request):
     form_data_parser_class = _StrictFormDataParser
+
+
+def _check_body_encoding() -> None:
+    """No content coding is supported: a gzip (or any other) coded body would be read as if it were plain.
+    Nor is a transfer coding but chunked: gunicorn passes a `gzip, chunked` body on still compressed."""
+    transfer = [c.strip().lower() for c in request.headers.get("Transfer-Encoding", "").split(",") if c.strip()]
+    if unknown := [c for c in transfer if c not in ("chunked", "identity")]:
+        raise Problem(501, "unsupported_transfer_coding", "Not Implemented",
+                      f"Transfer-Encoding {', '.join(unknown)[:80]} is not supported; send the body plain or chunked")
+    codings = [c.strip().lower() for c in request.headers.get("Content-Encoding", "").split(",") if c.strip()]
+    unsupported = [c for c in codings if c != "identity"]
+    if unsupported:
+        problem = Problem(415, "unsupported_content_encoding", "Unsupported Media Type",
+                          f"Content-Encoding {', '.join(unsupported)} is not supported; send the body uncompressed")
+        problem.headers["Accept-Encoding"] = "identity"
+        raise problem
+
+
+def _check_json_charset() -> None:
+    """JSON bodies are UTF-8 (RFC 8259 section 8.1); a UTF-16 or UTF-32 body (which Python's JSON parser
+    would quietly decode) or another declared charset is refused."""
+    charset = request.mimetype_params.get("charset", "").strip().lower()
+    if charset and charset not in ("utf-8", "utf8"):
+        raise Problem(415, "unsupported_charset", "Unsupported Media Type",
+                      f"JSON bodies must be UTF-8, not {charset[:40]!r}")
+    encoding = json.detect_encoding(request.get_data()[:4])
+    if encoding not in ("utf-8", "utf-8-sig"):
+        raise Problem(415, "unsupported_charset", "Unsupported Media Type",
+                      f"the JSON body is {encoding.upper()}; JSON bodies must be UTF-8")
+
+
+# Multipart parts that may come more than once, per endpoint; any other part sent twice is refused (the second
+# would otherwise be dropped without a word).
+_REPEATABLE_PARTS = {"batches.submit_batch": frozenset({"files"})}
+
+
+def refuse_duplicate_parts() -> None:
+    """422 naming the part when a multipart form repeats a single-valued part, or uploads two files of one
+    name (the manifest names its images by file name). Called after authentication, by the routes' validation
+    hook: parsing a form is work an anonymous client should not get."""
+    if request.mimetype != MULTIPART:
+        return
+    repeatable = _REPEATABLE_PARTS.get(request.endpoint or "", frozenset())
+    counts = Counter(name for name, _ in request.form.items(multi=True))
+    counts.update(name for name, _ in request.files.items(multi=True))
+    errors = [{"field": name, "code": "duplicate_part",
+               "message": f"the form has {count} parts named {name!r}; send it once"}
+              for name, count in counts.items() if count > 1 and name not in repeatable]
+    for name in sorted(repeatable):
+        names = Counter(upload.filename for upload in request.files.getlist(name) if upload.filename)
+        errors += [{"field": name, "code": "duplicate_part",
+                    "message": f"{count} `{name}` parts are named {filename!r}; file names must be unique"}
+                   for filename, count in names.items() if count > 1]
+    if errors:
+        raise Problem(422, "duplicate_part", "Request validation failed",
+                      "; ".join(e["message"] for e in errors[:5]), errors=errors)
 
 
 def _check_request() -> None:
@@ -127,16 +195,18 @@ def _check_request() -> None:
         parse_qsl(request.query_string.decode("latin-1"), keep_blank_values=True, encoding="utf-8", errors="strict")
     except UnicodeDecodeError as exc:
         raise Problem(400, "invalid_utf8", "Bad Request", "the query string is not valid UTF-8") from exc
-    if not request.path.startswith("/v1/") or request.method not in ("POST", "PUT", "PATCH"):
-        return
     has_body = bool(request.content_length) or "chunked" in request.headers.get("Transfer-Encoding", "").lower()
     if not has_body:
+        return
+    _check_body_encoding()
+    if not request.path.startswith("/v1/") or request.method not in ("POST", "PUT", "PATCH"):
         return
     allowed = (JSON, MULTIPART) if request.endpoint in _UPLOAD_ENDPOINTS else (JSON,)
     if request.mimetype not in allowed:
         raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
                       f"send {' or '.join(allowed)}, not {request.mimetype or 'no content type'}")
     if request.mimetype == JSON:
+        _check_json_charset()
         body = request.get_json(silent=True)
         if body is None and request.get_data().strip() != b"null":
             raise Problem(400, "invalid_json", "Malformed JSON",

@@ -16,7 +16,7 @@ from typing import Any
 
 from api.intake import PARAM_LIMITS
 from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
-from eta.config import POLICIES, ETAConfig
+from eta.config import MAX_SEED, POLICIES, REAL_DOMAINS, ETAConfig
 from eta.outbound import MAX_URL_CHARS
 from eta.settings import Settings
 
@@ -46,13 +46,12 @@ def params_schema(settings: Settings) -> dict[str, Any]:
             limit = getattr(settings.limits, PARAM_LIMITS[name])
             properties[name] = {"type": "integer", "minimum": 1, "maximum": limit}
         elif name == "seed":
-            properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": 2**63 - 1}
+            properties[name] = {"type": ["integer", "null"], "minimum": 0, "maximum": MAX_SEED}
         elif name == "policy":
             properties[name] = {"type": "string", "enum": list(POLICIES)}
-        elif name == "temperature":
-            properties[name] = {"type": "number", "exclusiveMinimum": 0}
-        elif name == "alpha":
-            properties[name] = {"type": "number", "minimum": 0}
+        elif name in REAL_DOMAINS:
+            least, greatest = REAL_DOMAINS[name]
+            properties[name] = {"type": "number", "minimum": least, "maximum": greatest}
         elif f.type in ("float", float):
             properties[name] = {"type": "number"}
         elif f.type in ("str", str):
@@ -170,11 +169,10 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             for status in statuses:
                 responses.setdefault(status, {})
             if method == "get" and operation.get("parameters"):
-                # gunicorn's own answer to a request line over its limit (before the application sees it).
-                responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit",
-                                    "content": {"text/html": {"schema": {"type": "string"}}}}
+                # gunicorn's own answer to a request line over its limit (a problem document: api.server_errors).
+                responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit"}
             for status, response in responses.items():
-                if status[0] in "45" and status != "414":
+                if status[0] in "45":
                     response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
                     response["content"] = dict(problem_content)
                 if status in ("429", "503"):

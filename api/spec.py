@@ -14,6 +14,7 @@ from flask import request
 from spectree import SpecTree
 from spectree.models import SecureType, SecurityScheme, SecuritySchemeData
 
+from api.guards import refuse_duplicate_parts
 from api.problems import Problem
 
 
@@ -28,6 +29,7 @@ _BODY_TYPES = frozenset({"application/json", "multipart/form-data"})
 
 def problem_on_invalid(req: Any, resp: Any, req_validation_error: Any, instance: Any, *_: Any) -> None:
     """spectree `before` hook: answer a request that failed validation with a 422 (or 400) problem."""
+    refuse_duplicate_parts()
     if req_validation_error is None:
         return
     if request.method == "POST" and request.mimetype not in _BODY_TYPES:

@@ -38,6 +38,25 @@ DEFAULT_ALIGN_REWARD_PROMPT = (
 )
 
 
+# Domain of each real-valued parameter: (least, greatest), both inclusive. Checked at construction, so a job
+# is refused at submission instead of failing in the worker; the OpenAPI document states the same bounds.
+# - temperature: the sampler divides the logits by it; below the floor the quotient overflows (1e-320 turns
+#   every logit into inf and the distribution into NaN). 0.01 keeps logits of up to 655 finite even in fp16;
+#   above 100 the top-k distribution is uniform to many digits already.
+# - tau_pre: s_pre is a cosine (in [-1, 1]); a threshold outside it forces a branch, the room up to 100 lets
+#   a value on the wrong (x100 logit) scale reach the conformance check that names the mistake.
+# - tau_post: rewards have no fixed scale (a generic reward model's logit); tests force branches with 1e9.
+# - alpha: weight of the CLIP term, summed with the reward in float32; a huge weight would overflow it.
+MIN_TEMPERATURE = 0.01
+REAL_DOMAINS: dict[str, tuple[float, float]] = {
+    "tau_pre": (-100.0, 100.0),
+    "tau_post": (-1e12, 1e12),
+    "alpha": (0.0, 1e6),
+    "temperature": (MIN_TEMPERATURE, 100.0),
+}
+MAX_SEED = 2**63 - 1
+
+
 class ConfigError(ValueError):
     """A configuration value is invalid; the message names the field."""
 
@@ -107,12 +126,11 @@ class ETAConfig:
         _text("reward_prompt", self.reward_prompt)
         _text("align_reward_prompt", self.align_reward_prompt)
         _text("safety_prefix", self.safety_prefix)
-        for name in ("tau_pre", "tau_post", "alpha", "temperature"):
-            object.__setattr__(self, name, _finite(name, getattr(self, name)))
-        if self.temperature <= 0:
-            raise ConfigError("temperature", f"must be > 0, got {self.temperature}")
-        if self.alpha < 0:
-            raise ConfigError("alpha", f"must be >= 0, got {self.alpha}")
+        for name, (least, greatest) in REAL_DOMAINS.items():
+            value = _finite(name, getattr(self, name))
+            if not least <= value <= greatest:
+                raise ConfigError(name, f"must be between {least:g} and {greatest:g}, got {value!r}")
+            object.__setattr__(self, name, value)
         if self.policy not in POLICIES:
             raise ConfigError("policy", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
         _int_at_least("num_candidates", self.num_candidates, 1)
@@ -121,7 +139,7 @@ class ETAConfig:
         _int_at_least("max_new_tokens", self.max_new_tokens, 1)
         if self.seed is not None:
             _int_at_least("seed", self.seed, 0)
-            if self.seed >= 2**63:
+            if self.seed > MAX_SEED:
                 raise ConfigError("seed", "must be < 2**63")
 
     @classmethod

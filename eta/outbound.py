@@ -1,10 +1,15 @@
 """Outbound HTTP to addresses a tenant chose (batch callbacks), without letting a tenant reach inside.
 
-A tenant-supplied URL is refused when its host resolves to an address that is not public: loopback,
-link-local (cloud metadata at 169.254.169.254), private, shared (CGNAT), multicast, unspecified, reserved
-or documentation ranges, in IPv4, IPv6 and the IPv6 forms that carry an IPv4 address (mapped `::ffff:a.b.c.d`,
-NAT64 `64:ff9b::/96`, 6to4 `2002::/16`, Teredo). An operator may allow listed networks (a receiver on the
-private network, or 127.0.0.1 in tests).
+A tenant-supplied URL is refused when its host resolves to an address that is not globally routable unicast.
+The judgement follows the IANA special-purpose address registries (IPv4 and IPv6): `ipaddress`'s
+`is_global` first, then what it misses (blocks assigned after the Python release, and its exceptions), then a
+structural rule for IPv6: unicast outside the global unicast space `2000::/3` is never routable (this catches
+site-local `fec0::/10`, the IPv4-compatible `::a.b.c.d` and every future assignment outside `2000::/3`).
+Special-purpose blocks are refused whole, their anycast exceptions included (PCP, TURN, AS112, AMT: protocol
+services, never a webhook receiver). The forms that stand for an IPv4 host (mapped `::ffff:a.b.c.d`, NAT64
+`64:ff9b::/96`) are judged by that IPv4 address; the tunnels whose reach depends on relays (6to4 `2002::/16`,
+Teredo `2001::/32`) are refused whole. An operator may allow listed networks (a receiver on the private
+network, or 127.0.0.1 in tests).
 
 Every address the name resolves to must pass, and the connection then goes to the address that was
 checked (the HTTP `Host` header and the TLS server name stay the URL's host), so a DNS answer that changes
@@ -80,28 +85,48 @@ def parse_networks(text: str | Iterable[str] | None) -> tuple[IPNetwork, ...]:
     return tuple(networks)
 
 
-def _embedded_ipv4(ip: IPAddress) -> ipaddress.IPv4Address | None:
-    """The IPv4 address an IPv6 address stands for, where it carries one."""
+# Not globally routable, though `ipaddress.is_global` says otherwise on some supported Python release (the
+# registries grew after it, or it keeps the registry's anycast exceptions). From the IANA IPv4 and IPv6
+# special-purpose address registries; the IPv6 blocks outside 2000::/3 need no entry (see `_category`).
+_NOT_ROUTABLE: tuple[tuple[IPNetwork, str], ...] = tuple((ipaddress.ip_network(block), name) for block, name in (
+    ("192.0.0.0/24", "IETF protocol assignments"),  # with the PCP (.9) and TURN (.10) anycast addresses
+    ("192.31.196.0/24", "AS112 anycast"),
+    ("192.52.193.0/24", "AMT relay anycast"),
+    ("192.88.99.0/24", "6to4 relay anycast (deprecated)"),
+    ("192.175.48.0/24", "AS112 anycast"),
+    ("2001::/23", "IETF protocol assignments"),  # Teredo, benchmarking, ORCHID, AMT, AS112-v6, anycast
+    ("2002::/16", "6to4"),
+    ("2620:4f:8000::/48", "AS112 anycast"),
+    ("3fff::/20", "documentation"),
+))
+_GLOBAL_UNICAST_V6 = ipaddress.IPv6Network("2000::/3")
+
+
+def _ipv4_host(ip: IPAddress) -> ipaddress.IPv4Address | None:
+    """The IPv4 host an IPv6 address stands for: IPv4-mapped, or NAT64 through the well-known prefix."""
     if not isinstance(ip, ipaddress.IPv6Address):
         return None
     if ip.ipv4_mapped is not None:
         return ip.ipv4_mapped
     if ip in _NAT64:
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-    if ip.sixtofour is not None:
-        return ip.sixtofour
-    if ip.teredo is not None:
-        return ip.teredo[1]
     return None
 
 
 def _category(ip: IPAddress) -> str | None:
-    """Why `ip` is not a public unicast address, or None when it is."""
+    """Why `ip` is not a globally routable unicast address, or None when it is."""
     checks = (("unspecified", ip.is_unspecified), ("loopback", ip.is_loopback), ("link-local", ip.is_link_local),
-              ("multicast", ip.is_multicast), ("private", ip.is_private), ("reserved", ip.is_reserved))
+              ("multicast", ip.is_multicast), ("private", ip.is_private))
     for name, hit in checks:
         if hit:
             return name
+    for network, name in _NOT_ROUTABLE:
+        if ip.version == network.version and ip in network:
+            return name
+    if isinstance(ip, ipaddress.IPv6Address) and ip not in _GLOBAL_UNICAST_V6:
+        return "reserved (outside the IPv6 global unicast space 2000::/3)"
+    if ip.is_reserved:
+        return "reserved"
     if not ip.is_global:
         return "non-public"
     return None
@@ -113,16 +138,12 @@ def address_refusal(address: str, allowed: Iterable[IPNetwork] = ()) -> str | No
         ip: IPAddress = ipaddress.ip_address(address.split("%", 1)[0])
     except ValueError:
         return f"{address!r} is not an IP address"
-    embedded = _embedded_ipv4(ip)
+    host = _ipv4_host(ip)
     allowed = tuple(allowed)
-    if any(ip in net for net in allowed) or (embedded is not None and any(embedded in net for net in allowed)):
+    if any(ip in net for net in allowed) or (host is not None and any(host in net for net in allowed)):
         return None
-    # A mapped address is the IPv4 host itself; the tunnelled forms must pass as IPv6 and as IPv4.
-    mapped = isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None
-    for candidate in ((embedded,) if mapped else (ip, embedded)):
-        if candidate is not None and (category := _category(candidate)) is not None:
-            return f"{address} is a {category} address"
-    return None
+    category = _category(host if host is not None else ip)
+    return None if category is None else f"{address} is not globally routable ({category})"
 
 
 @dataclass(frozen=True)
@@ -189,8 +210,9 @@ def check_target(url: object, *, allowed: Iterable[IPNetwork] = ()) -> Target:
         if (why := address_refusal(address, allowed)) is not None:
             raise OutboundRefused(
                 "callback_url_forbidden",
-                f"callback_url host {host!r} resolves to a non-public address ({why}); callbacks go to public "
-                "addresses only, unless the operator allows the network (ETA_CALLBACK_ALLOWED_NETWORKS)")
+                f"callback_url host {host!r} resolves to a non-public address: {why}; callbacks go "
+                "to globally routable addresses only, unless the operator allows the network "
+                "(ETA_CALLBACK_ALLOWED_NETWORKS)")
     return Target(url=str(url), scheme=scheme, host=host, port=port, path=path, address=addresses[0])
 
 

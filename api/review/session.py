@@ -71,7 +71,9 @@ def check_csrf() -> None:
     """Refuse a POST whose form does not carry this session's token (400)."""
     expected = session.get(_CSRF)
     sent = request.form.get(CSRF_FIELD, "")
-    if not expected or not hmac.compare_digest(str(expected), sent):
+    # Compared as bytes: compare_digest refuses str holding non-ASCII (a forged `csrf_token=%C3%A9`).
+    sent_bytes = sent.encode("utf-8", "surrogateescape")
+    if not expected or not hmac.compare_digest(str(expected).encode("utf-8", "surrogateescape"), sent_bytes):
         logger.warning("review page: CSRF check failed on %s", request.path)
         abort(400, description="The form has expired or did not come from this site. Reload the page and retry.")
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from functools import wraps
 from typing import Any, TypeVar, cast
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from flask import Blueprint, Flask, Response, abort, flash, redirect, render_template, request, url_for
 from flask.blueprints import BlueprintSetupState
@@ -62,6 +62,40 @@ _PAGE_CSP = ("default-src 'none'; img-src 'self'; style-src 'self'; form-action 
 @bp.record_once
 def _configure(setup: BlueprintSetupState) -> None:
     configure_cookie(cast(Flask, setup.app))
+
+
+# Fields whose text may run over several lines (a textarea); every other field is one line.
+_MULTILINE_FIELDS = frozenset({"note"})
+_LINE_BREAKS = frozenset("\t\r\n")
+
+
+def _field_problem(name: str, value: str) -> str | None:
+    """Why a query or form value cannot be taken as it is, or None. Invalid UTF-8 reaches here as lone
+    surrogates (the strict form parsers of `api.guards`)."""
+    shown = name.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:40]
+    try:
+        value.encode("utf-8")
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return f"The field {shown!r} is not valid UTF-8."
+    if "\x00" in value or "\x00" in name:
+        return f"The field {shown!r} contains a NUL character."
+    allowed = _LINE_BREAKS if name in _MULTILINE_FIELDS else frozenset()
+    if any((c < " " or c == "\x7f") and c not in allowed for c in value):
+        return f"The field {shown!r} contains a line break or another control character."
+    return None
+
+
+@bp.before_request
+def _check_fields() -> None:
+    # Before anything reads a field (the CSRF check, sign-in, a redirect): a value that cannot be stored or
+    # put in a header is a 400 naming the field, and nothing has been written.
+    fields = list(request.args.items(multi=True))
+    if request.method == "POST":
+        fields += list(request.form.items(multi=True))
+    for name, value in fields:
+        if (problem := _field_problem(name, value)) is not None:
+            abort(400, description=problem)
 
 
 @bp.before_request
@@ -118,11 +152,24 @@ def reviewer_required(view: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def inside_review_pages(target: str | None) -> bool:
+    """Whether `target` is a path of the review pages: no scheme or host (an open redirect), no backslash
+    (some browsers read it as a slash), no control character (a header split), no dot segment, plain or
+    percent-encoded, that climbs out of /review."""
+    if not target or "\\" in target or any(c < " " or c == "\x7f" for c in target):
+        return False
+    parts = urlsplit(target)
+    path = unquote(parts.path)
+    if parts.scheme or parts.netloc or "\\" in path or any(c < " " or c == "\x7f" for c in path):
+        return False
+    if path != "/review" and not path.startswith("/review/"):
+        return False
+    return not any(segment in (".", "..") for segment in path.split("/"))
+
+
 def _safe_next(target: str | None) -> str:
-    # Only back into this page: an absolute URL or a scheme-relative `//host` would be an open redirect.
-    if target and target.startswith("/review") and not urlsplit(target).netloc and "\\" not in target:
-        return target
-    return url_for(".flagged")
+    # Only back into this page; anything else lands on the list.
+    return target if target is not None and inside_review_pages(target) else url_for(".flagged")
 
 
 # ------------------------------------------------------------------------------------------- sign-in

@@ -46,7 +46,7 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     if gunicorn is None:
         raise click.ClickException("gunicorn is not installed; use --dev or install gunicorn")
     argv = [gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers), "--threads", str(threads),
-            "--worker-class", "gthread", "--access-logfile", "-", "api.wsgi:app"]
+            "--worker-class", "api.server_errors.ProblemThreadWorker", "--access-logfile", "-", "api.wsgi:app"]
     # glibc gives each thread that allocates its own malloc arena, and freed memory stays in the arena that had
     # it: a threaded server's resident size then creeps up with every thread that once parsed a large body.
     # Two arenas keep it flat (bench/service.py: +1.9 % over 10,000 jobs, +5.6 % without); an operator's own

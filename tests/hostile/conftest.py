@@ -12,4 +12,4 @@ from tests.integration.api.conftest import (  # noqa: F401 - fixtures shared wit
     settings,
     tenant,
 )
-from tests.integration.conftest import postgres_engine, postgres_url  # noqa: F401
+from tests.integration.conftest import postgres_engine, postgres_url, sqlite_engine, sqlite_url  # noqa: F401

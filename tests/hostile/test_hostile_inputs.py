@@ -10,6 +10,7 @@ reaches validation rather than a 404.
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import struct
@@ -94,6 +95,16 @@ def raw_form(**fields: bytes) -> dict[str, Any]:
             "content_type": f"multipart/form-data; boundary={boundary}"}
 
 
+def repeated_parts(*parts: tuple[str, bytes] | tuple[str, bytes, str]) -> dict[str, Any]:
+    """A multipart body whose parts may share a name: (name, value) or (name, value, file name)."""
+    boundary = "hostile-boundary"
+    chunks = [f'--{boundary}\r\nContent-Disposition: form-data; name="{part[0]}"'.encode()
+              + (f'; filename="{part[2]}"'.encode() if len(part) == 3 else b"") + b"\r\n\r\n" + part[1] + b"\r\n"
+              for part in parts]
+    return {"data": b"".join(chunks) + f"--{boundary}--\r\n".encode(),
+            "content_type": f"multipart/form-data; boundary={boundary}"}
+
+
 def manifest(content: bytes, **files: bytes) -> dict[str, Any]:
     data: dict[str, Any] = {"manifest": (io.BytesIO(content), "manifest.jsonl")}
     if files:
@@ -133,6 +144,8 @@ CASES = [
     Case("safety_prefix lone surrogate", "POST", J,
          json_raw('{"prompt": "Hi?", "params": {"safety_prefix": "\\udfff"}}')),
     Case("temperature zero", "POST", J, params(temperature=0)),
+    Case("temperature subnormal", "POST", J, params(temperature=1e-320)),
+    Case("alpha beyond float32", "POST", J, params(alpha=1e300)),
     Case("tau_pre a string", "POST", J, params(tau_pre="high")),
     Case("seed negative", "POST", J, params(seed=-1)),
     Case("seed beyond 63 bits", "POST", J, params(seed=2**64)),
@@ -153,6 +166,10 @@ CASES = [
     Case("JSON array", "POST", J, json_raw('[{"prompt": "Hi?"}]'), status=422),
     Case("JSON invalid UTF-8", "POST", J, json_raw(b'{"prompt": "\xff\xfe"}'), status=400),
     Case("urlencoded body", "POST", J, {"data": {"prompt": "Hi?"}}, status=415),
+    Case("JSON in UTF-16", "POST", J, json_raw('{"prompt": "Hi?"}'.encode("utf-16")), status=415),
+    Case("JSON in UTF-32", "POST", B, json_raw('{"items": [{"prompt": "Hi?"}]}'.encode("utf-32-be")), status=415),
+    Case("JSON gzip-coded", "POST", J, {**json_raw(gzip.compress(b'{"prompt": "Hi?"}')),
+                                        "headers": {"Content-Encoding": "gzip"}}, status=415),
     Case("text/plain body", "POST", J, {"data": b"prompt=Hi", "content_type": "text/plain"}, status=415),
     Case("body over the size limit", "POST", J, json_raw(b'{"prompt": "' + b"x" * (9 * 1024 * 1024) + b'"}'),
          status=413),
@@ -191,6 +208,11 @@ CASES = [
     Case("manifest unknown field", "POST", B, manifest(b'{"prompt": "Hi?", "colour": "red"}\n')),
     Case("manifest names a missing file", "POST", B, manifest(b'{"prompt": "Hi?", "image": "nope.png"}\n')),
     Case("manifest missing", "POST", B, form(params="{}")),
+    Case("manifest sent twice", "POST", B, repeated_parts(("manifest", b'{"prompt": "A?"}\n', "a.jsonl"),
+                                                           ("manifest", b'{"prompt": "B?"}\n', "b.jsonl")),
+         status=422),
+    Case("form image sent twice", "POST", J, repeated_parts(("prompt", b"Hi?"), ("image", PNG, "a.png"),
+                                                             ("image", PNG, "b.png")), status=422),
     Case("manifest prompt lone surrogate", "POST", B, manifest(b'{"prompt": "\\ud800"}\n')),
     Case("manifest line not an object", "POST", B, manifest(b'["Hi?"]\n')),
     Case("manifest files sent as text", "POST", B, form(manifest=(io.BytesIO(b'{"prompt": "Hi?"}\n'), "m.jsonl"),

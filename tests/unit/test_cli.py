@@ -84,7 +84,9 @@ def test_serve_runs_gunicorn_threaded_with_two_malloc_arenas(monkeypatch, tmp_pa
     assert result.exit_code == 0, result.output
     argv, env = calls[-1]
     assert argv[argv.index("--workers") + 1] == "3" and argv[argv.index("--threads") + 1] == "4"
-    assert "gthread" in argv and env["MALLOC_ARENA_MAX"] == "2"
+    # gthread, answering gunicorn's own refusals with problem documents (api.server_errors)
+    assert argv[argv.index("--worker-class") + 1] == "api.server_errors.ProblemThreadWorker"
+    assert env["MALLOC_ARENA_MAX"] == "2"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "8")
     CliRunner().invoke(main, ["serve"])
     assert calls[-1][1]["MALLOC_ARENA_MAX"] == "8"
