@@ -362,7 +362,7 @@ def _internvl() -> tuple[Any, Any]:
                                  "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>"})
     vision = InternVLVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                                   image_size=[32, 32], patch_size=[8, 8])
-    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text(tok)),
+    config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text(tok, initializer_range=0.1)),
                             image_token_id=_ids(tok, "<IMG_CONTEXT>")[0], downsample_ratio=0.5,
                             vision_feature_layer=-1, vision_feature_select_strategy="default")
     image_processor = GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=False)

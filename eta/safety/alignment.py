@@ -194,11 +194,30 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
         active = [s for s in states if not s.done]
         if not active:
             break
-        _align_round(vlm, clip, scorer, active, config=config, n=n, calls=calls, layout=layout)
+        for pack in _packs(vlm, active):
+            _align_round(vlm, clip, scorer, pack, config=config, n=n, calls=calls, layout=layout)
     _count(calls, "align_reward_forward", scorer.forwards)
     _count(calls, "aligned_sentences", sum(len(s.trace) for s in states))
     return [Alignment(response=config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids),
                       token_ids=s.response_ids, trace=s.trace, sampled_tokens=s.sampled) for s in states]
+
+
+def _packs(vlm: VisionLanguageModel, active: list[_Aligning]) -> list[list[_Aligning]]:
+    """The jobs of a round grouped into packs that can share one batch, by the model's `packing`:
+
+    - `all`: one pack.
+    - `equal-pending`: sliding-window layers mask by cache column, so a row's tokens must sit in consecutive
+      columns: jobs feeding the same number of pending tokens share a pack (after the first round, all do).
+    - `alone`: one job per pack (Mllama: each job's cross-attention cache holds its own image's keys and values).
+    """
+    if vlm.packing == "all":
+        return [active]
+    if vlm.packing == "alone":
+        return [[s] for s in active]
+    by_pending: dict[int, list[_Aligning]] = {}
+    for s in active:
+        by_pending.setdefault(len(s.pending), []).append(s)
+    return list(by_pending.values())
 
 
 def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows, active: list[_Aligning], *,
@@ -330,7 +349,8 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
             spans.append((packed.width + feed_width, packed.width + feed_width + fed))
         if len(spans) == 2 and spans[0][1] == spans[1][0]:
             spans = [(spans[0][0], spans[1][1])]
-        s.prefix = RowPrefix.from_cache(packed.cache, row, spans)
+        s.prefix = RowPrefix.from_cache(packed.cache, row, spans, cross=s.prefix.cross, offset=s.prefix.offset,
+                                        extras=s.prefix.extras)
         s.pending = chosen.token_ids[-1:]
 
 
