@@ -91,6 +91,29 @@ def test_forced_greedy_alignment_is_the_models_own_greedy_decoding(vlm, tiny_mod
     assert aligned[0].token_ids != aligned[1].token_ids  # the oracle can tell jobs apart
 
 
+def test_packed_rows_give_the_models_own_next_token_logits(vlm, images):
+    """The engine's first step (prompt caches packed into one batch, the last prompt token fed) against the
+    model's own forward over each whole prompt: positions, caches and masks all show up in these logits."""
+    from eta.models.kv_cache import pack_rows
+
+    jobs = _jobs(images)
+    texts = [vlm.chat_prompt(j.prompt, has_image=j.image is not None, assistant_prefix=GREEDY.safety_prefix)
+             for j in jobs]
+    starts = vlm.prompt_caches(texts, [j.image for j in jobs])
+    packs = [list(range(len(jobs)))] if vlm.packing == "all" else [[i] for i in range(len(jobs))]
+    for pack in packs:
+        packed = pack_rows(vlm.model.config, [starts[i].prefix for i in pack], [1] * len(pack), headroom=4)
+        last = torch.tensor([[starts[i].token_ids[-1]] for i in pack])
+        got = vlm.forward_rows(last, packed, torch.ones_like(last, dtype=torch.bool))[:, -1]
+        for row, i in enumerate(pack):
+            image = jobs[i].image
+            prepared = [[vlm.profile.prepare_image(image, vlm.processor)]] if image is not None else None
+            batch = vlm.processor(text=[texts[i]], images=prepared, return_tensors="pt")
+            with torch.inference_mode():
+                expected = vlm.model(**batch).logits[0, -1].float()
+            assert torch.allclose(got[row], expected, atol=1e-4, rtol=0), (i, float((got[row] - expected).abs().max()))
+
+
 def test_the_image_changes_the_answer(vlm, images):
     """Without this, an engine that dropped the image would pass the oracles above."""
     text = vlm.chat_prompt("Describe it.", has_image=True, assistant_prefix=GREEDY.safety_prefix)
@@ -123,10 +146,11 @@ def test_aligning_from_the_vanilla_cache_equals_aligning_afresh(vlm, tiny_models
     jobs = _jobs(images)
     vanilla = vlm.generate_greedy([j.prompt for j in jobs], [j.image for j in jobs], max_new_tokens=4,
                                   keep_prompt_cache=True)
-    from_vanilla = [AlignmentJob(j.prompt, j.image, j.seed, vanilla=v.prompt) for j, v in zip(jobs, vanilla,
-                                                                                             strict=True)]
-    calls: dict[str, int] = {}
-    reused = align_jobs(vlm, tiny_models.reward, tiny_models.clip, from_vanilla, config=SAMPLED, calls=calls)
+    # The last job starts afresh: in the first round it feeds one pending token where the others feed the safety
+    # prefix, so one batch holds rows of different pending lengths.
+    from_vanilla = [AlignmentJob(j.prompt, j.image, j.seed, vanilla=v.prompt if i < 2 else None)
+                    for i, (j, v) in enumerate(zip(jobs, vanilla, strict=True))]
+    reused = align_jobs(vlm, tiny_models.reward, tiny_models.clip, from_vanilla, config=SAMPLED)
     fresh = align_jobs(vlm, tiny_models.reward, tiny_models.clip, jobs, config=SAMPLED)
     for got, expected in zip(reused, fresh, strict=True):
         _assert_same(got, expected)
