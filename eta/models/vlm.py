@@ -1,8 +1,10 @@
 """Vision-language model adapter: chat-template prompts, batched greedy generation, KV-cache primitives.
 
-Any Hugging Face image-text-to-text model with a chat template loads here through
-`AutoModelForImageTextToText` + `AutoProcessor` (LLaVA-1.5 is the default). Deep alignment drives the
-model step by step through `prefill`, `step` and `extend`, sharing one prefix KV cache across candidates.
+The architectures of the support matrix (`eta.models.architectures`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+Qwen2/2.5/3-VL, Llama-3.2-Vision, Gemma 3, InternVL3) load here through `AutoModelForImageTextToText` +
+`AutoProcessor` (LLaVA-1.5 is the default); any other is refused at load. Deep alignment packs the prompt caches
+of several jobs into one batch (`prompt_caches`, `forward_rows`); what the model needs besides tokens (its
+positions, its cross-attention cache and mask) comes from the model's own methods and travels with each prefix.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 from PIL import Image
 
 from eta.config import ModelSpec
+from eta.models.architectures import architecture_of
 from eta.models.common import describe, resolve_device, resolve_dtype
 from eta.models.cpu_linear import route_few_row_linears
 from eta.models.kv_cache import (
@@ -63,6 +66,8 @@ class VisionLanguageModel:
         self.processor = processor
         # Conversation format and image preparation (the paper's for LLaVA-1.5; see eta.models.profiles).
         self.profile = profile or choose_profile(getattr(model, "config", None), spec.profile)
+        # Which matrix entry this is (and whether an experiment override let it in): in every fingerprint.
+        self.architecture = architecture_of(getattr(model, "config", None))
         self.tokenizer = processor.tokenizer
         self.spec = spec
         self.loading_info: dict[str, list[str]] | None = None  # set by load()
@@ -91,8 +96,11 @@ class VisionLanguageModel:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> VisionLanguageModel:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+        # Outside the support matrix: refused before any weight is read (UnsupportedArchitecture, one line).
+        architecture_of(AutoConfig.from_pretrained(spec.id, revision=spec.revision,
+                                                   trust_remote_code=spec.trust_remote_code))
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         processor = AutoProcessor.from_pretrained(
@@ -115,7 +123,14 @@ class VisionLanguageModel:
 
     def describe(self) -> dict[str, Any]:
         return {**describe(self.spec, model=self.model, device=self.device, dtype=self.dtype),
-                "profile": self.profile.describe()}
+                "profile": self.profile.describe(), "architecture": self.architecture}
+
+    @property
+    def period_token_id(self) -> int | None:
+        """The id of the token that is "." alone (LLaVA-1.5's 29889): the paper's sentence end."""
+        token = self.tokenizer.convert_tokens_to_ids(".")
+        return None if token is None or token == self.tokenizer.unk_token_id else int(token)
+
 
     @property
     def vocab_size(self) -> int:

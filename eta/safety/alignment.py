@@ -124,6 +124,15 @@ def supports_packed_rows(vlm: Any, reward: Any) -> bool:
     return isinstance(vlm, VisionLanguageModel) and isinstance(reward, RewardModel)
 
 
+def sentence_ended(vlm: Any, text: str, last_token: int) -> bool:
+    """Whether a candidate ends its sentence, by the VLM profile's rule: `period` (the paper's, for LLaVA-1.5: the
+    last token is "." alone, LLaVA's 29889) or `punctuation` (".", "!", "?" or a newline, judged on the decoded
+    text, for every other model)."""
+    if getattr(getattr(vlm, "profile", None), "sentence_end", "punctuation") == "period":
+        return last_token == getattr(vlm, "period_token_id", None)
+    return ends_sentence(text)
+
+
 def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> None:
     if calls is not None:
         calls[kind] = calls.get(kind, 0) + n
@@ -271,7 +280,7 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
         # Every new token of every row decoded in one tokenizer call; the sentence end is judged on text.
         texts = vlm.decode_continuations([contexts[k] for k, _ in growing], [tokens[k][row] for k, row in growing])
         for (k, row), text in zip(growing, texts, strict=True):
-            if ends_sentence(text):
+            if sentence_ended(vlm, text, tokens[k][row][-1]):
                 ends[k][row] = "sentence"
             elif step + 1 == budgets[k]:
                 ends[k][row] = "length"
@@ -370,7 +379,7 @@ def _sample_candidates(vlm: VisionLanguageModel, cache: Any, logits: torch.Tenso
                 ends[row] = "eos"
                 continue
             tokens[row].append(token)
-            if ends_sentence(vlm.decode_continuation(context, tokens[row])):
+            if sentence_ended(vlm, vlm.decode_continuation(context, tokens[row]), token):
                 ends[row] = "sentence"
             elif step + 1 == budget:
                 ends[row] = "length"

@@ -54,7 +54,7 @@ def ragged_sentences(monkeypatch):
     for every path, so that candidates and jobs end sentences at different lengths."""
     from eta.safety import alignment
 
-    monkeypatch.setattr(alignment, "ends_sentence", lambda text: zlib.crc32(text.encode()) % 3 == 0)
+    monkeypatch.setattr(alignment, "sentence_ended", lambda vlm, text, token: zlib.crc32(text.encode()) % 3 == 0)
 
 
 def _jobs(images: list[Image.Image]) -> list[AlignmentJob]:
