@@ -121,7 +121,26 @@ class _Aligning:
 
 def supports_packed_rows(vlm: Any, reward: Any) -> bool:
     """Whether the adapters can align many jobs in one batch (the real ones can; stand-ins may not)."""
-    return isinstance(vlm, VisionLanguageModel) and isinstance(reward, RewardModel)
+    return isinstance(vlm, VisionLanguageModel) and (reward is None or isinstance(reward, RewardModel))
+
+
+class _Unscored:
+    """Best-of-one needs no scores: `align_jobs` without a reward model (the engine oracle of `eta models check`
+    runs the VLM alone). Every candidate scores 0."""
+
+    forwards = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def score(self, answers: dict[Hashable, list[str]]) -> dict[Hashable, list[float]]:
+        return {key: [0.0] * len(texts) for key, texts in answers.items()}
+
+    def keep(self, job: Hashable, index: int) -> None:
+        pass
+
+    def forget(self, job: Hashable) -> None:
+        pass
 
 
 def sentence_ended(vlm: Any, text: str, last_token: int) -> bool:
@@ -138,13 +157,14 @@ def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> Non
         calls[kind] = calls.get(kind, 0) + n
 
 
-def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, jobs: Sequence[AlignmentJob],
-               *, config: ETAConfig, calls: MutableMapping[str, int] | None = None,
+def align_jobs(vlm: VisionLanguageModel, reward: RewardModel | None, clip: ClipScorer | None,
+               jobs: Sequence[AlignmentJob], *, config: ETAConfig, calls: MutableMapping[str, int] | None = None,
                layout: MutableMapping[str, int] | None = None) -> list[Alignment]:
     """Deep alignment of several jobs in one batch (see the module). Returns one `Alignment` per job, in order.
 
     Args:
-        vlm, reward, clip: loaded models (clip may be None: reward-only scoring).
+        vlm, reward, clip: loaded models (clip may be None: reward-only scoring; reward may be None only with one
+            candidate per sentence, which needs no scores).
         jobs: the jobs; each job's answer depends only on itself, its seed and `config`.
         config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
         calls: when given, model forwards are counted into it (`align_vlm_forward`, `align_reward_forward`,
@@ -154,6 +174,8 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     """
     if not jobs:
         return []
+    if reward is None and config.num_candidates != 1:
+        raise ValueError("best-of-N with more than one candidate needs a reward model")
     if not supports_packed_rows(vlm, reward):
         alignments = [_align_stepwise(vlm, reward, clip, prompt=j.prompt, image=j.image, config=config, seed=j.seed)
                       for j in jobs]
@@ -198,7 +220,8 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     del start
     # Successive sentences share the reward prompt and each job's answer so far: their KV caches are reused.
     # Best-of-N scores under the short align_reward_prompt (the paper's).
-    scorer = RewardRows(reward, config.align_reward_prompt)
+    scorer: RewardRows | _Unscored = (RewardRows(reward, config.align_reward_prompt) if reward is not None
+                                      else _Unscored(n))
     while True:
         active = [s for s in states if not s.done]
         if not active:
@@ -229,8 +252,8 @@ def _packs(vlm: VisionLanguageModel, active: list[_Aligning]) -> list[list[_Alig
     return list(by_pending.values())
 
 
-def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows, active: list[_Aligning], *,
-                 config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
+def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows | _Unscored,
+                 active: list[_Aligning], *, config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
                  layout: MutableMapping[str, int] | None) -> None:
     """One sentence of every active job: sample N candidates each in one batch, score, keep the best."""
     budgets = [min(config.max_sentence_tokens, config.max_new_tokens - len(s.response_ids)) for s in active]

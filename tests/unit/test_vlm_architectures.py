@@ -165,3 +165,14 @@ def test_batched_vanilla_generation_equals_one_at_a_time(vlm, images):
         # and the engine's vanilla answer is the model's own greedy decoding
         text = vlm.chat_prompt(job.prompt, has_image=job.image is not None)
         assert got.token_ids == _own_greedy(vlm, text, job.image, 8)
+
+
+def test_models_check_engine_and_image_pass(vlm):
+    """`eta models check`'s engine oracles and its image check (tiled pixel values: LLaVA-NeXT/OneVision 5-D,
+    Mllama 6-D, Qwen's patch rows) on every architecture of the matrix."""
+    from eta.models import conformance
+
+    engine = conformance.check_vlm_engine(vlm)
+    assert engine.ok, engine.detail
+    image = conformance.check_vlm_image(vlm)
+    assert image.ok, image.detail
