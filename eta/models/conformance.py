@@ -131,9 +131,12 @@ PAPER_LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intel
 
 # --------------------------------------------------------------------------------------------- CLIP
 def check_clip_activation(spec: Any, clip: Any = None) -> Check:
-    from eta.models.clip import activation_of
+    from eta.models.clip import ACTIVATION_ENV, activation_of, activation_unknown
 
     builds, needs = activation_of(spec)
+    if needs is None and activation_unknown(spec):
+        return Check("clip:activation", False, f"the weights do not record the activation they were trained with; "
+                                               f"state it with {ACTIVATION_ENV}=quickgelu or gelu")
     if clip is not None:
         builds = clip.quick_gelu
     name = {True: "QuickGELU", False: "GELU", None: "unknown"}
