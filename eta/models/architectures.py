@@ -24,7 +24,8 @@ class Architecture:
     name: str  # as `eta models build-tiny --arch` spells it
     model_type: str  # transformers' `config.model_type`
     hub_ids: tuple[str, ...]  # checkpoints of this architecture (examples; any checkpoint of it works)
-    # How its jobs share a batch in deep alignment (see eta.safety.alignment._packs): all, equal-pending, alone.
+    # How its jobs share a batch in deep alignment (see eta.safety.alignment._packs): all, equal-pending,
+    # equal-cross.
     packing: str
 
 
@@ -36,7 +37,7 @@ MATRIX: tuple[Architecture, ...] = (
     Architecture("qwen2-vl", "qwen2_vl", ("Qwen/Qwen2-VL-7B-Instruct",), "all"),
     Architecture("qwen2.5-vl", "qwen2_5_vl", ("Qwen/Qwen2.5-VL-7B-Instruct", "Qwen/Qwen2.5-VL-3B-Instruct"), "all"),
     Architecture("qwen3-vl", "qwen3_vl", ("Qwen/Qwen3-VL-8B-Instruct",), "all"),
-    Architecture("mllama", "mllama", ("meta-llama/Llama-3.2-11B-Vision-Instruct",), "alone"),
+    Architecture("mllama", "mllama", ("meta-llama/Llama-3.2-11B-Vision-Instruct",), "equal-cross"),
     Architecture("gemma3", "gemma3", ("google/gemma-3-4b-it", "google/gemma-3-12b-it"), "equal-pending"),
     Architecture("internvl", "internvl", ("OpenGVLab/InternVL3-8B-hf", "OpenGVLab/InternVL3-2B-hf"), "all"),
 )

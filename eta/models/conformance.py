@@ -363,10 +363,11 @@ def _first_step_logits(vlm: Any, jobs: list[Any], prefix: str) -> list[str]:
     against the model's own forward over each whole prompt; a position or cache error shows in these logits
     before it flips a token."""
     from eta.models.kv_cache import pack_rows
+    from eta.safety.alignment import pack_groups
 
     texts = [vlm.chat_prompt(j.prompt, has_image=j.image is not None, assistant_prefix=prefix) for j in jobs]
     starts = vlm.prompt_caches(texts, [j.image for j in jobs])
-    packs = [list(range(len(jobs)))] if vlm.packing == "all" else [[i] for i in range(len(jobs))]
+    packs = pack_groups(vlm.packing, [start.prefix for start in starts], [1] * len(starts))
     tolerance = _tolerance(vlm.dtype)
     problems = []
     for pack in packs:

@@ -89,7 +89,7 @@ class VisionLanguageModel:
         config = getattr(model, "config", None)
         self.cross_layers: frozenset[int] = cross_attention_layers(config) if config is not None else frozenset()
         # Which sequences may share one packed forward (see `packing`).
-        self.packing = ("alone" if self.cross_layers else
+        self.packing = ("equal-cross" if self.cross_layers else
                         "equal-pending" if config is not None and has_sliding_layers(config) else "all")
         if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
             route_few_row_linears(model)

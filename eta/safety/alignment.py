@@ -235,21 +235,36 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel | None, clip: ClipS
 
 
 def _packs(vlm: VisionLanguageModel, active: list[_Aligning]) -> list[list[_Aligning]]:
-    """The jobs of a round grouped into packs that can share one batch, by the model's `packing`:
+    """The jobs of a round grouped into packs that can share one batch (see `pack_groups`)."""
+    groups = pack_groups(vlm.packing, [s.prefix for s in active], [len(s.pending) for s in active])
+    return [[active[i] for i in group] for group in groups]
+
+
+def pack_groups(packing: str, prefixes: Sequence[RowPrefix], pending: Sequence[int]) -> list[list[int]]:
+    """Indices of the sequences that can share one packed batch, by the model's `packing`:
 
     - `all`: one pack.
     - `equal-pending`: sliding-window layers mask by cache column, so a row's tokens must sit in consecutive
-      columns: jobs feeding the same number of pending tokens share a pack (after the first round, all do).
-    - `alone`: one job per pack (Mllama: each job's cross-attention cache holds its own image's keys and values).
+      columns: sequences feeding the same number of pending tokens share a pack (after the first round, all do).
+    - `equal-cross`: Mllama's cross-attention layers hold each job's image keys and values (as many as its prompt
+      batch padded its tiles to) and each new token repeats its prompt's cross-attention mask row: sequences whose
+      cross-attention tensors have the same shapes share a pack (text-only jobs, image jobs prompted together).
     """
-    if vlm.packing == "all":
-        return [active]
-    if vlm.packing == "alone":
-        return [[s] for s in active]
-    by_pending: dict[int, list[_Aligning]] = {}
-    for s in active:
-        by_pending.setdefault(len(s.pending), []).append(s)
-    return list(by_pending.values())
+    if packing == "all":
+        return [list(range(len(prefixes)))]
+
+    def key(index: int) -> Hashable:
+        prefix = prefixes[index]
+        if packing == "equal-pending":
+            return pending[index]
+        layers = tuple(None if pair is None else tuple(pair[0].shape)
+                       for i, pair in enumerate(prefix.layers) if i in prefix.cross)
+        return layers, tuple((name, tuple(value.shape)) for name, value in sorted(prefix.extras.items()))
+
+    groups: dict[Hashable, list[int]] = {}
+    for index in range(len(prefixes)):
+        groups.setdefault(key(index), []).append(index)
+    return list(groups.values())
 
 
 def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows | _Unscored,

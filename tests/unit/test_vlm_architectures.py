@@ -95,12 +95,15 @@ def test_packed_rows_give_the_models_own_next_token_logits(vlm, images):
     """The engine's first step (prompt caches packed into one batch, the last prompt token fed) against the
     model's own forward over each whole prompt: positions, caches and masks all show up in these logits."""
     from eta.models.kv_cache import pack_rows
+    from eta.safety.alignment import pack_groups
 
     jobs = _jobs(images)
     texts = [vlm.chat_prompt(j.prompt, has_image=j.image is not None, assistant_prefix=GREEDY.safety_prefix)
              for j in jobs]
     starts = vlm.prompt_caches(texts, [j.image for j in jobs])
-    packs = [list(range(len(jobs)))] if vlm.packing == "all" else [[i] for i in range(len(jobs))]
+    packs = pack_groups(vlm.packing, [start.prefix for start in starts], [1] * len(starts))
+    if vlm.packing != "equal-pending":  # the two image jobs share a pack everywhere (Mllama: same image shapes)
+        assert any({0, 1} <= set(pack) for pack in packs), packs
     for pack in packs:
         packed = pack_rows(vlm.model.config, [starts[i].prefix for i in pack], [1] * len(pack), headroom=4)
         last = torch.tensor([[starts[i].token_ids[-1]] for i in pack])
