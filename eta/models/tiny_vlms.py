@@ -365,7 +365,8 @@ def _internvl() -> tuple[Any, Any]:
     config = InternVLConfig(vision_config=vision, text_config=Qwen2Config(**_text(tok, initializer_range=0.1)),
                             image_token_id=_ids(tok, "<IMG_CONTEXT>")[0], downsample_ratio=0.5,
                             vision_feature_layer=-1, vision_feature_select_strategy="default")
-    image_processor = GotOcr2ImageProcessor(size={"height": 32, "width": 32}, crop_to_patches=False)
+    # InternVL3 tiles an image (up to 12 tiles and a thumbnail, as its processor does by default).
+    image_processor = GotOcr2ImageProcessor(size={"height": 32, "width": 32})
     processor = InternVLProcessor(image_processor=image_processor, tokenizer=tok,
                                   video_processor=InternVLVideoProcessor(), image_seq_length=4,
                                   chat_template=tok.chat_template)
