@@ -131,7 +131,6 @@ class VisionLanguageModel:
         token = self.tokenizer.convert_tokens_to_ids(".")
         return None if token is None or token == self.tokenizer.unk_token_id else int(token)
 
-
     @property
     def vocab_size(self) -> int:
         return int(self.model.get_output_embeddings().weight.shape[0])
