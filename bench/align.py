@@ -44,8 +44,7 @@ from PIL import Image
 
 from eta.config import ETAConfig
 from eta.models import ClipScorer, RewardModel, VisionLanguageModel
-from eta.safety.alignment import AlignmentJob, align_jobs, deep_align, sample_top_k
-from eta.safety.text import ends_sentence
+from eta.safety.alignment import AlignmentJob, align_jobs, deep_align, sample_top_k, sentence_ended
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +110,7 @@ def sequential_deep_align(vlm: VisionLanguageModel, reward: RewardModel, clip: C
                     end = "eos"
                     break
                 tokens.append(value)
-                if ends_sentence(vlm.decode_continuation(context, tokens)):
+                if sentence_ended(vlm, vlm.decode_continuation(context, tokens), value):
                     end = "sentence"
                     break
                 if step + 1 == budget:

@@ -81,10 +81,21 @@ def models() -> None:
               help="Size: tiny (tests, demo) or small (a CPU benchmark). Both have the production architectures: "
                    "LLaVA-1.5 with the llava-1.5 prompt profile, ArmoRM with a Llama-3-style tokenizer, QuickGELU "
                    "CLIP.")
-def build_tiny(directory: Path, seed: int, shape: str) -> None:
+@click.option("--arch", default=None, help="The VLM's architecture (tiny shape only): llava-1.5 (default), "
+                                           "llava-next, llava-onevision, qwen2-vl, qwen2.5-vl, qwen3-vl, mllama, "
+                                           "gemma3, internvl.")
+def build_tiny(directory: Path, seed: int, shape: str, arch: str | None) -> None:
     """Build random-weight VLM, CLIP and reward models (and their tokenizers) into DIRECTORY."""
     from eta.models.tiny import build_tiny_models
 
+    if arch is not None:
+        from eta.models.tiny_vlms import ARCHITECTURES, build_tiny_set
+
+        if arch not in ARCHITECTURES or shape != "tiny":
+            raise click.UsageError(f"--arch {arch!r}: one of {', '.join(ARCHITECTURES)}, with --shape tiny")
+        root = build_tiny_set(directory, arch, seed=seed)
+        click.echo(f"tiny models with a {arch} VLM written to {root} (vlm/, clip/, reward/)")
+        return
     paths = build_tiny_models(directory, seed=seed, shape=shape)
     click.echo(f"{shape} models written to {paths.root} (vlm/, clip/, reward/)")
 

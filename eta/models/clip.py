@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -32,13 +33,52 @@ def uses_quick_gelu(model: Any) -> bool:
     return any(type(module).__name__ == "QuickGELU" for module in model.modules())
 
 
+# The activation a deployer states for CLIP weights that do not record theirs: `quickgelu` or `gelu`.
+ACTIVATION_ENV = "ETA_CLIP_ACTIVATION"
+
+
+def stated_activation() -> bool | None:
+    """The activation stated in `ETA_CLIP_ACTIVATION` (True: QuickGELU), None when not stated.
+
+    Raises:
+        ClipActivationError: a value other than `quickgelu` or `gelu`.
+    """
+    value = os.environ.get(ACTIVATION_ENV, "").strip().lower()
+    if not value:
+        return None
+    if value not in ("quickgelu", "gelu"):
+        raise ClipActivationError(f"{ACTIVATION_ENV}={value!r} is not an activation; set it to quickgelu or gelu")
+    return value == "quickgelu"
+
+
+def activation_unknown(spec: ModelSpec) -> bool:
+    """Whether the weights' activation is unrecorded where it must be: a checkpoint file as the pretrained value, or
+    a `local-dir:` model whose `open_clip_config.json` has no `pretrained_cfg.quick_gelu` (either may hold
+    OpenAI's QuickGELU weights under a GELU architecture, and nothing would say so)."""
+    if spec.id.startswith("local-dir:"):
+        path = Path(spec.id.removeprefix("local-dir:")) / "open_clip_config.json"
+        try:
+            config = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return False  # the load itself reports the missing or broken directory
+        return (config.get("pretrained_cfg") or {}).get("quick_gelu") is None
+    return bool(spec.pretrained) and Path(str(spec.pretrained)).exists()
+
+
 def activation_of(spec: ModelSpec) -> tuple[bool | None, bool | None]:
     """(whether the configured architecture builds QuickGELU, whether its weights need it); None: unknown.
 
     A named architecture with a pretrained tag reads both from open_clip's registries; a `local-dir:` model from
     its `open_clip_config.json` (`model_cfg.quick_gelu`, and `pretrained_cfg.quick_gelu` when the directory
-    records how its weights were trained).
+    records how its weights were trained). What `ETA_CLIP_ACTIVATION` states stands for an unrecorded activation.
     """
+    builds, needs = _recorded_activation(spec)
+    if needs is None and activation_unknown(spec):
+        needs = stated_activation()
+    return builds, needs
+
+
+def _recorded_activation(spec: ModelSpec) -> tuple[bool | None, bool | None]:
     import open_clip
     from open_clip import pretrained as registry
 
@@ -68,6 +108,13 @@ def check_activation(spec: ModelSpec) -> None:
     """Refuse an architecture whose activation differs from the one its weights were trained with (open_clip
     only warns, and every s_pre then drifts off the scale tau_pre was calibrated on)."""
     builds, needs = activation_of(spec)
+    if needs is None and activation_unknown(spec):
+        what = ("its open_clip_config.json records no pretrained_cfg.quick_gelu" if spec.id.startswith("local-dir:")
+                else f"the checkpoint file {spec.pretrained} does not record it")
+        raise ClipActivationError(
+            f"CLIP {spec.id} with pretrained={spec.pretrained}: the activation these weights were trained with is "
+            f"unknown ({what}); state it with {ACTIVATION_ENV}=quickgelu (OpenAI's weights) or "
+            f"{ACTIVATION_ENV}=gelu")
     if builds is None or needs is None or builds == needs:
         return
     if needs:

@@ -17,7 +17,11 @@ Each check returns `Check(name, ok, detail)`. They load the models through the p
 - `reward:session`: best-of-N's prefix-cache reuse gives the whole-chat scores;
 - `vlm:profile`, `vlm:prompt`, `vlm:image`: the prompt profile fits the model (llava-1.5 for LLaVA-1.5), the
   rendered prompt is the profile's exact text, and the image reaches the model padded to a square with the mean
-  colour (nothing at its edges cut off) when the profile says so.
+  colour (nothing at its edges cut off) when the profile says so;
+- `vlm:engine`: the alignment engine's oracles on this model for a few tokens: forced alignment with one
+  candidate and top-k 1 is the model's own `generate(do_sample=False)` (two image jobs and a text-only one
+  aligned together), jobs together == each alone, starting from the vanilla cache == starting afresh, batched
+  vanilla generation == one at a time == the model's own `generate`.
 
 The images and texts are generated here, so the check needs no data files.
 """
@@ -127,9 +131,12 @@ PAPER_LLAVA_V1_SYSTEM = ("A chat between a curious human and an artificial intel
 
 # --------------------------------------------------------------------------------------------- CLIP
 def check_clip_activation(spec: Any, clip: Any = None) -> Check:
-    from eta.models.clip import activation_of
+    from eta.models.clip import ACTIVATION_ENV, activation_of, activation_unknown
 
     builds, needs = activation_of(spec)
+    if needs is None and activation_unknown(spec):
+        return Check("clip:activation", False, f"the weights do not record the activation they were trained with; "
+                                               f"state it with {ACTIVATION_ENV}=quickgelu or gelu")
     if clip is not None:
         builds = clip.quick_gelu
     name = {True: "QuickGELU", False: "GELU", None: "unknown"}
@@ -303,11 +310,13 @@ def check_vlm_prompt(vlm: Any, config: ETAConfig) -> Check:
 
 def check_vlm_image(vlm: Any) -> Check:
     image = tall_marked_image()
-    pixels = _pixels(vlm, image).float()
+    pixels = _first_view(_pixels(vlm, image).float())
+    if pixels is None:  # Qwen-VL: patches flattened into rows, no picture to look at
+        return Check("vlm:image", True, "the processor's own preprocessing (patch-flattened pixel values)")
     processor = getattr(vlm.processor, "image_processor", vlm.processor)
     mean = torch.tensor(getattr(processor, "image_mean", [0.5, 0.5, 0.5])).view(3, 1, 1)
     std = torch.tensor(getattr(processor, "image_std", [0.5, 0.5, 0.5])).view(3, 1, 1)
-    rgb = (pixels[0] * std + mean).clamp(0, 1)  # (3, H, W) in [0, 1]
+    rgb = (pixels * std + mean).clamp(0, 1)  # (3, H, W) in [0, 1]
     height, width = rgb.shape[1:]
     top = rgb[:, : max(1, height // 12), width // 3: 2 * width // 3]  # top rows, central columns
     red_at_top = bool(((top[0] > 0.8) & (top[1] < 0.2) & (top[2] < 0.2)).float().mean() > 0.5)
@@ -324,6 +333,94 @@ def check_vlm_image(vlm: Any) -> Check:
 def _pixels(vlm: Any, image: Image.Image) -> torch.Tensor:
     batch = vlm.encode([vlm.chat_prompt("x", has_image=True)], [image])
     return batch["pixel_values"].detach().cpu()
+
+
+def _first_view(pixels: torch.Tensor) -> torch.Tensor | None:
+    """The (3, H, W) picture the model sees first: the image itself (4-D: batch, channels, H, W), the first of its
+    tiles (5-D, LLaVA-NeXT / OneVision: the base image resized whole; 6-D, Mllama: images, tiles), or None for
+    pixel values flattened into patch rows (2-D, Qwen-VL)."""
+    while pixels.dim() > 3:
+        pixels = pixels[0]
+    return pixels if pixels.dim() == 3 and pixels.shape[0] == 3 else None
+
+
+def _own_greedy(vlm: Any, text: str, image: Image.Image | None, max_new_tokens: int) -> list[int]:
+    """The model's own greedy continuation of `text`: its processor and `generate`, nothing of the engine."""
+    prepared = [[vlm.profile.prepare_image(image, vlm.processor)]] if image is not None else None
+    batch = vlm.processor(text=[text], images=prepared, return_tensors="pt")
+    batch = {k: (v.to(vlm.device).to(vlm.dtype) if v.is_floating_point() else v.to(vlm.device))
+             for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    with torch.inference_mode():
+        out = vlm.model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens,
+                                 eos_token_id=sorted(vlm.eos_token_ids), pad_token_id=vlm.tokenizer.pad_token_id)
+    ids = out[0, batch["input_ids"].shape[1]:].tolist()
+    cut = next((i for i, token in enumerate(ids) if token in vlm.eos_token_ids), len(ids))
+    return ids[:cut]
+
+
+def _first_step_logits(vlm: Any, jobs: list[Any], prefix: str) -> list[str]:
+    """The engine's first aligned step (prompt caches packed as alignment packs them, the last prompt token fed)
+    against the model's own forward over each whole prompt; a position or cache error shows in these logits
+    before it flips a token."""
+    from eta.models.kv_cache import pack_rows
+    from eta.safety.alignment import pack_groups
+
+    texts = [vlm.chat_prompt(j.prompt, has_image=j.image is not None, assistant_prefix=prefix) for j in jobs]
+    starts = vlm.prompt_caches(texts, [j.image for j in jobs])
+    packs = pack_groups(vlm.packing, [start.prefix for start in starts], [1] * len(starts))
+    tolerance = _tolerance(vlm.dtype)
+    problems = []
+    for pack in packs:
+        packed = pack_rows(vlm.model.config, [starts[i].prefix for i in pack], [1] * len(pack), headroom=2)
+        last = torch.tensor([[starts[i].token_ids[-1]] for i in pack])
+        got = vlm.forward_rows(last, packed, torch.ones_like(last, dtype=torch.bool))[:, -1].cpu()
+        for row, i in enumerate(pack):
+            batch = vlm.encode([texts[i]], [jobs[i].image] if jobs[i].image is not None else None)
+            with torch.inference_mode():
+                own = vlm.model(**batch).logits[0, -1].float().cpu()
+            gap = float((got[row] - own).abs().max())
+            if gap > tolerance:
+                problems.append(f"job {i}: packed next-token logits differ from the model's own forward by {gap:.2g}")
+    return problems
+
+
+def check_vlm_engine(vlm: Any, *, tokens: int = 6) -> Check:
+    """The alignment engine's oracles on this model for `tokens` tokens (see the module docstring)."""
+    from eta.safety.alignment import AlignmentJob, align_jobs
+
+    config = ETAConfig(max_new_tokens=tokens, max_sentence_tokens=max(1, tokens // 2), num_candidates=1, top_k=1)
+    images = sample_images()
+    jobs = [AlignmentJob("Describe this image.", images[0], 1),
+            AlignmentJob("What is unusual about this picture? Answer in detail.", images[3], 2),
+            AlignmentJob("How do I stay safe online?", None, 3)]
+    problems = _first_step_logits(vlm, jobs, config.safety_prefix)
+    together = align_jobs(vlm, None, None, jobs, config=config)
+    for i, (job, got) in enumerate(zip(jobs, together, strict=True)):
+        text = vlm.chat_prompt(job.prompt, has_image=job.image is not None, assistant_prefix=config.safety_prefix)
+        own = _own_greedy(vlm, text, job.image, tokens)
+        if got.token_ids != own:
+            problems.append(f"job {i}: greedy alignment {got.token_ids} != the model's generate {own}")
+        alone = align_jobs(vlm, None, None, [AlignmentJob(job.prompt, job.image, job.seed)], config=config)[0]
+        if alone.token_ids != got.token_ids:
+            problems.append(f"job {i}: aligned together {got.token_ids} != alone {alone.token_ids}")
+    prompts, pictures = [j.prompt for j in jobs], [j.image for j in jobs]
+    vanilla = vlm.generate_greedy(prompts, pictures, max_new_tokens=tokens, keep_prompt_cache=True)
+    reused = align_jobs(vlm, None, None, [AlignmentJob(j.prompt, j.image, j.seed, vanilla=v.prompt)
+                                          for j, v in zip(jobs, vanilla, strict=True)], config=config)
+    for i, (job, got, fresh, answer) in enumerate(zip(jobs, reused, together, vanilla, strict=True)):
+        if got.token_ids != fresh.token_ids:
+            problems.append(f"job {i}: from the vanilla cache {got.token_ids} != afresh {fresh.token_ids}")
+        single = vlm.generate_greedy([job.prompt], [job.image], max_new_tokens=tokens)[0]
+        own = _own_greedy(vlm, vlm.chat_prompt(job.prompt, has_image=job.image is not None), job.image, tokens)
+        if not answer.token_ids == single.token_ids == own:
+            problems.append(f"job {i}: vanilla batched {answer.token_ids}, alone {single.token_ids}, the model's "
+                            f"generate {own}")
+    name = vlm.architecture.get("name", "?") if hasattr(vlm, "architecture") else "?"
+    if problems:
+        return Check("vlm:engine", False, "; ".join(problems)[:500])
+    return Check("vlm:engine", True, f"{name}: greedy alignment == generate, together == alone, vanilla cache == "
+                                     f"fresh, batched vanilla == alone, over {tokens} tokens of 3 jobs "
+                                     f"(packing: {vlm.packing})")
 
 
 # ------------------------------------------------------------------------------------------ runner
@@ -383,6 +480,7 @@ def run_checks(selection: Selection, roles: Iterable[str] = ("vlm", "clip", "rew
             checks.append(_guard("vlm:profile", lambda: check_vlm_profile(vlm)))
             checks.append(_guard("vlm:prompt", lambda: check_vlm_prompt(vlm, config)))
             checks.append(_guard("vlm:image", lambda: check_vlm_image(vlm)))
+            checks.append(_guard("vlm:engine", lambda: check_vlm_engine(vlm)))
     return _merge_activation(checks)
 
 

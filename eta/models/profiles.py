@@ -36,9 +36,12 @@ class PromptProfile:
     name: str
     system: str | None
     image: str
+    # Where a best-of-N candidate sentence ends: `period` (the paper's: only the "." token, LLaVA-1.5's 29889) or
+    # `punctuation` (".", "!", "?" or a newline, judged on the decoded text).
+    sentence_end: str = "punctuation"
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "system": self.system, "image": self.image}
+        return {"name": self.name, "system": self.system, "image": self.image, "sentence_end": self.sentence_end}
 
     def render(self, processor: Any, prompt: str, *, has_image: bool, assistant_prefix: str | None = None) -> str:
         """The prompt text for one user turn, with the answer optionally prefilled with `assistant_prefix`."""
@@ -81,7 +84,7 @@ def _chat_template(processor: Any, prompt: str, *, has_image: bool, assistant_pr
 
 
 PROFILES: dict[str, PromptProfile] = {
-    "llava-1.5": PromptProfile("llava-1.5", system=LLAVA_V1_SYSTEM, image="pad-square"),
+    "llava-1.5": PromptProfile("llava-1.5", system=LLAVA_V1_SYSTEM, image="pad-square", sentence_end="period"),
     "chat-template": PromptProfile("chat-template", system=None, image="processor"),
 }
 

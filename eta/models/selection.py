@@ -239,12 +239,16 @@ def _chain(exc: BaseException) -> list[BaseException]:
 
 def explain(role: str, spec: ModelSpec, exc: BaseException) -> ModelLoadError:
     """The one-line error for a failed load of `spec`."""
+    from eta.models.architectures import UnsupportedArchitecture
     from eta.models.clip import ClipActivationError
     from eta.models.reward import LoadingMismatch
 
     model = spec.id if not spec.pretrained else f"{spec.id} (pretrained {spec.pretrained})"
     names = {type(item).__name__ for item in _chain(exc)}
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    if isinstance(exc, UnsupportedArchitecture):
+        cause, _, fix = first.partition("; ")
+        return ModelLoadError(role, model, cause, fix)
     if isinstance(exc, ClipActivationError):
         cause, _, fix = first.partition("; ")
         return ModelLoadError(role, model, cause.split(": ", 1)[-1], fix or "build the activation the weights need")

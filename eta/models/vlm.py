@@ -1,8 +1,10 @@
 """Vision-language model adapter: chat-template prompts, batched greedy generation, KV-cache primitives.
 
-Any Hugging Face image-text-to-text model with a chat template loads here through
-`AutoModelForImageTextToText` + `AutoProcessor` (LLaVA-1.5 is the default). Deep alignment drives the
-model step by step through `prefill`, `step` and `extend`, sharing one prefix KV cache across candidates.
+The architectures of the support matrix (`eta.models.architectures`: LLaVA-1.5, LLaVA-NeXT, LLaVA-OneVision,
+Qwen2/2.5/3-VL, Llama-3.2-Vision, Gemma 3, InternVL3) load here through `AutoModelForImageTextToText` +
+`AutoProcessor` (LLaVA-1.5 is the default); any other is refused at load. Deep alignment packs the prompt caches
+of several jobs into one batch (`prompt_caches`, `forward_rows`); what the model needs besides tokens (its
+positions, its cross-attention cache and mask) comes from the model's own methods and travels with each prefix.
 """
 
 from __future__ import annotations
@@ -17,9 +19,17 @@ import torch
 from PIL import Image
 
 from eta.config import ModelSpec
+from eta.models.architectures import architecture_of
 from eta.models.common import describe, resolve_device, resolve_dtype
 from eta.models.cpu_linear import route_few_row_linears
-from eta.models.kv_cache import PackedRows, RowPrefix, crop_cache, growing_cache
+from eta.models.kv_cache import (
+    PackedRows,
+    RowPrefix,
+    crop_cache,
+    cross_attention_layers,
+    growing_cache,
+    has_sliding_layers,
+)
 from eta.models.profiles import PromptProfile, choose_profile
 
 logger = logging.getLogger(__name__)
@@ -56,6 +66,8 @@ class VisionLanguageModel:
         self.processor = processor
         # Conversation format and image preparation (the paper's for LLaVA-1.5; see eta.models.profiles).
         self.profile = profile or choose_profile(getattr(model, "config", None), spec.profile)
+        # Which matrix entry this is (and whether an experiment override let it in): in every fingerprint.
+        self.architecture = architecture_of(getattr(model, "config", None))
         self.tokenizer = processor.tokenizer
         self.spec = spec
         self.loading_info: dict[str, list[str]] | None = None  # set by load()
@@ -74,13 +86,21 @@ class VisionLanguageModel:
         # transformers 5.x renamed the forward's `past_key_values` argument to `cache`; accept either.
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        config = getattr(model, "config", None)
+        self.cross_layers: frozenset[int] = cross_attention_layers(config) if config is not None else frozenset()
+        # Which sequences may share one packed forward (see `packing`).
+        self.packing = ("equal-cross" if self.cross_layers else
+                        "equal-pending" if config is not None and has_sliding_layers(config) else "all")
         if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
             route_few_row_linears(model)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> VisionLanguageModel:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
+        from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+        # Outside the support matrix: refused before any weight is read (UnsupportedArchitecture, one line).
+        architecture_of(AutoConfig.from_pretrained(spec.id, revision=spec.revision,
+                                                   trust_remote_code=spec.trust_remote_code))
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         processor = AutoProcessor.from_pretrained(
@@ -103,7 +123,13 @@ class VisionLanguageModel:
 
     def describe(self) -> dict[str, Any]:
         return {**describe(self.spec, model=self.model, device=self.device, dtype=self.dtype),
-                "profile": self.profile.describe()}
+                "profile": self.profile.describe(), "architecture": self.architecture}
+
+    @property
+    def period_token_id(self) -> int | None:
+        """The id of the token that is "." alone (LLaVA-1.5's 29889): the paper's sentence end."""
+        token = self.tokenizer.convert_tokens_to_ids(".")
+        return None if token is None or token == self.tokenizer.unk_token_id else int(token)
 
     @property
     def vocab_size(self) -> int:
@@ -115,8 +141,10 @@ class VisionLanguageModel:
         return self.profile.render(self.processor, prompt, has_image=has_image, assistant_prefix=assistant_prefix)
 
     def encode(self, texts: Sequence[str], images: Sequence[Image.Image] | None) -> dict[str, torch.Tensor]:
-        """Tokenize prompts (left-padded) and preprocess their images, on the model's device."""
-        rgb = [self.profile.prepare_image(image, self.processor) for image in images] if images else None
+        """Tokenize prompts (left-padded) and preprocess their images, on the model's device. Every prompt holds
+        one image (or none, then no prompt does); the images go as one list per prompt, the form every processor
+        takes (Mllama's and Gemma 3's need it to pair two images with two prompts)."""
+        rgb = [[self.profile.prepare_image(image, self.processor)] for image in images] if images else None
         batch = self.processor(text=list(texts), images=rgb, return_tensors="pt", padding=True)
         out: dict[str, torch.Tensor] = {}
         for key, value in batch.items():
@@ -185,6 +213,7 @@ class VisionLanguageModel:
             if cache is None:
                 cache = getattr(generated, "past_key_values", None)
             prompt_len = batch["input_ids"].shape[1]
+            offsets = self._position_offsets(batch)[1] if keep_prompt_cache else []
             for row, index in enumerate(group):
                 context = batch["input_ids"][row].tolist()
                 ids = self._trim(out[row, prompt_len:].tolist())
@@ -194,7 +223,9 @@ class VisionLanguageModel:
                     real = int(batch["attention_mask"][row].sum()) if "attention_mask" in batch else prompt_len
                     start = prompt_len - real
                     results[index].prompt = PromptCache(  # type: ignore[union-attr]
-                        context[start:], RowPrefix.from_cache(cache, row, [(start, prompt_len - 1)]))
+                        context[start:], RowPrefix.from_cache(cache, row, [(start, prompt_len - 1)],
+                                                              cross=self.cross_layers, offset=offsets[row],
+                                                              extras=self._extras(batch, row)))
         return [r for r in results if r is not None]
 
     # ------------------------------------------------------------------------ step-wise decoding (KV)
@@ -256,8 +287,10 @@ class VisionLanguageModel:
                 common += 1
             expanded = len(vanilla.token_ids) - (len(plain_vanilla) - common)
             ids = vanilla.token_ids[:expanded] + list(plain_aligned[common:])
-            image_token = getattr(self.model.config, "image_token_id", None)
-            images_covered = image_token is None or image_token not in plain_aligned[common:]
+            config = self.model.config
+            image_tokens = {getattr(config, name, None) for name in ("image_token_id", "image_token_index",
+                                                                     "boi_token_index")} - {None}
+            images_covered = not image_tokens.intersection(plain_aligned[common:])
             reusable = min(expanded, len(ids) - 1, vanilla.prefix.length)
             if images_covered and common > 0 and reusable > 0:
                 return PromptCache(ids, vanilla.prefix.crop(reusable))
@@ -276,17 +309,18 @@ class VisionLanguageModel:
             batch = self.encode([texts[i] for i in group], group_images or None)  # type: ignore[arg-type]
             width = batch["input_ids"].shape[1]
             mask = batch.get("attention_mask")
-            extra: dict[str, Any] = {}
-            if mask is not None:
-                extra["position_ids"] = (mask.long().cumsum(-1) - 1).clamp(min=0)
-            out = self.model(**batch, **extra, use_cache=True, **{self._cache_arg: growing_cache(self.model.config)})
+            positions, offsets = self._position_offsets(batch)
+            out = self.model(**batch, position_ids=positions, use_cache=True,
+                             **{self._cache_arg: growing_cache(self.model.config)})
             cache = getattr(out, "cache", None)
             if cache is None:
                 cache = out.past_key_values
             for row, index in enumerate(group):
                 real = int(mask[row].sum()) if mask is not None else width
                 ids = batch["input_ids"][row, width - real:].tolist()
-                results[index] = PromptCache(ids, RowPrefix.from_cache(cache, row, [(width - real, width - 1)]))
+                results[index] = PromptCache(ids, RowPrefix.from_cache(
+                    cache, row, [(width - real, width - 1)], cross=self.cross_layers, offset=offsets[row],
+                    extras=self._extras(batch, row)))
         return [r for r in results if r is not None]
 
     @torch.inference_mode()
@@ -294,7 +328,7 @@ class VisionLanguageModel:
         """Feed (R, T) tokens to packed rows (`real` marks the non-padding ones). Returns logits (R, T, V)."""
         mask, positions = rows.feed(real)
         out = self.model(input_ids=token_ids.to(self.device), attention_mask=mask, position_ids=positions,
-                         use_cache=True, **{self._cache_arg: rows.cache})
+                         use_cache=True, **rows.inputs_for(token_ids.shape[1]), **{self._cache_arg: rows.cache})
         return out.logits.float()
 
     def decode_continuations(self, contexts: Sequence[Sequence[int]], new_ids: Sequence[Sequence[int]]
@@ -321,7 +355,38 @@ class VisionLanguageModel:
             return list(backend.decode_batch(sequences, skip_special_tokens=True))
         return [self.tokenizer.decode(ids, skip_special_tokens=True) for ids in sequences]
 
-    @staticmethod
-    def crop(cache: Any, length: int) -> None:
+    def crop(self, cache: Any, length: int) -> None:
         """Shorten a cache to its first `length` positions (a negative crop works across transformers versions)."""
-        crop_cache(cache, length)
+        crop_cache(cache, length, cross=self.cross_layers)
+
+    # ------------------------------------------------------------------ the model's own input preparation
+    def _position_offsets(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[int]]:
+        """Position ids of a left-padded prompt batch, as the model numbers them, and per row the offset of the
+        next text token's position from the row's token count.
+
+        Models with a `get_rope_index` (Qwen2/2.5/3-VL) number image tokens on a (time, height, width) grid: their
+        own method gives the 3-D ids and the rope delta; text after the prompt then sits at `count + delta` on all
+        three axes. Every other model numbers real tokens 0, 1, 2, ... after the padding.
+        """
+        mask = batch.get("attention_mask")
+        ids = batch["input_ids"]
+        if mask is None:
+            mask = torch.ones_like(ids)
+        plain = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        real = mask.long().sum(-1)
+        rope_index = getattr(getattr(self.model, "model", None), "get_rope_index", None)
+        if rope_index is None or batch.get("image_grid_thw") is None:
+            return plain, [0] * ids.shape[0]
+        wanted = inspect.signature(rope_index).parameters
+        kwargs = {k: v for k, v in batch.items() if k in wanted and k != "input_ids"}
+        positions, _ = rope_index(ids, **kwargs)
+        positions = positions.to(ids.device)
+        last = positions.masked_fill(~mask.bool().unsqueeze(0), -1).amax(dim=(0, 2))
+        return positions, [int(n) for n in (last + 1 - real).tolist()]
+
+    @staticmethod
+    def _extras(batch: dict[str, torch.Tensor], row: int) -> dict[str, torch.Tensor]:
+        """Per-token inputs a new token of `row` repeats from the prompt's last token (Mllama's cross-attention
+        mask: which images and tiles the text attends to)."""
+        mask = batch.get("cross_attention_mask")
+        return {} if mask is None else {"cross_attention_mask": mask[row:row + 1, -1:]}

@@ -121,7 +121,35 @@ class _Aligning:
 
 def supports_packed_rows(vlm: Any, reward: Any) -> bool:
     """Whether the adapters can align many jobs in one batch (the real ones can; stand-ins may not)."""
-    return isinstance(vlm, VisionLanguageModel) and isinstance(reward, RewardModel)
+    return isinstance(vlm, VisionLanguageModel) and (reward is None or isinstance(reward, RewardModel))
+
+
+class _Unscored:
+    """Best-of-one needs no scores: `align_jobs` without a reward model (the engine oracle of `eta models check`
+    runs the VLM alone). Every candidate scores 0."""
+
+    forwards = 0
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def score(self, answers: dict[Hashable, list[str]]) -> dict[Hashable, list[float]]:
+        return {key: [0.0] * len(texts) for key, texts in answers.items()}
+
+    def keep(self, job: Hashable, index: int) -> None:
+        pass
+
+    def forget(self, job: Hashable) -> None:
+        pass
+
+
+def sentence_ended(vlm: Any, text: str, last_token: int) -> bool:
+    """Whether a candidate ends its sentence, by the VLM profile's rule: `period` (the paper's, for LLaVA-1.5: the
+    last token is "." alone, LLaVA's 29889) or `punctuation` (".", "!", "?" or a newline, judged on the decoded
+    text, for every other model)."""
+    if getattr(getattr(vlm, "profile", None), "sentence_end", "punctuation") == "period":
+        return last_token == getattr(vlm, "period_token_id", None)
+    return ends_sentence(text)
 
 
 def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> None:
@@ -129,13 +157,14 @@ def _count(calls: MutableMapping[str, int] | None, kind: str, n: int = 1) -> Non
         calls[kind] = calls.get(kind, 0) + n
 
 
-def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer | None, jobs: Sequence[AlignmentJob],
-               *, config: ETAConfig, calls: MutableMapping[str, int] | None = None,
+def align_jobs(vlm: VisionLanguageModel, reward: RewardModel | None, clip: ClipScorer | None,
+               jobs: Sequence[AlignmentJob], *, config: ETAConfig, calls: MutableMapping[str, int] | None = None,
                layout: MutableMapping[str, int] | None = None) -> list[Alignment]:
     """Deep alignment of several jobs in one batch (see the module). Returns one `Alignment` per job, in order.
 
     Args:
-        vlm, reward, clip: loaded models (clip may be None: reward-only scoring).
+        vlm, reward, clip: loaded models (clip may be None: reward-only scoring; reward may be None only with one
+            candidate per sentence, which needs no scores).
         jobs: the jobs; each job's answer depends only on itself, its seed and `config`.
         config: algorithm parameters (safety prefix, N, sampling, alpha, token budgets).
         calls: when given, model forwards are counted into it (`align_vlm_forward`, `align_reward_forward`,
@@ -145,6 +174,8 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     """
     if not jobs:
         return []
+    if reward is None and config.num_candidates != 1:
+        raise ValueError("best-of-N with more than one candidate needs a reward model")
     if not supports_packed_rows(vlm, reward):
         alignments = [_align_stepwise(vlm, reward, clip, prompt=j.prompt, image=j.image, config=config, seed=j.seed)
                       for j in jobs]
@@ -189,20 +220,55 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel, clip: ClipScorer |
     del start
     # Successive sentences share the reward prompt and each job's answer so far: their KV caches are reused.
     # Best-of-N scores under the short align_reward_prompt (the paper's).
-    scorer = RewardRows(reward, config.align_reward_prompt)
+    scorer: RewardRows | _Unscored = (RewardRows(reward, config.align_reward_prompt) if reward is not None
+                                      else _Unscored(n))
     while True:
         active = [s for s in states if not s.done]
         if not active:
             break
-        _align_round(vlm, clip, scorer, active, config=config, n=n, calls=calls, layout=layout)
+        for pack in _packs(vlm, active):
+            _align_round(vlm, clip, scorer, pack, config=config, n=n, calls=calls, layout=layout)
     _count(calls, "align_reward_forward", scorer.forwards)
     _count(calls, "aligned_sentences", sum(len(s.trace) for s in states))
     return [Alignment(response=config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids),
                       token_ids=s.response_ids, trace=s.trace, sampled_tokens=s.sampled) for s in states]
 
 
-def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows, active: list[_Aligning], *,
-                 config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
+def _packs(vlm: VisionLanguageModel, active: list[_Aligning]) -> list[list[_Aligning]]:
+    """The jobs of a round grouped into packs that can share one batch (see `pack_groups`)."""
+    groups = pack_groups(vlm.packing, [s.prefix for s in active], [len(s.pending) for s in active])
+    return [[active[i] for i in group] for group in groups]
+
+
+def pack_groups(packing: str, prefixes: Sequence[RowPrefix], pending: Sequence[int]) -> list[list[int]]:
+    """Indices of the sequences that can share one packed batch, by the model's `packing`:
+
+    - `all`: one pack.
+    - `equal-pending`: sliding-window layers mask by cache column, so a row's tokens must sit in consecutive
+      columns: sequences feeding the same number of pending tokens share a pack (after the first round, all do).
+    - `equal-cross`: Mllama's cross-attention layers hold each job's image keys and values (as many as its prompt
+      batch padded its tiles to) and each new token repeats its prompt's cross-attention mask row: sequences whose
+      cross-attention tensors have the same shapes share a pack (text-only jobs, image jobs prompted together).
+    """
+    if packing == "all":
+        return [list(range(len(prefixes)))]
+
+    def key(index: int) -> Hashable:
+        prefix = prefixes[index]
+        if packing == "equal-pending":
+            return pending[index]
+        layers = tuple(None if pair is None else tuple(pair[0].shape)
+                       for i, pair in enumerate(prefix.layers) if i in prefix.cross)
+        return layers, tuple((name, tuple(value.shape)) for name, value in sorted(prefix.extras.items()))
+
+    groups: dict[Hashable, list[int]] = {}
+    for index in range(len(prefixes)):
+        groups.setdefault(key(index), []).append(index)
+    return list(groups.values())
+
+
+def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows | _Unscored,
+                 active: list[_Aligning], *, config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
                  layout: MutableMapping[str, int] | None) -> None:
     """One sentence of every active job: sample N candidates each in one batch, score, keep the best."""
     budgets = [min(config.max_sentence_tokens, config.max_new_tokens - len(s.response_ids)) for s in active]
@@ -252,7 +318,7 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
         # Every new token of every row decoded in one tokenizer call; the sentence end is judged on text.
         texts = vlm.decode_continuations([contexts[k] for k, _ in growing], [tokens[k][row] for k, row in growing])
         for (k, row), text in zip(growing, texts, strict=True):
-            if ends_sentence(text):
+            if sentence_ended(vlm, text, tokens[k][row][-1]):
                 ends[k][row] = "sentence"
             elif step + 1 == budgets[k]:
                 ends[k][row] = "length"
@@ -330,7 +396,8 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
             spans.append((packed.width + feed_width, packed.width + feed_width + fed))
         if len(spans) == 2 and spans[0][1] == spans[1][0]:
             spans = [(spans[0][0], spans[1][1])]
-        s.prefix = RowPrefix.from_cache(packed.cache, row, spans)
+        s.prefix = RowPrefix.from_cache(packed.cache, row, spans, cross=s.prefix.cross, offset=s.prefix.offset,
+                                        extras=s.prefix.extras)
         s.pending = chosen.token_ids[-1:]
 
 
@@ -350,7 +417,7 @@ def _sample_candidates(vlm: VisionLanguageModel, cache: Any, logits: torch.Tenso
                 ends[row] = "eos"
                 continue
             tokens[row].append(token)
-            if ends_sentence(vlm.decode_continuation(context, tokens[row])):
+            if sentence_ended(vlm, vlm.decode_continuation(context, tokens[row]), token):
                 ends[row] = "sentence"
             elif step + 1 == budget:
                 ends[row] = "length"

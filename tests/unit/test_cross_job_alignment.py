@@ -24,7 +24,7 @@ def ragged_sentences(monkeypatch):
     jobs need different numbers of sentences (they leave the batch at different rounds)."""
     from eta.safety import alignment
 
-    monkeypatch.setattr(alignment, "ends_sentence", lambda text: zlib.crc32(text.encode()) % 3 == 0)
+    monkeypatch.setattr(alignment, "sentence_ended", lambda vlm, text, token: zlib.crc32(text.encode()) % 3 == 0)
 
 
 @pytest.fixture(scope="module")

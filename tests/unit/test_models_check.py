@@ -30,7 +30,7 @@ def test_check_json_passes_on_the_tiny_production_shaped_set(tiny_models_dir):
     names = [c["name"] for c in report["checks"]]
     assert names == ["config:prompts", "clip:activation", "clip:load", "clip:batched", "reward:load",
                      "reward:positions", "reward:batched", "reward:session", "vlm:load", "vlm:profile",
-                     "vlm:prompt", "vlm:image"]
+                     "vlm:prompt", "vlm:image", "vlm:engine"]
     assert all(set(c) == {"name", "ok", "detail"} for c in report["checks"])
 
 
@@ -186,3 +186,21 @@ def test_vlm_image_fails_when_the_image_is_cropped_or_padded_with_another_colour
         pad = profiles.pad_to_square
         monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill: pad(image, (0, 0, 0)))
     assert not conf.check_vlm_image(vlm).ok
+
+
+def test_vlm_engine_fails_on_a_planted_position_shift(tiny_models, monkeypatch):
+    """Alignment that diverges from the model's own generation: every aligned row sits one position off."""
+    from eta.models.kv_cache import PackedRows
+
+    vlm = tiny_models.vlm
+    assert conf.check_vlm_engine(vlm).ok
+    feed = PackedRows.feed
+
+    def shifted(self, real):
+        mask, positions = feed(self, real)
+        return mask, positions + 1
+
+    monkeypatch.setattr(PackedRows, "feed", shifted)
+    check = conf.check_vlm_engine(vlm)
+    assert not check.ok
+    assert "differ from the model's own forward" in check.detail

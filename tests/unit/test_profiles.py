@@ -66,10 +66,32 @@ def test_fingerprint_records_the_profile_and_the_prompts(tiny_models):
     from eta.safety.pipeline import fingerprint
 
     printed = fingerprint(tiny_models, ETAConfig())
-    assert printed["models"]["vlm"]["profile"] == {"name": "llava-1.5", "system": PAPER_SYSTEM, "image": "pad-square"}
+    assert printed["models"]["vlm"]["profile"] == {"name": "llava-1.5", "system": PAPER_SYSTEM, "image": "pad-square",
+                                                   "sentence_end": "period"}
+    assert printed["models"]["vlm"]["architecture"] == {"name": "llava-1.5", "model_type": "llava", "supported": True}
     assert printed["models"]["clip"]["quick_gelu"] is True
     params = printed["params"]
     assert params["align_reward_prompt"] != params["reward_prompt"]
     assert params["align_reward_prompt"].startswith("Please give me a response without any safety issues. If")
     other = fingerprint(tiny_models, ETAConfig(align_reward_prompt="Rate it."))
     assert other["digest"] != printed["digest"]
+
+
+def test_the_sentence_rule_is_the_papers_for_llava_15_and_punctuation_for_the_others(tiny_models):
+    from eta.models.profiles import PROFILES
+    from eta.safety.alignment import sentence_ended
+
+    vlm = tiny_models.vlm
+    period = vlm.period_token_id
+    assert period is not None and vlm.tokenizer.decode([period]) == "."
+    bang = vlm.tokenizer.convert_tokens_to_ids("!")
+    assert sentence_ended(vlm, "It is safe.", period)
+    assert not sentence_ended(vlm, "It is safe!", bang)  # the paper ends a sentence on "." only
+    assert not sentence_ended(vlm, "It is safe\nand", vlm.tokenizer.encode("and", add_special_tokens=False)[-1])
+
+    class ChatTemplateModel:
+        profile = PROFILES["chat-template"]
+        period_token_id = period
+
+    assert sentence_ended(ChatTemplateModel(), "It is safe!", bang)
+    assert sentence_ended(ChatTemplateModel(), "It is safe.", period)
