@@ -78,12 +78,15 @@ def decoded_bytes(mode: str, width: int, height: int) -> int:
     return per_pixel * width * height
 
 
-def decode_image(data: bytes, *, limits: ImageLimits | None = None) -> DecodedImage:
+def decode_image(data: bytes, *, limits: ImageLimits | None = None, at_least: int | None = None) -> DecodedImage:
     """Decode `data` completely (not just sniff it) and return an upright RGB image.
 
     Every limit that the header can answer (bytes, format, pixels, aspect ratio, decode memory) is checked
     before any pixel is decoded. EXIF orientation is applied here, once, so the models, the thumbnails and a
     browser showing the original all see the same upright picture. An MPO file is read as its first frame.
+
+    `at_least` (for previews, never for the models): a JPEG may be decoded at 1/2, 1/4 or 1/8 of its size (the
+    decoder's own scaling, far less memory) as long as both sides stay at least `at_least` pixels.
 
     Raises:
         ImageError: `image_empty`, `image_too_large`, `image_unreadable`, `image_format_not_allowed`,
@@ -92,6 +95,8 @@ def decode_image(data: bytes, *, limits: ImageLimits | None = None) -> DecodedIm
     """
     limits = limits or ImageLimits()
     with _opened(data, limits) as (image, fmt):
+        if at_least is not None and fmt == "JPEG":
+            image.draft("RGB", (at_least, at_least))
         image.load()
         orientation = _orientation(image)
         rgb = image if image.mode == "RGB" else image.convert("RGB")

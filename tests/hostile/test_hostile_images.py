@@ -147,6 +147,17 @@ def test_exif_orientation_is_applied_once():
     assert (info.width, info.height) == (60, 30)
 
 
+def test_a_preview_decodes_a_large_jpeg_at_a_fraction_of_its_size_and_upright():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    Image.new("RGB", (3000, 4000), BLUE).save(out, "JPEG", exif=exif)  # shown as 4000x3000
+    preview = decode_image(out.getvalue(), at_least=320)
+    assert preview.image.size == (500, 375)  # the decoder's 1/8 scale, both sides still >= 320, then upright
+    assert decode_image(out.getvalue()).image.size == (4000, 3000)
+    assert decode_image(png(3000, 2000), at_least=320).image.size == (3000, 2000)  # only JPEG scales
+
+
 def test_a_broken_exif_block_is_ignored_not_fatal():
     out = io.BytesIO()
     upright_picture().save(out, "JPEG", exif=b"Exif\x00\x00MM\x00*garbage")
