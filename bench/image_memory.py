@@ -9,7 +9,9 @@ batch of large images (issue 26, item 2). Prints one JSON object.
    the time to accept the batch, the API's RSS before and after and its peak (VmHWM of its processes), and the
    worker's peak RSS while it runs the batch.
 
-    .venv/bin/python bench/image_memory.py [--images 50] [--skip-service] [--skip-run]
+    .venv/bin/python bench/image_memory.py [--images 50] [--skip-run] [--skip-service] [--skip-worker]
+
+Without PYTHONPATH pointing at a checkout, the `eta` commands run the code the venv was installed from.
 """
 
 from __future__ import annotations
@@ -146,7 +148,7 @@ def _rss_mb(pids: list[int], field: str) -> float:
     return round(total / 1024, 1)
 
 
-def measure_service(work: Path, count: int) -> dict:
+def measure_service(work: Path, count: int, *, worker: bool = True) -> dict:
     import http.client
 
     import sqlalchemy as sa
@@ -205,6 +207,10 @@ def measure_service(work: Path, count: int) -> dict:
         batch_id = json.loads(answer)["id"]
         api_after = _rss_mb(api_pids, "VmRSS")
         api_peak = _rss_mb(api_pids, "VmHWM")
+        api = {"images": count, "image": "6600x6000 PNG, distinct", "body_mb": round(len(body) / 2**20, 1),
+               "accept_s": round(accept_s, 2), "api_rss_mb": {"before": before, "after": api_after, "peak": api_peak}}
+        if not worker:
+            return api
 
         with logs.open("ab") as log:
             worker = subprocess.Popen([ETA, "worker", "--pool", "solo", "-l", "warning"], env=env,  # noqa: S603
@@ -221,10 +227,7 @@ def measure_service(work: Path, count: int) -> dict:
                 break
             time.sleep(1)
         worker_peak = max(worker_peak, _rss_mb([worker.pid], "VmHWM"))
-        return {"images": count, "image": "6600x6000 PNG, distinct", "body_mb": round(len(body) / 2**20, 1),
-                "accept_s": round(accept_s, 2), "api_rss_mb": {"before": before, "after": api_after,
-                                                                "peak": api_peak},
-                "worker": {"pool": "solo", "peak_rss_mb": worker_peak, "batch_status": status,
+        return {**api, "worker": {"pool": "solo", "peak_rss_mb": worker_peak, "batch_status": status,
                            "counts": batch.get("counts"), "seconds": round(time.perf_counter() - start, 1)},
                 "log": str(logs)}
     finally:
@@ -251,6 +254,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50, help="6600x6000 PNGs in the service's batch")
     parser.add_argument("--skip-run", action="store_true", help="skip the `eta run` measurements")
     parser.add_argument("--skip-service", action="store_true", help="skip the API and worker measurements")
+    parser.add_argument("--skip-worker", action="store_true", help="measure the API's intake only")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="eta-bench-images-") as folder:
         work = Path(folder)
@@ -258,7 +262,7 @@ def main() -> None:
         if not args.skip_run:
             out["eta_run"] = measure_eta_run(work)
         if not args.skip_service:
-            out["service"] = measure_service(work, args.images)
+            out["service"] = measure_service(work, args.images, worker=not args.skip_worker)
         print(json.dumps(out, indent=2))
 
 
