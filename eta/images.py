@@ -176,6 +176,8 @@ def _opened(data: bytes, limits: ImageLimits) -> Iterator[tuple[Image.Image, str
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # A broken EXIF block is ignored (see `_orientation`), not worth a warning per image.
+            warnings.filterwarnings("ignore", message="Corrupt EXIF data", category=UserWarning)
             image = Image.open(io.BytesIO(data))
             fmt = FORMAT_ALIASES.get(image.format or "", image.format or "")
             if fmt not in limits.formats:
