@@ -19,7 +19,7 @@ from typing import Any
 from api.guards import loads_bounded
 from api.text import text_problem
 from eta.config import ConfigError, ETAConfig
-from eta.images import ImageError, ImageLimits, decode_image
+from eta.images import ImageError, ImageLimits, check_image
 from eta.settings import Settings
 from eta.store import repository as repo
 
@@ -165,6 +165,7 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
                                            f"{len(items)} items; the limit is {max_items}")])
     base = dict(batch_params or {})
     decoded: dict[str, ValidImage | ImageError] = {}
+    decode_budget = limits.request_decode_pixels
     seen_custom_ids: dict[str, int] = {}
     jobs: list[repo.NewJob] = []
     for position, item in enumerate(items):
@@ -207,8 +208,12 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
             sha256 = hashlib.sha256(item.image).hexdigest()
             if sha256 not in decoded:
                 try:
-                    d = decode_image(item.image, limits=limits)
-                    decoded[sha256] = ValidImage(item.image, sha256, d.mime, d.width, d.height)
+                    # Full decodes while the request's budget lasts (small batches are proven decodable here);
+                    # past it, the header and structure checks, and the worker's decode is the full one.
+                    info = check_image(item.image, limits=limits, decode_pixels=decode_budget)
+                    if info.decoded:
+                        decode_budget -= info.width * info.height
+                    decoded[sha256] = ValidImage(item.image, sha256, info.mime, info.width, info.height)
                 except ImageError as exc:
                     decoded[sha256] = exc
             outcome = decoded[sha256]

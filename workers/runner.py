@@ -39,7 +39,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from eta.config import ConfigError, ETAConfig
-from eta.images import ImageError, ImageLimits, decode_image
+from eta.images import ImageError, ImageLimits, decode_image, header_pixels, split_by_pixels
 from eta.settings import Settings
 from eta.store import repository as repo
 from eta.store.blobs import make_blob_store
@@ -199,11 +199,17 @@ class StageRunner:
         self._images: dict[str, bytes] = {}
 
     def run(self, job_ids: Sequence[uuid.UUID]) -> StageProgress:
-        ready = self.decode_images(self.claim(job_ids))
-        for group in self.step.groups(ready, self.batch_size):
-            start = time.perf_counter()
-            outputs = self.compute(group)
-            self.record(outputs, elapsed_ms=elapsed_ms(start))
+        # Images are decoded a part at a time (`ImageLimits.worker_decode_pixels`), so a chunk of large images
+        # never sits decoded all at once; a chunk of ordinary images is one part.
+        budget = self.image_limits().worker_decode_pixels
+        for part in split_by_pixels(self.claim(job_ids), lambda w: header_pixels(w.image_bytes), budget):
+            ready = self.decode_images(part)
+            for group in self.step.groups(ready, self.batch_size):
+                start = time.perf_counter()
+                outputs = self.compute(group)
+                self.record(outputs, elapsed_ms=elapsed_ms(start))
+            for item in ready:
+                item.image = None
         self.report_model_calls()
         return self.progress
 
@@ -302,11 +308,14 @@ class StageRunner:
                 raise StageError(IMAGE_MISSING, f"the job's image {sha256} is not in the blob store") from exc
         return self._images[sha256]
 
+    def image_limits(self) -> ImageLimits:
+        limits = self.ctx.settings.limits
+        return ImageLimits(max_bytes=limits.max_image_bytes, max_pixels=limits.max_image_pixels,
+                           formats=frozenset(limits.image_formats))
+
     def decode_images(self, work: list[Work]) -> list[Work]:
         """Decode each job's image under the intake limits; a job whose image does not decode fails."""
-        settings = self.ctx.settings
-        limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
-                             formats=frozenset(settings.limits.image_formats))
+        limits = self.image_limits()
         ready = []
         for item in work:
             if item.image_bytes is not None:

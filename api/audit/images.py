@@ -92,7 +92,7 @@ def _render_thumbnail(image: JobImage, settings: Settings, side: int) -> JobImag
     limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
                          formats=frozenset(settings.limits.image_formats))
     try:
-        decoded = decode_image(image.data, limits=limits).image
+        decoded = decode_image(image.data, limits=limits, at_least=side).image
     except ImageError as exc:
         # Stored images passed these checks at intake; a failure here means the limits were lowered since.
         raise ImageUnavailable("image_not_found", f"the stored image cannot be decoded: {exc}") from exc

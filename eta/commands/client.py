@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 F = TypeVar("F", bound=Callable[..., Any])
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif"})
+# The first bytes of the formats above (WebP: "RIFF", four bytes of size, "WEBP"), to tell an image from a manifest.
+IMAGE_SIGNATURES = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF87a", b"GIF89a", b"BM")
 # Exit status of a command whose batch ended but not as `completed` (failed or cancelled).
 EXIT_BATCH_NOT_COMPLETED = 3
 
@@ -110,27 +112,93 @@ def _parse_params(params_json: str | None, settings: Iterable[str]) -> dict[str,
 
 
 # ---------------------------------------------------------------------------------------- inputs
-def items_from_folder(folder: Path, *, prompt: str, recursive: bool) -> list[BatchItem]:
-    """One item per image file in `folder` (sorted), `custom_id` its path relative to the folder."""
+def items_from_folder(folder: Path, *, prompt: str, recursive: bool,
+                      allow_outside_paths: bool = False) -> list[BatchItem]:
+    """One item per image file in `folder` (sorted), `custom_id` its path relative to the folder.
+
+    Raises:
+        click.BadParameter: a file is a symlink that leads out of the folder (unless `allow_outside_paths`).
+    """
     from eta.client import BatchItem
 
     pattern = "**/*" if recursive else "*"
     paths = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    return [BatchItem(prompt=prompt, image=path, custom_id=path.relative_to(folder).as_posix()) for path in paths]
+    items, refused = [], []
+    for path in paths:
+        custom_id = path.relative_to(folder).as_posix()
+        try:
+            image = confined_path(path, folder, allow_outside_paths=allow_outside_paths)
+        except OutsidePathError as exc:
+            refused.append(f"{path}: {exc}")
+            continue
+        items.append(BatchItem(prompt=prompt, image=image, custom_id=custom_id))
+    if refused:
+        raise click.BadParameter(_refusal(refused), param_hint="PATH")
+    return items
 
 
-def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> tuple[list[BatchItem], list[str]]:
+def item_from_image(image: Path, *, prompt: str) -> BatchItem:
+    """A one-item batch of the image file `image`, `custom_id` its file name."""
+    from eta.client import BatchItem
+
+    return BatchItem(prompt=prompt, image=image, custom_id=image.name)
+
+
+def looks_like_an_image(path: Path) -> bool:
+    """True for a file named like an image or starting with an image format's signature (a manifest is text)."""
+    if path.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    try:
+        with path.open("rb") as file:
+            head = file.read(16)
+    except OSError:
+        return False
+    return head.startswith(IMAGE_SIGNATURES) or (head[:4] == b"RIFF" and head[8:12] == b"WEBP")
+
+
+class OutsidePathError(ValueError):
+    """An image path that leads out of the folder it must stay in."""
+
+
+def confined_path(path: Path, root: Path, *, allow_outside_paths: bool) -> Path:
+    """`path` with every symlink resolved, if it lies inside `root` (also resolved).
+
+    A manifest often comes from someone else: without this, `"image": "/etc/passwd"`, `"../../.ssh/id_rsa"` or
+    a symlink pointing out of the folder would upload whatever file it names. The resolved path is what gets
+    read, so a symlink is followed once, here.
+
+    Raises:
+        OutsidePathError: the resolved path is outside `root` and `allow_outside_paths` is false.
+    """
+    resolved = path.resolve()
+    if allow_outside_paths:
+        return resolved
+    base = root.resolve()
+    if resolved != base and not resolved.is_relative_to(base):
+        raise OutsidePathError(f"{resolved} is outside {base} (pass --allow-outside-paths to allow it)")
+    return resolved
+
+
+def _refusal(problems: list[str]) -> str:
+    head = f"{len(problems)} image path(s) refused, nothing was uploaded:"
+    return "\n".join([head, *(f"  {problem}" for problem in problems)])
+
+
+def items_from_manifest(manifest: Path, *, default_prompt: str | None,
+                        allow_outside_paths: bool = False) -> tuple[list[BatchItem], list[str]]:
     """Items of a JSONL manifest, and where each came from (`PATH:LINE`).
 
     Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ..., "params"}`; a relative image path
-    is relative to the manifest's folder.
+    is relative to the manifest's folder, and every image path must lead (symlinks resolved) to a file inside
+    that folder unless `allow_outside_paths`.
 
     Raises:
-        click.BadParameter: a line is not a JSON object with known fields (naming the line).
+        click.BadParameter: a line is not a JSON object with known fields (naming the line), or image paths
+            lead out of the manifest's folder (naming every such line).
     """
     from eta.client import BatchItem
 
-    items, sources = [], []
+    items, sources, refused = [], [], []
     try:
         text = manifest.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -150,12 +218,21 @@ def items_from_manifest(manifest: Path, *, default_prompt: str | None) -> tuple[
         image = entry.get("image")
         if isinstance(image, str):
             path = Path(image)
-            entry["image"] = path if path.is_absolute() else manifest.parent / path
+            try:
+                entry["image"] = confined_path(path if path.is_absolute() else manifest.parent / path,
+                                               manifest.parent, allow_outside_paths=allow_outside_paths)
+            except OutsidePathError as exc:
+                custom_id = entry.get("custom_id")
+                named = f" (custom_id {custom_id!r})" if isinstance(custom_id, str) else ""
+                refused.append(f"{where}{named}: image {image!r}: {exc}")
+                continue
         try:
             items.append(BatchItem.coerce(entry))
         except ValueError as exc:
             raise click.BadParameter(f"{where}: {exc}", param_hint="PATH") from exc
         sources.append(where)
+    if refused:
+        raise click.BadParameter(_refusal(refused), param_hint="PATH")
     return items, sources
 
 
@@ -218,6 +295,9 @@ def _open_output(path: Path | None, mode: str) -> IO[Any]:
 @click.argument("path", type=click.Path(exists=True, path_type=Path))
 @click.option("--prompt", help="The question for every image of a folder (a manifest's default prompt).")
 @click.option("--recursive", "-r", is_flag=True, help="Include images in subfolders of a folder.")
+@click.option("--allow-outside-paths", is_flag=True,
+              help="Let manifest image paths (and symlinks in a folder) lead out of the manifest's folder; by default "
+                   "such a path is refused and nothing is uploaded.")
 @click.option("--params", "params_json", metavar="JSON", help="ETA parameters for every item, a JSON object.")
 @click.option("--set", "settings", multiple=True, metavar="NAME=VALUE",
               help="One ETA parameter (repeatable), e.g. --set max_new_tokens=64 --set policy=either.")
@@ -228,14 +308,15 @@ def _open_output(path: Path | None, mode: str) -> IO[Any]:
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the batch document instead of its id.")
 @server_options
-def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, params_json: str | None,
-           settings: tuple[str, ...], idempotency_key: str | None, callback_url: str | None, wait_for_end: bool,
-           timeout: float | None, as_json: bool) -> None:
+def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, allow_outside_paths: bool,
+           params_json: str | None, settings: tuple[str, ...], idempotency_key: str | None,
+           callback_url: str | None, wait_for_end: bool, timeout: float | None, as_json: bool) -> None:
     """Submit PATH as a batch and print the batch id.
 
-    PATH is a folder of images (each one item, asked --prompt, custom_id its file name) or a JSONL manifest,
-    one item a line: {"custom_id": "a", "prompt": "...", "image": "a.jpg", "params": {...}} (image paths are
-    relative to the manifest; "image_base64" works too; "image" may be left out for text-only items).
+    PATH is a folder of images (each one item, asked --prompt, custom_id its file name), one image (a one-item
+    batch) or a JSONL manifest, one item a line: {"custom_id": "a", "prompt": "...", "image": "a.jpg",
+    "params": {...}} (image paths are relative to the manifest and must stay inside its folder unless
+    --allow-outside-paths; "image_base64" works too; "image" may be left out for text-only items).
     """
     import uuid
 
@@ -245,13 +326,17 @@ def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, para
     if path.is_dir():
         if not prompt or not prompt.strip():
             raise click.UsageError("a folder needs --prompt (the question asked of every image)")
-        items = items_from_folder(path, prompt=prompt, recursive=recursive)
+        items = items_from_folder(path, prompt=prompt, recursive=recursive, allow_outside_paths=allow_outside_paths)
         sources = [str(path / str(item.custom_id)) for item in items]
         if not items:
             raise click.BadParameter(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in {path}",
                                      param_hint="PATH")
+    elif looks_like_an_image(path):
+        if not prompt or not prompt.strip():
+            raise click.UsageError("an image needs --prompt (the question asked of it)")
+        items, sources = [item_from_image(path, prompt=prompt)], [str(path)]
     else:
-        items, sources = items_from_manifest(path, default_prompt=prompt)
+        items, sources = items_from_manifest(path, default_prompt=prompt, allow_outside_paths=allow_outside_paths)
         if not items:
             raise click.BadParameter(f"{path} has no items", param_hint="PATH")
     key = idempotency_key or str(uuid.uuid4())

@@ -179,12 +179,12 @@ def test_vlm_image_fails_when_the_image_is_cropped_or_padded_with_another_colour
     vlm = tiny_models.vlm
     assert conf.check_vlm_image(vlm).ok
     if mutation == "centre-crop":
-        monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill: image)  # the processor crops instead
+        monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill, **_: image)  # the processor crops instead
     elif mutation == "processor-profile":  # llava-1.5's text with the processor's own (cropping) preprocessing
         monkeypatch.setattr(vlm, "profile", PromptProfile("llava-1.5", PROFILES["llava-1.5"].system, "processor"))
     else:
         pad = profiles.pad_to_square
-        monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill: pad(image, (0, 0, 0)))
+        monkeypatch.setattr(profiles, "pad_to_square", lambda image, fill, **kw: pad(image, (0, 0, 0), **kw))
     assert not conf.check_vlm_image(vlm).ok
 
 
