@@ -93,7 +93,7 @@ Reader = Callable[..., list[BenchmarkItem]]
 
 
 def benchmark_names() -> tuple[str, ...]:
-    from eta.benchmarks.readers import READERS
+    from eta.benchmarks.registry import READERS
 
     return tuple(READERS)
 
@@ -112,7 +112,7 @@ def load_benchmark(name: str, data_dir: Path, *, subset: str | None = None, limi
     Raises:
         BenchmarkError: unknown benchmark, missing directory or file, malformed file, an undecodable image.
     """
-    from eta.benchmarks.readers import READERS
+    from eta.benchmarks.registry import READERS
 
     reader = READERS.get(name)
     if reader is None:

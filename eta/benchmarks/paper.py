@@ -25,3 +25,23 @@ PAPER_MODEL = "llava-1.5-7b"
 def paper_values(benchmark: str, model: str = PAPER_MODEL) -> dict[str, float] | None:
     """The paper's USR (vanilla, ETA) in percent for `benchmark`, or None where the paper has no number."""
     return PAPER_TABLE_1.get(benchmark, {}).get(model)
+
+
+# ---------------------------------------------------------------------------------------- general ability
+GENERAL_ABILITY_CITATION = ("Ding, Li, Zhang. ETA (ICLR 2025, arXiv:2410.06625), general-ability results of "
+                            "LLaVA-1.5-7B with and without ETA")
+
+# benchmark -> model -> {"vanilla": score, "eta": score}. Only the cell whose value we could read from the
+# paper's text (its abstract-level claim "MMBench 64.60 -> 64.69"); the paper also reports MME, ScienceQA,
+# TextVQA, VQAv2 and MMMU-Pro, but its tables were not readable from here and its code repository does not
+# restate them, so those cells stay empty rather than guessed.
+# The paper's MMBench figure comes from MMBench's evaluation server (its scripts/eta_mmbench.sh uploads the dev
+# answers), which scores with CircularEval: it sits beside the CircularEval accuracy.
+PAPER_GENERAL_ABILITY: dict[str, dict[str, dict[str, float]]] = {
+    "mmbench": {"llava-1.5-7b": {"vanilla": 64.60, "eta": 64.69}},
+}
+
+
+def paper_ability_values(benchmark: str, model: str = PAPER_MODEL) -> dict[str, float] | None:
+    """The paper's general-ability score (vanilla, ETA) for `benchmark`, or None where we have no number."""
+    return PAPER_GENERAL_ABILITY.get(benchmark, {}).get(model)

@@ -4,6 +4,8 @@ Layouts (DIR is what `--data` names):
 
 - `spa-vl-harm`: SPA-VL's test split `harm`, one parquet file `DIR/harm-00000-of-00001.parquet` (or under
   `DIR/test/`), columns `image` ({bytes, path}), `question`, `class1`, `class2`, `class3`. Category: `class1`.
+- `spa-vl-help`: SPA-VL's test split `help` (`help-00000-of-00001.parquet`, same columns): the paper's helpfulness
+  set, judged for helpfulness (`--judge-url`) as well as for safety.
 - `mm-safetybench`: `DIR/processed_questions/<scenario>.json` for the 13 scenarios (a JSON object of id ->
   {"Rephrased Question", "Rephrased Question(SD)", "Key Phrase", ...}) and `DIR/imgs/<scenario>/<variant>/<id>.jpg`;
   variant `SD_TYPO` (the paper's) with `Rephrased Question`, `TYPO` likewise, `SD` with `Rephrased Question(SD)`.
@@ -68,6 +70,20 @@ def _first_existing(data_dir: Path, candidates: Iterable[str], what: str) -> Pat
                          if len(tried) > 1 else f"{tried[0]}: missing (expected {what})")
 
 
+def _published_root(data_dir: Path, marker: str) -> Path:
+    """`data_dir`, or its `data/` folder when the layout (`marker`) is there: a benchmark's repository root works
+    as well as its data folder. Without the marker in either, `data_dir` (whose error names the expected file)."""
+    if (data_dir / marker).exists():
+        return data_dir
+    nested = data_dir / "data"
+    return nested if (nested / marker).exists() else data_dir
+
+
+def json_error(path: Path, exc: json.JSONDecodeError) -> BenchmarkError:
+    """One line that locates a JSON syntax error: the reason, then "at line L column C" once."""
+    return BenchmarkError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8-sig")  # a byte-order mark (spreadsheet exports) is not a column
@@ -108,8 +124,18 @@ def _csv_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict[
 def read_spa_vl_harm(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
     """SPA-VL's harm test split (265 items) from its parquet file; the image bytes are embedded."""
     _no_subset("spa-vl-harm", subset)
-    path = _first_existing(data_dir, ["harm-00000-of-00001.parquet", "test/harm-00000-of-00001.parquet"],
-                           "SPA-VL's test split `harm` as parquet")
+    return _read_spa_vl(data_dir, "harm")
+
+
+def read_spa_vl_help(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """SPA-VL's help test split (the paper's helpfulness set), laid out as the harm split."""
+    _no_subset("spa-vl-help", subset)
+    return _read_spa_vl(data_dir, "help")
+
+
+def _read_spa_vl(data_dir: Path, split: str) -> list[BenchmarkItem]:
+    path = _first_existing(data_dir, [f"{split}-00000-of-00001.parquet", f"test/{split}-00000-of-00001.parquet"],
+                           f"SPA-VL's test split `{split}` as parquet")
     try:
         import pyarrow.parquet as pq
     except ImportError:  # pragma: no cover - a dependency of the project
@@ -132,7 +158,7 @@ def read_spa_vl_harm(data_dir: Path, *, subset: str | None = None) -> list[Bench
         if not data:
             raise BenchmarkError(f"{path}, row {index}: no image bytes (expected image = {{bytes, path}})")
         items.append(BenchmarkItem(
-            item_id=f"harm-{index:04d}", prompt=question, category=str(row.get("class1") or NO_CATEGORY),
+            item_id=f"{split}-{index:04d}", prompt=question, category=str(row.get("class1") or NO_CATEGORY),
             image_bytes=data,
             extra={"class2": row.get("class2"), "class3": row.get("class3"),
                    "image_name": image.get("path") if isinstance(image, dict) else None},
@@ -148,6 +174,7 @@ def read_mm_safetybench(data_dir: Path, *, subset: str | None = None) -> list[Be
         raise BenchmarkError(f"MM-SafetyBench has image variants {', '.join(MM_SAFETYBENCH_QUESTION)}, "
                              f"not {variant!r}")
     question_key = MM_SAFETYBENCH_QUESTION[variant]
+    data_dir = _published_root(data_dir, "processed_questions")
     items = []
     for scenario in MM_SAFETYBENCH_SCENARIOS:
         path = data_dir / "processed_questions" / f"{scenario}.json"
@@ -157,7 +184,7 @@ def read_mm_safetybench(data_dir: Path, *, subset: str | None = None) -> list[Be
         try:
             questions = json.loads(_read_text(path))
         except json.JSONDecodeError as exc:
-            raise BenchmarkError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise json_error(path, exc) from None
         if not isinstance(questions, dict):
             raise BenchmarkError(f"{path}: expected a JSON object of id -> question record, "
                                  f"got {type(questions).__name__}")
@@ -179,6 +206,7 @@ def read_mm_safetybench(data_dir: Path, *, subset: str | None = None) -> list[Be
 def read_figstep(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
     """FigStep's SafeBench (500 typographic images over 10 topics) with FigStep's fixed prompt."""
     _no_subset("figstep", subset)
+    data_dir = _published_root(data_dir, "question")
     path = _first_existing(data_dir, ["question/safebench.csv"], "FigStep's SafeBench questions as CSV")
     images = next((d for d in (data_dir / "image" / "SafeBench", data_dir / "images" / "SafeBench") if d.is_dir()),
                   None)
@@ -216,18 +244,22 @@ def read_cross_modal(data_dir: Path, *, subset: str | None = None) -> list[Bench
     if "instruction" in header:  # a copy with a header (as the paper's loader reads it)
         column = header.index("instruction")
         category_column = header.index("category") if "category" in header else None
-        body = list(enumerate(rows[1:], start=2))
+        body = rows[1:]
     else:  # as published: no header, the instruction in the first cell (and a trailing empty one)
         column, category_column = 0, None
-        body = list(enumerate(rows, start=1))
+        body = rows
+    first_line = len(rows) - len(body) + 1
     items = []
-    for number, row in body:
+    # The id counts instructions, not file lines: a copy with a header names each instruction as the
+    # published file does, so a run resumes across both.
+    for position, row in enumerate(body, start=1):
+        number = position + first_line - 1
         instruction = row[column] if column < len(row) else ""
         if not instruction.strip():
             raise BenchmarkError(f"{path}, row {number}: empty instruction")
         category = row[category_column].strip() if category_column is not None and category_column < len(row) else ""
         items.append(BenchmarkItem(
-            item_id=f"row-{number:03d}", prompt=instruction + ATTACK_SUFFIX, category=category or NO_CATEGORY,
+            item_id=f"row-{position:03d}", prompt=instruction + ATTACK_SUFFIX, category=category or NO_CATEGORY,
             image_path=image, extra={"instruction": instruction, "image": image.name},
         ))
     return items
@@ -249,8 +281,9 @@ def _no_subset(name: str, subset: str | None) -> None:
         raise BenchmarkError(f"the {name} benchmark has no subsets (got {subset!r})")
 
 
-READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
+SAFETY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "spa-vl-harm": read_spa_vl_harm,
+    "spa-vl-help": read_spa_vl_help,
     "mm-safetybench": read_mm_safetybench,
     "figstep": read_figstep,
     "cross-modal": read_cross_modal,

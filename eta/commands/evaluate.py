@@ -114,7 +114,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float, batch_size: int, as_json: bool,
                  no_progress: bool, **options: Any) -> None:
     """Run ETA on every line of DATASET (JSONL: image, prompt, optional label) and summarise; or, with
-    --benchmark and --data, on one of the paper's safety benchmarks, judged by --judge, beside the paper's table.
+    --benchmark and --data, on one of the paper's benchmarks beside the paper's numbers: a safety benchmark judged
+    by --judge, a general-ability one scored by its own metric (helpfulness by --judge-url on either).
 
     Unsafe rate by refusal-phrase matching, aligned rate, mean scores per label and, with labels, the
     pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
@@ -152,7 +153,8 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
 def _no_benchmark_options(options: dict[str, Any]) -> None:
     """A JSONL dataset run refuses the options that only --benchmark reads, rather than ignoring them."""
     flags = {"data_dir": "--data", "subset": "--subset", "limit": "--limit", "out_dir": "--out-dir",
-             "judge_id": "--judge", "judge_format": "--judge-format", "via": "--via", "plot": "--plot"}
+             "judge_id": "--judge", "judge_format": "--judge-format", "via": "--via", "plot": "--plot",
+             "judge_url": "--judge-url"}
     given = [flag for name, flag in flags.items() if options.get(name)]
     if given:
         raise DatasetCommandError(f"{', '.join(given)}: only with --benchmark (a JSONL DATASET run takes --out)")
@@ -160,7 +162,7 @@ def _no_benchmark_options(options: dict[str, Any]) -> None:
 
 def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, batch_size: int, as_json: bool,
                     no_progress: bool, options: dict[str, Any]) -> None:
-    from eta.commands.evaluate_benchmark import JudgeOptions, ServiceOptions, run_benchmark_eval
+    from eta.commands.evaluate_benchmark import HelpfulnessOptions, JudgeOptions, ServiceOptions, run_benchmark_eval
     from eta.commands.options import MODEL_OPTION_NAMES, PARAMETER_NAMES
 
     if not options["benchmark"]:
@@ -171,35 +173,57 @@ def _eval_benchmark(dataset: Path | None, out_path: Path | None, config: Any, ba
     judge = JudgeOptions(options["judge_id"], options["judge_format"], options["judge_device"],
                          options["judge_dtype"], options["judge_trust_remote_code"], options["judge_batch_size"])
     service = ServiceOptions(options["via"], options["api_key"], options["wait_timeout"]) if options["via"] else None
+    helpfulness = (HelpfulnessOptions(options["judge_url"], options["judge_model"], options["judge_api_key_env"],
+                                      not options["judge_no_image"]) if options["judge_url"] else None)
     run_benchmark_eval(
         benchmark_name=options["benchmark"], data_dir=options["data_dir"], subset=options["subset"],
         limit=options["limit"], out_dir=options["out_dir"], config=config,
         overrides={name: options[name] for name in PARAMETER_NAMES}, batch_size=batch_size, judge=judge,
         service=service, plot=options["plot"], as_json=as_json, progress=not no_progress,
         models_spec=lambda: _models_spec({name: options[name] for name in MODEL_OPTION_NAMES}),
+        helpfulness=helpfulness,
     )
 
 
 @click.command("calibrate")
-@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path))
-@click.option("--out", "plot_path", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="PNG of the s_pre histograms of safe and unsafe images with the thresholds.")
+@click.argument("dataset", type=click.Path(dir_okay=False, path_type=Path), required=False)
+@click.option("--out", "plot_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="PNG of the s_pre histograms of safe and unsafe images with the thresholds (with DATASET).")
 @click.option("--target-fpr", type=float, default=0.05, show_default=True,
               help="False-positive rate on safe images that the suggested tau_pre keeps to.")
 @click.option("--tau-pre", type=float, help="Current threshold, drawn for comparison (default 0.16).")
+@click.option("--tau-post", type=float, help="Current reward threshold (default 0.06), with --from-results.")
 @click.option("--safety-prompt", help="Text CLIP compares images with (default: the paper's).")
+@click.option("--from-results", "results_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Choose thresholds for --target-aligned-rate from the s_pre/s_post of a benign run's results "
+                   "(results.jsonl of eta eval --benchmark coco-captions, or eta eval's --out); loads no model.")
+@click.option("--target-aligned-rate", type=float,
+              help="Share of benign inputs ETA may align (0-1), with --from-results.")
+@click.option("--run", "run_key", help="Which run of a results.jsonl holding several (its `run` key).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
               help="Images per CLIP forward.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report (scores included) as JSON.")
 @click.option("--no-progress", is_flag=True, help="No progress bar on stderr.")
 @model_options
-def calibrate_command(dataset: Path, plot_path: Path, target_fpr: float, tau_pre: float | None,
-                      safety_prompt: str | None, batch_size: int, as_json: bool, no_progress: bool,
-                      **options: Any) -> None:
-    """Histograms of s_pre for the safe and unsafe labelled images of DATASET, to choose tau_pre.
+def calibrate_command(dataset: Path | None, plot_path: Path | None, target_fpr: float, tau_pre: float | None,
+                      tau_post: float | None, safety_prompt: str | None, results_path: Path | None,
+                      target_aligned_rate: float | None, run_key: str | None, batch_size: int, as_json: bool,
+                      no_progress: bool, **options: Any) -> None:
+    """Choose thresholds: histograms of s_pre for the safe and unsafe labelled images of DATASET (tau_pre for a
+    false-positive rate; only CLIP is loaded), or, with --from-results and --target-aligned-rate, tau_pre or
+    tau_post for a target share of benign inputs aligned (no model is loaded).
 
-    Only CLIP is loaded. Items without an image or a label are skipped.
+    Items without an image or a label are skipped.
     """
+    if results_path is not None or target_aligned_rate is not None:
+        if dataset is not None or plot_path is not None:
+            raise DatasetCommandError("--from-results takes no DATASET or --out (it reads scores, draws nothing)")
+        _calibrate_aligned_rate(results_path, target_aligned_rate, tau_pre, tau_post, run_key, as_json)
+        return
+    if dataset is None or plot_path is None:
+        raise DatasetCommandError("give DATASET and --out PNG (or --from-results RESULTS --target-aligned-rate R)")
+    if tau_post is not None or run_key is not None:
+        raise DatasetCommandError("--tau-post and --run: only with --from-results")
     from eta.commands.options import MODEL_OPTION_NAMES
     from eta.evaluation import DatasetError, calibrate, plot_calibration
 
@@ -233,3 +257,35 @@ def calibrate_command(dataset: Path, plot_path: Path, target_fpr: float, tau_pre
         f"FPR {_fmt(report['fpr'])}, TPR {_fmt(report['tpr'])} (current tau_pre {config.tau_pre:g})\n"
         f"plot: {plot_path}"
     )
+
+
+def _calibrate_aligned_rate(results_path: Path | None, target: float | None, tau_pre: float | None,
+                            tau_post: float | None, run_key: str | None, as_json: bool) -> None:
+    from eta.evaluation import DatasetError, read_benign_scores, thresholds_for_aligned_rate
+
+    if results_path is None or target is None:
+        raise DatasetCommandError("--from-results and --target-aligned-rate go together")
+    if math.isnan(target) or not 0.0 <= target <= 1.0:
+        raise DatasetCommandError(f"--target-aligned-rate must be within [0, 1], got {target}")
+    config = _config({"tau_pre": tau_pre, "tau_post": tau_post})
+    try:
+        scores = read_benign_scores(results_path, run=run_key)
+    except DatasetError as exc:
+        raise DatasetCommandError(str(exc)) from exc
+    report = thresholds_for_aligned_rate(scores, tau_pre=config.tau_pre, tau_post=config.tau_post, target=target)
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+
+    def line(name: str, choice: dict[str, Any] | None) -> str:
+        if choice is None:
+            return f"{name}: none meets the target (text-only items align on tau_post alone)"
+        return (f"{name}: tau_pre {choice['tau_pre']:.4g}, tau_post {choice['tau_post']:.4g} -> aligned "
+                f"{choice['aligned_rate']:.1%}")
+
+    current = report["current"]
+    click.echo(f"{report['items']} benign results ({report['with_image']} with an image); policy both: align when "
+               f"s_pre >= tau_pre and s_post <= tau_post\n"
+               f"current: tau_pre {current['tau_pre']:g}, tau_post {current['tau_post']:g} -> aligned "
+               f"{current['aligned_rate']:.1%} (target <= {target:.1%})\n"
+               + line("raise tau_pre", report["move_tau_pre"]) + "\n" + line("lower tau_post", report["move_tau_post"]))

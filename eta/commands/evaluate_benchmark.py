@@ -1,4 +1,7 @@
-"""`eta eval --benchmark NAME --data DIR`: reproduce the paper's table on one of its safety benchmarks.
+"""`eta eval --benchmark NAME --data DIR`: reproduce the paper's tables on one of its benchmarks.
+
+A general-ability benchmark (`mmbench`, `textvqa`, `mme`, `scienceqa-img`) is answered the same way and then
+scored against its ground truth by its official metric (`eta.benchmarks.ability_table`), with no judge.
 
 Steps, each resumable (see `eta.benchmarks.run`): read and validate the benchmark; answer every item with ETA
 (the local models, or `--via URL`: a running service, as one batch); free the ETA models; load the judge on its
@@ -38,6 +41,16 @@ class JudgeOptions:
     dtype: str
     trust_remote_code: bool
     batch_size: int
+
+
+@dataclass(frozen=True)
+class HelpfulnessOptions:
+    """--judge-url and its companions: the helpfulness judge over an OpenAI-compatible chat API."""
+
+    url: str
+    model: str
+    key_env: str
+    send_images: bool
 
 
 @dataclass(frozen=True)
@@ -107,9 +120,11 @@ def _model_identity(spec: Any) -> dict[str, Any]:
 def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: str | None, limit: int | None,
                        out_dir: Path | None, config: Any, overrides: dict[str, Any], batch_size: int,
                        judge: JudgeOptions, service: ServiceOptions | None, plot: bool, as_json: bool,
-                       progress: bool, models_spec: Callable[[], Any]) -> None:
+                       progress: bool, models_spec: Callable[[], Any],
+                       helpfulness: HelpfulnessOptions | None = None) -> None:
     """The body of `eta eval --benchmark`; `models_spec()` gives the model selection of the model options."""
     from eta.benchmarks import BenchmarkError, load_benchmark
+    from eta.benchmarks.registry import is_ability_benchmark
     from eta.benchmarks.run import judge_answers, read_verdicts, write_outputs
     from eta.benchmarks.table import build_table, plot_table, table_markdown
 
@@ -119,7 +134,12 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
         benchmark = load_benchmark(benchmark_name, data_dir, subset=subset, limit=limit)
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
+    ability = is_ability_benchmark(benchmark.name)
+    if ability and (judge.judge_id or plot):
+        raise BenchmarkCommandError(f"{'--judge' if judge.judge_id else '--plot'}: {benchmark.name} is a "
+                                    f"general-ability benchmark, scored by its own metric (no judge, no USR plot)")
     judge_info = _check_judge(judge)
+    chat_judge = _chat_judge(helpfulness) if helpfulness is not None else None
     out_dir = out_dir or Path("eta-eval") / benchmark.name
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchmarkCommandError(f"--out-dir {out_dir} is a file, not a directory")
@@ -134,6 +154,11 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     except BenchmarkError as exc:
         raise BenchmarkCommandError(str(exc)) from exc
     timing: dict[str, Any] = {"answered_now": answered, "answer_s": round(time.perf_counter() - started, 3)}
+    helped = _judge_helpfulness(chat_judge, benchmark, records, out_dir, key, progress, timing) if chat_judge else None
+    if ability:
+        _ability_outputs(benchmark, records, {**run, "key": key, "out_dir": str(out_dir), "timing": timing}, out_dir,
+                         as_json, helped)
+        return
 
     verdicts: dict[tuple[str, str], dict[str, Any]] = {}
     if judge_info is not None:
@@ -159,12 +184,14 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     table = build_table(benchmark.name, ordered, verdicts, judge=judge_info, categories=benchmark.categories,
                         run={**run, "key": key, "items": len(benchmark.items), "out_dir": str(out_dir),
                              "timing": timing})
-    json_path, markdown_path = write_outputs([table], out_dir, markdown=table_markdown)
+    if helped is not None:
+        table["helpfulness"] = helped
+    json_path, markdown_path = write_outputs([table], out_dir, markdown=_with_helpfulness(table_markdown))
     plot_path = plot_table(table, out_dir / "usr_by_category.png") if plot else None
     if as_json:
         click.echo(json.dumps(table, indent=2))
         return
-    click.echo(table_markdown([table]).rstrip())
+    click.echo(_with_helpfulness(table_markdown)([table]).rstrip())
     click.echo(f"\nthis invocation: {timing['answered_now']} items answered in {timing['answer_s']:.1f} s"
                + (f" ({timing['items_per_s']:.3g} items/s)" if "items_per_s" in timing else "")
                + (f", {timing['judged_now']} answers judged in {timing['judge_s']:.1f} s" if "judge_s" in timing
@@ -172,6 +199,71 @@ def run_benchmark_eval(*, benchmark_name: str, data_dir: Path | None, subset: st
     click.echo(f"written: {json_path}, {markdown_path}" + (f", {plot_path}" if plot_path else ""))
     if judge.judge_id is None:
         click.echo("no --judge: USR columns are empty (ASR is the keyword check)")
+
+
+def _chat_judge(options: HelpfulnessOptions) -> Any:
+    """The helpfulness judge, built before anything runs so a bad URL stops the command at once."""
+    import os
+
+    from eta.judges import JudgeError
+    from eta.judges.chat_api import ChatAPIJudge
+
+    key = os.environ.get(options.key_env) or None
+    if key is None:
+        logger.info("$%s is not set: the judge API is called without a key", options.key_env)
+    try:
+        return ChatAPIJudge(options.url, options.model, key, send_images=options.send_images)
+    except JudgeError as exc:
+        raise BenchmarkCommandError(str(exc)) from exc
+
+
+def _judge_helpfulness(chat_judge: Any, benchmark: Any, records: dict[str, dict[str, Any]], out_dir: Path, key: str,
+                       progress: bool, timing: dict[str, Any]) -> dict[str, Any]:
+    from eta.benchmarks import BenchmarkError
+    from eta.benchmarks.helpfulness import judge_helpfulness, read_judgements, summarize_helpfulness
+    from eta.judges import JudgeError
+
+    started = time.perf_counter()
+    before = len(read_judgements(out_dir, key, chat_judge.fingerprint()))
+    try:
+        with chat_judge:
+            judgements = judge_helpfulness(chat_judge, benchmark, records, out_dir=out_dir, key=key,
+                                           progress=progress)
+    except (JudgeError, BenchmarkError) as exc:
+        raise BenchmarkCommandError(str(exc)) from exc
+    timing.update(helpfulness_now=len(judgements) - before, helpfulness_s=round(time.perf_counter() - started, 3))
+    return summarize_helpfulness(judgements, judge=chat_judge.describe())
+
+
+def _with_helpfulness(markdown: Callable[[Any], str]) -> Callable[[Any], str]:
+    """A table's Markdown followed by its helpfulness section, when it has one."""
+    from eta.benchmarks.helpfulness import helpfulness_markdown
+
+    def render(tables: Any) -> str:
+        return markdown(tables) + "".join(helpfulness_markdown(t.get("helpfulness")) for t in tables)
+
+    return render
+
+
+def _ability_outputs(benchmark: Any, records: dict[str, dict[str, Any]], run: dict[str, Any], out_dir: Path,
+                     as_json: bool, helped: dict[str, Any] | None = None) -> None:
+    """Score a general-ability run against its ground truth, write table.json/.md and print the table."""
+    from eta.benchmarks.ability_table import ability_markdown, build_ability_table
+    from eta.benchmarks.run import write_outputs
+
+    timing = run["timing"]
+    if timing["answered_now"] and timing["answer_s"] > 0:
+        timing["items_per_s"] = round(timing["answered_now"] / timing["answer_s"], 4)
+    table = build_ability_table(benchmark.name, benchmark.items, records, run=run)
+    if helped is not None:
+        table["helpfulness"] = helped
+    json_path, markdown_path = write_outputs([table], out_dir, markdown=_with_helpfulness(ability_markdown))
+    if as_json:
+        click.echo(json.dumps(table, indent=2))
+        return
+    click.echo(_with_helpfulness(ability_markdown)([table]).rstrip())
+    click.echo(f"\nthis invocation: {timing['answered_now']} items answered in {timing['answer_s']:.1f} s")
+    click.echo(f"written: {json_path}, {markdown_path}")
 
 
 def _answers_locally(benchmark: Any, config: Any, models_spec: Callable[[], Any], out_dir: Path, batch_size: int,
@@ -227,22 +319,24 @@ def _empty_cuda_cache() -> None:
 
 BENCHMARK_OPTION_NAMES = ("benchmark", "data_dir", "subset", "limit", "out_dir", "judge_id", "judge_format",
                           "judge_device", "judge_dtype", "judge_trust_remote_code", "judge_batch_size", "plot",
-                          "via", "api_key", "wait_timeout")
+                          "via", "api_key", "wait_timeout", "judge_url", "judge_model", "judge_api_key_env",
+                          "judge_no_image")
 
 
 def benchmark_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The options of `eta eval --benchmark` (their keyword names are BENCHMARK_OPTION_NAMES)."""
-    from eta.benchmarks.readers import READERS
+    from eta.benchmarks.registry import READERS
     from eta.config import DTYPES
     from eta.judges.formats import FORMATS
 
     options = (
         click.option("--benchmark", type=click.Choice(list(READERS)),
-                     help="Evaluate one of the paper's safety benchmarks (instead of a JSONL DATASET)."),
+                     help="Evaluate one of the paper's safety or general-ability benchmarks (instead of a JSONL "
+                          "DATASET)."),
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
                      help="The benchmark's directory, in its published layout (see docs/evaluation.md)."),
         click.option("--subset", help="The benchmark's variant: MM-SafetyBench SD_TYPO (default), SD or TYPO; the "
-                                      "cross-modal attack's image file name."),
+                                      "cross-modal attack's image file name; MMBench's TSV file name."),
         click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the benchmark."),
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where results.jsonl, verdicts.jsonl, table.json/.md go; a rerun resumes there "
@@ -256,6 +350,15 @@ def benchmark_options(command: Callable[..., Any]) -> Callable[..., Any]:
                      help="Run the judge's hub code (MD-Judge v0.2 is InternLM2, defined in its repository)."),
         click.option("--judge-batch-size", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Verdicts per generate call."),
+        click.option("--judge-url",
+                     help="Also judge helpfulness (the paper's GPT-4 prompts: 1-10 score, win-tie of ETA vs vanilla) "
+                          "through this OpenAI-compatible chat API base URL, e.g. https://api.openai.com/v1 or a "
+                          "local vLLM/llama.cpp server."),
+        click.option("--judge-model", default="gpt-4-turbo", show_default=True,
+                     help="The model name --judge-url serves."),
+        click.option("--judge-api-key-env", default="OPENAI_API_KEY", show_default=True,
+                     help="Environment variable holding the --judge-url key (none sent when it is unset)."),
+        click.option("--judge-no-image", is_flag=True, help="Do not send the image to --judge-url (text-only model)."),
         click.option("--plot", is_flag=True, help="Also draw per-category unsafe-rate bars (usr_by_category.png)."),
         click.option("--via", help="Answer through a running ETA service at this URL (one batch) instead of local "
                                    "models."),

@@ -80,11 +80,27 @@ def test_mm_safetybench_missing_scenario_file_and_image_are_named(standin):
 def test_mm_safetybench_malformed_json_is_named(standin):
     root = standin("mm-safetybench")
     (root / "processed_questions" / "02-HateSpeech.json").write_text('{"0": {"Question": "q"')
-    with pytest.raises(BenchmarkError, match=r"02-HateSpeech\.json: not valid JSON"):
+    with pytest.raises(BenchmarkError, match=r"02-HateSpeech\.json: not valid JSON") as caught:
         load_benchmark("mm-safetybench", root)
+    # located once, by line and column: a one-line file's "line 1" alone locates nothing
+    assert str(caught.value).endswith("(Expecting ',' delimiter at line 1 column 23)")
+    assert str(caught.value).count(" at ") == 1
     (root / "processed_questions" / "02-HateSpeech.json").write_text('{"0": {"Question": "q"}}')
     with pytest.raises(BenchmarkError, match=r"02-HateSpeech\.json, item 0: missing 'Rephrased Question'"):
         load_benchmark("mm-safetybench", root)
+
+
+@pytest.mark.parametrize("name", ["figstep", "mm-safetybench"])
+def test_the_repository_root_reads_like_its_data_folder(tmp_path, name):
+    write_standin(name, tmp_path / "repo" / "data")
+    from_root = load_benchmark(name, tmp_path / "repo")
+    from_data = load_benchmark(name, tmp_path / "repo" / "data")
+    assert [i.item_id for i in from_root.items] == [i.item_id for i in from_data.items]
+    assert [i.prompt for i in from_root.items] == [i.prompt for i in from_data.items]
+    assert from_root.items[0].image_path == from_data.items[0].image_path
+    with pytest.raises(BenchmarkError, match=rf"{tmp_path / 'empty'}/.*missing"):  # neither: names the given dir
+        (tmp_path / "empty").mkdir()
+        load_benchmark(name, tmp_path / "empty")
 
 
 def test_figstep_keeps_its_fixed_question_and_the_instruction_in_the_image(standin):
@@ -131,6 +147,7 @@ def test_cross_modal_with_a_header_and_categories_and_another_image(standin):
     (root / "prompt_constrained_16.bmp").write_bytes((root / "prompt_unconstrained.bmp").read_bytes())
     benchmark = load_benchmark("cross-modal", root, subset="prompt_constrained_16.bmp")
     assert [i.prompt for i in benchmark.items] == ["Do A." + ATTACK_SUFFIX, "Do B." + ATTACK_SUFFIX]
+    assert [i.item_id for i in benchmark.items] == ["row-001", "row-002"]  # as without the header
     assert benchmark.categories == ["identity attack", "disinformation"]
     assert benchmark.items[0].image_path.name == "prompt_constrained_16.bmp"
     with pytest.raises(BenchmarkError, match=r"prompt_missing\.bmp: missing \(expected the attack's adversarial"):
