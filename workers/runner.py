@@ -134,6 +134,8 @@ class Work:
     image: Image.Image | None = None
     # What the stage's step read of earlier stages' results (`StageStep.stored_inputs`).
     stored: Any = None
+    # The preset the job's parameters were built on, `{"name", "version"}` (recorded in its fingerprint).
+    preset: dict[str, Any] | None = None
 
 
 class _Claim(Enum):
@@ -285,7 +287,8 @@ class StageRunner:
             except (ConfigError, TypeError) as exc:
                 raise StageError(INVALID_PARAMS, f"invalid parameters: {exc}") from exc
             work = Work(job_id=job.id, prompt=job.prompt, seed=job.seed, config=config,
-                        params_key=json.dumps(config.to_dict(), sort_keys=True, default=str))
+                        params_key=json.dumps(config.to_dict(), sort_keys=True, default=str),
+                        preset={"name": job.preset_name, "version": job.preset_version} if job.preset_name else None)
             if self.step.reads_image and job.image_sha256 is not None:
                 work.image_bytes = self._read_image(session, job.image_sha256)
             work.stored = self.step.stored_inputs(job, stored)
