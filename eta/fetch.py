@@ -21,12 +21,25 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 from urllib.parse import urljoin
 
-from eta.outbound import IPNetwork, OutboundRefused, Target, address_refusal, check_target, pinned_connection
+from eta.outbound import (
+    IPNetwork,
+    OutboundRefused,
+    Target,
+    address_refusal,
+    check_target,
+    parse_networks,
+    pinned_connection,
+)
+from eta.settings import Settings
 
 logger = logging.getLogger(__name__)
+
+K = TypeVar("K")
 
 FIELD = "image_url"
 IMAGE_FETCH_FAILED = "image_fetch_failed"
@@ -49,6 +62,13 @@ class FetchPolicy:
     max_redirects: int = 3
     # First backoff between attempts (doubled each time, with up to 50 % jitter).
     backoff_s: float = 0.5
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FetchPolicy:
+        workers = settings.workers
+        return cls(allowed=parse_networks(workers.callback_allowed_networks),
+                   max_bytes=settings.limits.max_image_bytes, timeout_s=workers.image_fetch_timeout_s,
+                   attempts=workers.image_fetch_attempts, max_redirects=workers.image_fetch_max_redirects)
 
 
 class FetchFailed(Exception):
@@ -157,3 +177,24 @@ def fetch_image_bytes(url: str, policy: FetchPolicy, *, sleep: Callable[[float],
             logger.info("image fetch attempt %d failed (%s); retrying in %.2f s", attempt, exc, delay)
             sleep(delay * (1 + random.random() / 2))  # noqa: S311 - jitter, not a secret
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def fetch_many(urls: dict[K, str], policy: FetchPolicy, *, concurrency: int) -> dict[K, bytes | FetchFailed]:
+    """Fetch several URLs at once (`concurrency` at a time; one fetch per distinct URL): each key's bytes, or
+    why it failed. A slow server holds one thread, never the others' results."""
+    distinct = list(dict.fromkeys(urls.values()))
+    outcomes: dict[str, bytes | FetchFailed] = {}
+
+    def one(url: str) -> tuple[str, bytes | FetchFailed]:
+        try:
+            return url, fetch_image_bytes(url, policy)
+        except FetchFailed as exc:
+            return url, exc
+
+    if len(distinct) == 1:
+        outcomes.update([one(distinct[0])])
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(distinct))),
+                                thread_name_prefix="image-fetch") as pool:
+            outcomes.update(pool.map(one, distinct))
+    return {key: outcomes[url] for key, url in urls.items()}

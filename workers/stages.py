@@ -93,7 +93,7 @@ class PreEvaluationStep(StageStep):
     groups_by_batch_size = False
 
     def passes_over(self, job: Job) -> str | None:
-        return "text-only, nothing to pre-evaluate" if job.image_sha256 is None else None
+        return "text-only, nothing to pre-evaluate" if job.image_sha256 is None and job.image_url is None else None
 
     def group_key(self, work: Work) -> str:
         return work.config.safety_prompt

@@ -554,3 +554,11 @@ def find_undelivered_callbacks(*, session: Session, finished_before: datetime, f
         .order_by(Batch.finished_at)
         .limit(limit)
     ))
+
+
+def attach_fetched_image(*, session: Session, job_id: uuid.UUID, sha256: str) -> bool:
+    """Record the stored image of a job submitted by reference (`image_url`): what the stages judge from now
+    on. False when the job already has one (another copy of the stage message stored it first)."""
+    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.image_sha256.is_(None))
+                             .values(image_sha256=sha256))
+    return affected_rows(result) > 0
