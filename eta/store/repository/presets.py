@@ -17,6 +17,8 @@ logger = logging.getLogger(__name__)
 
 # A preset name: what may follow `/v1/presets/` in a URL and precede `@version` in a reference.
 PRESET_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# `name` or `name@version`, as a JSON Schema pattern (the OpenAPI document states it).
+PRESET_REFERENCE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}(@[1-9][0-9]{0,9})?$"
 MAX_PRESET_VERSION = 2**31 - 1
 
 
