@@ -149,7 +149,7 @@ def fetch_once(url: str, policy: FetchPolicy) -> bytes:
         try:
             target = check_image_url(url, allowed=policy.allowed)
         except OutboundRefused as exc:
-            where = "" if hop == 0 else f" (redirected to {url[:200]})"
+            where = "" if hop == 0 else f" (redirected to {url.split('?', 1)[0][:200]})"
             raise FetchFailed(f"{exc}{where}", transient=exc.code.endswith("_unresolvable")) from exc
         status, location, body = _get(target, deadline=deadline, max_bytes=policy.max_bytes)
         if status == 200:

@@ -358,8 +358,9 @@ class StageRunner:
                     sha256 = repo.store_image(session=session, blobs=blobs, data=outcome, mime=decoded.mime,
                                               width=decoded.width, height=decoded.height)
                     attach_fetched_image(session=session, job_id=item.job_id, sha256=sha256)
-                logger.info("job %s: image fetched from %s (%d bytes, sha256 %s)", item.job_id, item.image_url,
-                            len(outcome), sha256)
+                # Without the query: a presigned URL's signature is a credential, and logs travel further.
+                logger.info("job %s: image fetched from %s (%d bytes, sha256 %s)", item.job_id,
+                            str(item.image_url).split("?", 1)[0], len(outcome), sha256)
                 item.image, item.image_url = decoded.image, None
                 kept.append(item)
         self.flush_failures()
