@@ -31,6 +31,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
         ValueError: production mode without a real SECRET_KEY.
         SchemaNotCurrentError: the database schema is not at the head revision (run `eta db upgrade`).
     """
+    from api import admin_events, presets
     from api.review import bp as review_page
     from api.routes import audit, batches, health, jobs, tenant
 
@@ -62,6 +63,8 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.register_blueprint(batches.bp)
     app.register_blueprint(audit.bp)
     app.register_blueprint(tenant.bp)
+    app.register_blueprint(presets.bp)
+    app.register_blueprint(admin_events.bp)
     app.register_blueprint(review_page)
     spec.register(app)
     app.view_functions["openapi_docs"] = health.openapi_document  # the completed document there too

@@ -12,7 +12,7 @@ import binascii
 import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,8 +20,10 @@ from api.guards import loads_bounded
 from api.text import text_problem
 from eta.config import ConfigError, ETAConfig
 from eta.images import ImageError, ImageLimits, check_image
+from eta.outbound import OutboundRefused
 from eta.settings import Settings
 from eta.store import repository as repo
+from eta.store.models import Preset
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,8 @@ class RawItem:
     params: Any = None
     custom_id: Any = None
     line: int | None = None  # 0-based manifest line, reported in errors instead of the item's index
+    preset: Any = None  # `name` or `name@version`; None: the batch's preset, if any
+    image_url: Any = None  # an image by reference (a `data:` URL is decoded into `image` by `take_image_url`)
 
 
 @dataclass
@@ -72,7 +76,9 @@ class ValidSubmission:
         canonical = {
             "callback_url": callback_url,
             "params": self.batch_params,
-            "items": [[j.custom_id, j.prompt, j.image_sha256, dict(j.params), j.seed] for j in self.jobs],
+            "items": [[j.custom_id, j.prompt, j.image_sha256, dict(j.params), j.seed,
+                       *([j.preset_name, j.preset_version, j.image_url]
+                         if j.preset_name is not None or j.image_url is not None else [])] for j in self.jobs],
         }
         blob = json.dumps(canonical, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()
@@ -94,6 +100,30 @@ def decode_base64_image(value: str) -> bytes:
         return base64.b64decode("".join(value.split()), validate=True)
     except (binascii.Error, ValueError) as exc:
         raise ValueError(f"not valid base64: {exc}") from exc
+
+
+def take_image_url(item: RawItem, value: Any, *, index: int) -> None:
+    """Put a submitted `image_url` on the item: a `data:` URL is an inline image (decoded like `image_base64`),
+    anything else a reference checked by `validate_items`."""
+    if value is None:
+        return
+    if item.image is not None or item.image_error is not None:
+        item.image_error = ItemError(index, "image_url", "image_conflict",
+                                     "give the image once: image_base64 (or a file) or image_url, not both")
+        return
+    if isinstance(value, str) and value[:5].lower() == "data:":
+        try:
+            item.image = decode_base64_image("data:" + value[5:])
+        except ValueError as exc:
+            item.image_error = ItemError(index, "image_url", "image_url_invalid", str(exc))
+        return
+    item.image_url = value
+
+
+# Checks an image URL at submission (syntax, addresses, scheme); raises OutboundRefused.
+UrlCheck = Callable[[str], object]
+# A preset reference resolved to its stored version, or to why it cannot be.
+PresetLookup = Mapping[str, Preset | str]
 
 
 def parse_params(value: Any, *, where: str) -> dict[str, Any]:
@@ -148,12 +178,19 @@ def param_problems(params: Mapping[str, Any], settings: Settings) -> list[tuple[
 
 
 def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] | None, settings: Settings,
-                   max_items: int | None = None) -> ValidSubmission:
+                   max_items: int | None = None, presets: PresetLookup | None = None,
+                   batch_preset: str | None = None, check_url: UrlCheck | None = None) -> ValidSubmission:
     """Validate every item; raise `SubmissionInvalid` listing all problems, or return what to store.
 
-    Item params override batch params; the merged set is checked by `ETAConfig` and frozen in full (the
+    Parameters are layered: the defaults, then the item's preset (its own `preset`, else the batch's), then
+    the batch params, then the item params; the merged set is checked by `ETAConfig` and frozen in full (the
     defaults of today are stored, so a later change of defaults never alters a queued job). A `seed` param
     becomes the job's seed; otherwise one is drawn at submission.
+
+    Args:
+        presets: every preset reference of the submission resolved (`repo.presets.resolve_presets`).
+        check_url: checks an `image_url` (`eta.fetch.check_image_url` with the operator's networks); an item
+            with an image URL is refused when it is None.
     """
     limits = ImageLimits(max_bytes=settings.limits.max_image_bytes, max_pixels=settings.limits.max_image_pixels,
                          formats=frozenset(settings.limits.image_formats))
@@ -186,9 +223,19 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
             else:
                 seen_custom_ids[custom_id] = index
 
+        preset: Preset | None = None
+        reference = item.preset if item.preset is not None else batch_preset
+        if reference is not None:
+            found = (presets or {}).get(reference) if isinstance(reference, str) else "preset must be a string"
+            if isinstance(found, Preset):
+                preset = found
+            else:
+                bad("preset", "preset_not_found", found or f"no preset {reference!r}")
+
         config: ETAConfig | None = None
         try:
-            merged = _integral({**base, **parse_params(item.params, where="params")})
+            merged = _integral({**(preset.params if preset is not None else {}), **base,
+                                **parse_params(item.params, where="params")})
             config = ETAConfig.from_dict(merged)
         except ConfigError as exc:
             bad("params", "params_invalid", str(exc))
@@ -220,12 +267,25 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
             if isinstance(outcome, ImageError):
                 bad("image", outcome.code, str(outcome))
 
+        image_url: str | None = None
+        if item.image_url is not None and item.image_error is None:
+            if check_url is None:
+                bad("image_url", "image_url_invalid", "images by reference are not accepted here")
+            else:
+                try:
+                    check_url(item.image_url)
+                    image_url = str(item.image_url)
+                except OutboundRefused as exc:
+                    bad("image_url", exc.code, str(exc))
+
         errors.extend(item_errors)
         if not item_errors and config is not None:
             params = config.to_dict()
             seed = params.pop("seed")
             jobs.append(repo.NewJob(prompt=item.prompt, image_sha256=sha256, custom_id=custom_id, params=params,
-                                    seed=seed))
+                                    seed=seed, image_url=image_url,
+                                    preset_name=preset.name if preset is not None else None,
+                                    preset_version=preset.version if preset is not None else None))
     if errors:
         raise SubmissionInvalid(errors)
     images = {k: v for k, v in decoded.items() if isinstance(v, ValidImage)}
@@ -233,7 +293,8 @@ def validate_items(items: Iterable[RawItem], *, batch_params: Mapping[str, Any] 
 
 
 def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawItem], list[ItemError]]:
-    """Read a JSONL manifest. Each line: {"custom_id", "prompt", "image": file name | null, "params"}.
+    """Read a JSONL manifest. Each line: {"custom_id", "prompt", "image": file name | null, "image_url",
+    "params", "preset"}.
 
     Returns the items and the errors of lines that could not be read at all (their line numbers).
     Blank lines are skipped.
@@ -244,7 +305,7 @@ def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawIte
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         return [], [ItemError(0, "manifest", "manifest_invalid", f"the manifest is not UTF-8: {exc}")]
-    allowed = {"custom_id", "prompt", "image", "params"}
+    allowed = {"custom_id", "prompt", "image", "image_url", "params", "preset"}
     for number, line in enumerate(text.splitlines()):
         if not line.strip():
             continue
@@ -267,7 +328,7 @@ def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawIte
                                     obj.get("custom_id") if isinstance(obj.get("custom_id"), str) else None))
             continue
         item = RawItem(prompt=obj.get("prompt"), params=obj.get("params"), custom_id=obj.get("custom_id"),
-                       line=index)
+                       line=index, preset=obj.get("preset"))
         name = obj.get("image")
         if name is not None:
             if not isinstance(name, str) or name not in files:
@@ -275,5 +336,6 @@ def parse_manifest(data: bytes, files: Mapping[str, bytes]) -> tuple[list[RawIte
                                              f"no uploaded file named {name!r} (upload it in the `files` field)")
             else:
                 item.image = files[name]
+        take_image_url(item, obj.get("image_url"), index=index)
         items.append(item)
     return items, errors

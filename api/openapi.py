@@ -19,6 +19,7 @@ from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
 from eta.config import MAX_SEED, POLICIES, REAL_DOMAINS, ETAConfig
 from eta.outbound import MAX_URL_CHARS
 from eta.settings import Settings
+from eta.store.repository.presets import PRESET_NAME, PRESET_REFERENCE_PATTERN
 
 PROBLEM_MIMETYPE = "application/problem+json"
 _ERROR_TITLES = {
@@ -84,6 +85,17 @@ _CALLBACK_URL = {"type": "string", "format": "uri", "minLength": len("http://x")
                                 "public addresses only (422 callback_url_forbidden otherwise)."}
 
 
+# An image by reference: an http(s) URL admitted like a callback URL (its host is checked at submission and again
+# when the image is fetched), or a data: URL holding the image in base64.
+_IMAGE_URL: dict[str, list[dict[str, Any]]] = {"anyOf": [
+    {"type": "string", "format": "uri", "minLength": len("http://x"), "maxLength": MAX_URL_CHARS,
+     "pattern": "^[hH][tT][tT][pP][sS]?://[!-~]+$"},
+    {"type": "string", "pattern": "^data:[!-~]*;base64,", "contentEncoding": "base64"},
+    {"type": "null"}]}
+_PRESET: dict[str, list[dict[str, Any]]] = {"anyOf": [
+    {"type": "string", "pattern": PRESET_REFERENCE_PATTERN, "maxLength": 75}, {"type": "null"}]}
+
+
 def _part_types(settings: Settings) -> dict[str, str]:
     """The content types of the multipart parts that are files (OpenAPI `encoding`): the image formats this
     server accepts. It reads an image by its bytes, whatever type the part declares, and refuses one it cannot
@@ -103,6 +115,8 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
             props["params"] = {"anyOf": [params, {"type": "null"}]}
         if kind in ("BatchCreate", "BatchCreateForm"):
             props["params"] = {"anyOf": [params, {"type": "null"}]}
+        if kind == "PresetPut":
+            props["params"] = params
         if kind.endswith("Form"):
             # A form part is text or a file, never JSON null: leave a part out instead.
             for name, prop in props.items():
@@ -123,6 +137,17 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
             ref = props["items"]["items"].get("$ref", "")
             if ref:  # inline the item schema: request bodies read without a reference to follow
                 props["items"]["items"] = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
+        if kind in ("JobCreate", "JobCreateForm", "BatchItem", "BatchCreate", "BatchCreateForm"):
+            image_field = "image" if kind == "JobCreateForm" else "image_base64"
+            if "image_url" in props and image_field in props:
+                # One image per item: given inline and by reference, it is refused (422 image_conflict).
+                schema["not"] = {"required": [image_field, "image_url"], "properties": {
+                    image_field: {"not": {"type": "null"}}, "image_url": {"not": {"type": "null"}}}}
+            for name, base in (("image_url", _IMAGE_URL), ("preset", _PRESET)):
+                if name in props:
+                    alternatives = [a for a in copy.deepcopy(base)["anyOf"]
+                                    if not (kind.endswith("Form") and a.get("type") == "null")]
+                    props[name] = {"anyOf": alternatives, "description": props[name].get("description", "")}
         if kind in ("JobCreate", "BatchItem") and "image_base64" in props:
             props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 1, "contentEncoding": "base64"},
                                                {"type": "null"}],
@@ -197,10 +222,20 @@ def _plain_names(doc: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def _complete_path_parameters(doc: dict[str, Any]) -> None:
+    # A preset's name in a path follows the rule for names (422 preset_name_invalid otherwise).
+    for path, item in doc["paths"].items():
+        for operation in item.values():
+            for parameter in operation.get("parameters", []) if isinstance(operation, dict) else []:
+                if path.startswith("/v1/presets/") and parameter.get("in") == "path" and parameter["name"] == "name":
+                    parameter["schema"] = {"type": "string", "pattern": PRESET_NAME.pattern}
+
+
 def document(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The served document: `base` (spectree's) completed for this server's settings."""
     doc = copy.deepcopy(base)
     _complete_request_schemas(doc, settings)
+    _complete_path_parameters(doc)
     _complete_responses(doc, settings)
     doc["components"]["schemas"] = {n: s for n, s in doc["components"]["schemas"].items()
                                     if not n.startswith("ValidationError.")}

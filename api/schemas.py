@@ -48,6 +48,11 @@ class _Strict(BaseModel):
 
 
 # ------------------------------------------------------------------------------------------ requests
+IMAGE_URL_DOC = ("The image by reference: an https URL (plain http only to networks the operator allows) fetched "
+                 "by the service, or a data: URL (like image_base64). A host resolving to a loopback, private, "
+                 "link-local or metadata address is refused (422 image_url_forbidden).")
+PRESET_DOC = ("A stored preset, `name` (its latest version) or `name@version`: its parameters under the "
+              "request's own params.")
 class JobCreate(_Strict):
     """One job as JSON. `params` override the ETA defaults (tau_pre, tau_post, policy, seed, ...)."""
 
@@ -55,6 +60,8 @@ class JobCreate(_Strict):
     image_base64: str | None = Field(default=None, description="The image, base64 (a data: URL is accepted).")
     params: dict[str, Any] | None = Field(default=None, description="ETA parameters for this job.")
     custom_id: str | None = Field(default=None, max_length=255, description="Your own id, echoed back.")
+    image_url: str | None = Field(default=None, description=IMAGE_URL_DOC)
+    preset: str | None = Field(default=None, description=PRESET_DOC)
 
 
 class JobCreateForm(_Strict):
@@ -68,6 +75,8 @@ class JobCreateForm(_Strict):
     image: BaseFile | None = None
     params: FormText | None = Field(default=None, description="ETA parameters as a JSON object.")
     custom_id: FormText | None = None
+    image_url: FormText | None = Field(default=None, description=IMAGE_URL_DOC)
+    preset: FormText | None = Field(default=None, description=PRESET_DOC)
 
 
 class BatchItem(_Strict):
@@ -75,6 +84,8 @@ class BatchItem(_Strict):
     prompt: str
     image_base64: str | None = None
     params: dict[str, Any] | None = None
+    image_url: str | None = Field(default=None, description=IMAGE_URL_DOC)
+    preset: str | None = Field(default=None, description=PRESET_DOC)
 
 
 class BatchCreate(_Strict):
@@ -83,6 +94,7 @@ class BatchCreate(_Strict):
     items: list[BatchItem] = Field(min_length=1)
     params: dict[str, Any] | None = Field(default=None, description="ETA parameters for every item.")
     callback_url: str | None = Field(default=None, description="POSTed a signed summary when the batch ends.")
+    preset: str | None = Field(default=None, description="The preset of every item that names none. " + PRESET_DOC)
 
 
 class BatchCreateForm(_Strict):
@@ -95,6 +107,7 @@ class BatchCreateForm(_Strict):
     files: UploadedFiles | None = Field(default=None, description="Images, matched to `image` by file name.")
     params: FormText | None = Field(default=None, description="ETA parameters for every item, as a JSON object.")
     callback_url: FormText | None = None
+    preset: FormText | None = Field(default=None, description="The preset of every item that names none.")
 
 
 class RotateSecret(_Strict):
@@ -115,6 +128,11 @@ class PageQuery(_Strict):
 
 
 # ----------------------------------------------------------------------------------------- responses
+class PresetRef(BaseModel):
+    name: str
+    version: int
+
+
 class JobError(BaseModel):
     code: str
     message: str | None
@@ -137,6 +155,7 @@ class JobResultOut(BaseModel):
     fingerprint: dict[str, Any] | None
     timings_ms: dict[str, Any]
     vanilla_response: str | None = Field(default=None, description="Reviewers and admins only.")
+    preset: PresetRef | None = Field(default=None, description="The preset the job ran with (name and version).")
 
 
 class JobOut(BaseModel):
@@ -150,6 +169,8 @@ class JobOut(BaseModel):
     seed: int
     params: dict[str, Any]
     attempts: int
+    image_url: str | None = Field(default=None, description="Where the image was fetched from (by reference).")
+    preset: PresetRef | None = Field(default=None, description="The preset the parameters were built on.")
     error: JobError | None
     created_at: datetime
     finished_at: datetime | None

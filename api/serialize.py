@@ -8,6 +8,11 @@ from eta.store.lifecycle import TERMINAL_JOB_STATUSES
 from eta.store.models import Batch, Job, JobResult
 
 
+def preset_ref(job: Job) -> dict[str, Any] | None:
+    """The preset a job's parameters were built on, as `{"name", "version"}`."""
+    return {"name": job.preset_name, "version": job.preset_version} if job.preset_name else None
+
+
 def result_doc(job: Job, result: JobResult | None, *, show_vanilla: bool) -> dict[str, Any] | None:
     if result is None:
         return None
@@ -27,6 +32,7 @@ def result_doc(job: Job, result: JobResult | None, *, show_vanilla: bool) -> dic
         "trace": result.trace,
         "fingerprint": result.fingerprint,
         "timings_ms": result.timings or {},
+        "preset": preset_ref(job),
     }
     if show_vanilla:
         doc["vanilla_response"] = result.vanilla_response
@@ -45,6 +51,8 @@ def job_doc(job: Job, result: JobResult | None, *, show_vanilla: bool) -> dict[s
         "seed": job.seed,
         "params": job.params,
         "attempts": job.attempts,
+        "image_url": job.image_url,
+        "preset": preset_ref(job),
         "error": {"code": job.error_code, "message": job.error_message} if job.error_code else None,
         "created_at": job.created_at.isoformat(),
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,

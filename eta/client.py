@@ -132,19 +132,23 @@ class BatchItem:
         image: a file path or the encoded image bytes; None for a text-only job.
         custom_id: your id for the item, echoed in results (unique within the batch).
         params: ETA parameters for this item (tau_pre, tau_post, policy, seed, max_new_tokens, ...).
+        image_url: the image by reference instead (an https URL the server fetches, or a data: URL).
+        preset: a stored preset, `name` or `name@version` (the item's params win over it).
     """
 
     prompt: str
     image: ImageSource | None = None
     custom_id: str | None = None
     params: dict[str, Any] | None = None
+    image_url: str | None = None
+    preset: str | None = None
 
     @classmethod
     def coerce(cls, value: BatchItem | Mapping[str, Any]) -> BatchItem:
         """A `BatchItem` from itself or a mapping with the same keys (`image_base64` is accepted too)."""
         if isinstance(value, BatchItem):
             return value
-        unknown = set(value) - {"prompt", "image", "image_base64", "custom_id", "params"}
+        unknown = set(value) - {"prompt", "image", "image_base64", "image_url", "custom_id", "params", "preset"}
         if unknown:
             raise ValueError(f"unknown item field(s): {', '.join(sorted(unknown))}")
         image = value.get("image")
@@ -152,8 +156,10 @@ class BatchItem:
             if image is not None:
                 raise ValueError("give either image or image_base64, not both")
             image = _decode_base64(str(value["image_base64"]))
+        if value.get("image_url") is not None and image is not None:
+            raise ValueError("give the image once: image (or image_base64) or image_url, not both")
         return cls(prompt=value.get("prompt"), image=image, custom_id=value.get("custom_id"),  # type: ignore[arg-type]
-                   params=value.get("params"))
+                   params=value.get("params"), image_url=value.get("image_url"), preset=value.get("preset"))
 
 
 def _decode_base64(value: str) -> bytes:
@@ -180,7 +186,7 @@ class _EncodedBody:
 
 
 def encode_batch(items: Iterable[BatchItem | Mapping[str, Any]], *, params: Mapping[str, Any] | None = None,
-                 callback_url: str | None = None) -> _EncodedBody:
+                 callback_url: str | None = None, preset: str | None = None) -> _EncodedBody:
     """The multipart body of a batch: a JSONL manifest plus each distinct image once (named by its hash)."""
     lines: list[str] = []
     files: dict[str, bytes] = {}
@@ -188,6 +194,10 @@ def encode_batch(items: Iterable[BatchItem | Mapping[str, Any]], *, params: Mapp
         line: dict[str, Any] = {"custom_id": item.custom_id, "prompt": item.prompt}
         if item.params:
             line["params"] = item.params
+        if item.preset is not None:
+            line["preset"] = item.preset
+        if item.image_url is not None:
+            line["image_url"] = item.image_url
         if item.image is not None:
             image, suffix = _read_image(item.image)
             name = hashlib.sha256(image).hexdigest()[:32] + suffix
@@ -203,6 +213,8 @@ def encode_batch(items: Iterable[BatchItem | Mapping[str, Any]], *, params: Mapp
         fields["params"] = json.dumps(params)
     if callback_url:
         fields["callback_url"] = callback_url
+    if preset:
+        fields["preset"] = preset
     request = httpx.Request("POST", "http://eta.invalid/", data=fields, files=upload)
     return _EncodedBody(request.read(), request.headers["Content-Type"])
 
@@ -272,7 +284,8 @@ class ETAClient:
 
     # --------------------------------------------------------------------------- batches and jobs
     def submit_batch(self, items: Iterable[BatchItem | Mapping[str, Any]], idempotency_key: str | None = None, *,
-                     params: Mapping[str, Any] | None = None, callback_url: str | None = None) -> dict[str, Any]:
+                     params: Mapping[str, Any] | None = None, callback_url: str | None = None,
+                     preset: str | None = None) -> dict[str, Any]:
         """Submit a batch (a JSONL manifest plus the images, uploaded with a progress bar).
 
         Args:
@@ -283,6 +296,8 @@ class ETAClient:
                 `idempotency_key_reused`.
             params: ETA parameters for every item (an item's own params win).
             callback_url: the server POSTs a signed summary there when the batch ends.
+            preset: a stored preset (`name` or `name@version`) for every item that names none; batch and item
+                params win over it.
         Returns:
             The batch document (`id`, `status`, `total`, `counts`, `idempotency_key`, ...).
         Raises:
@@ -292,7 +307,7 @@ class ETAClient:
             OSError: an image file could not be read.
         """
         key = idempotency_key or str(uuid.uuid4())
-        body = encode_batch(items, params=params, callback_url=callback_url)
+        body = encode_batch(items, params=params, callback_url=callback_url, preset=preset)
         logger.info("submitting a batch of %d bytes with Idempotency-Key %s", len(body.content), key)
         try:
             response = self._request("POST", "/v1/batches", body=body, headers={"Idempotency-Key": key},

@@ -237,3 +237,13 @@ def fingerprint_digest(payload: dict[str, Any]) -> str:
     """sha256 of a canonical JSON rendering (sorted keys, no whitespace)."""
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def fingerprint_with_preset(fingerprint: dict[str, Any], preset: dict[str, Any] | None) -> dict[str, Any]:
+    """The fingerprint with the preset a job's parameters were built on (`{"name", "version"}`) in its payload
+    and its digest: two jobs with equal parameters, one from a preset and one not, are told apart."""
+    if preset is None:
+        return fingerprint
+    payload = {k: v for k, v in fingerprint.items() if k != "digest"}
+    payload["preset"] = dict(preset)
+    return {**payload, "digest": fingerprint_digest(payload)}

@@ -158,14 +158,16 @@ class Target:
     address: str
 
 
-def check_url(url: object) -> tuple[str, str, int, str]:
+def check_url(url: object, *, field: str = "callback_url") -> tuple[str, str, int, str]:
     """Syntax only: an absolute http(s) URL without credentials. Returns (scheme, host, port, path).
 
+    `field` names the URL in codes and messages (`callback_url`, `image_url`).
+
     Raises:
-        OutboundRefused: `callback_url_invalid`.
+        OutboundRefused: `<field>_invalid`.
     """
     def bad(why: str) -> OutboundRefused:
-        return OutboundRefused("callback_url_invalid", f"callback_url {why}")
+        return OutboundRefused(f"{field}_invalid", f"{field} {why}")
 
     if not isinstance(url, str):
         raise bad("must be a string")
@@ -190,29 +192,29 @@ def check_url(url: object) -> tuple[str, str, int, str]:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80), path
 
 
-def check_target(url: object, *, allowed: Iterable[IPNetwork] = ()) -> Target:
+def check_target(url: object, *, allowed: Iterable[IPNetwork] = (), field: str = "callback_url") -> Target:
     """Check the URL, resolve its host once, and check every address it resolves to.
 
     Raises:
         OutboundRefused: the URL is malformed (`callback_url_invalid`), its host does not resolve
             (`callback_url_unresolvable`) or resolves to an address that is not allowed (`callback_url_forbidden`).
     """
-    scheme, host, port, path = check_url(url)
+    scheme, host, port, path = check_url(url, field=field)
     try:
         addresses = resolve(host, port)
     except (OSError, UnicodeError, ValueError) as exc:
-        raise OutboundRefused("callback_url_unresolvable",
-                              f"callback_url host {host!r} does not resolve: {exc}") from exc
+        raise OutboundRefused(f"{field}_unresolvable",
+                              f"{field} host {host!r} does not resolve: {exc}") from exc
     if not addresses:
-        raise OutboundRefused("callback_url_unresolvable", f"callback_url host {host!r} does not resolve")
+        raise OutboundRefused(f"{field}_unresolvable", f"{field} host {host!r} does not resolve")
     allowed = tuple(allowed)
     for address in addresses:
         if (why := address_refusal(address, allowed)) is not None:
             raise OutboundRefused(
-                "callback_url_forbidden",
-                f"callback_url host {host!r} resolves to a non-public address: {why}; callbacks go "
+                f"{field}_forbidden",
+                f"{field} host {host!r} resolves to a non-public address: {why}; outbound calls go "
                 "to globally routable addresses only, unless the operator allows the network "
-                "(ETA_CALLBACK_ALLOWED_NETWORKS)")
+                "(ETA_OUTBOUND_ALLOWED_NETWORKS)")
     return Target(url=str(url), scheme=scheme, host=host, port=port, path=path, address=addresses[0])
 
 
@@ -235,6 +237,14 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         raw = socket.create_connection((self._address, self.port), self.timeout)
         # Certificate and SNI are the URL's host, though the socket goes to the checked address.
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
+
+
+def pinned_connection(target: Target, *, timeout_s: float,
+                      tls: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
+    """An HTTP(S) connection to the checked address of `target` (Host header and TLS name: its host)."""
+    if target.scheme == "https":
+        return _PinnedHTTPSConnection(target, timeout_s, tls or ssl.create_default_context())
+    return _PinnedHTTPConnection(target, timeout_s)
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,8 @@ class ModelSettings(SettingsGroup):
 class WorkerSettings(SettingsGroup):
     """Batching, time limits, retries, the sweeper and batch callbacks (ETA_<NAME>)."""
 
+    env_names = {"callback_allowed_networks": ("ETA_OUTBOUND_ALLOWED_NETWORKS", "ETA_CALLBACK_ALLOWED_NETWORKS")}
+
     # Jobs per stage message: the three stages of a chunk are chained, so this bounds cross-job batching.
     chunk_size: int = Field(default=32, gt=0)
     # Images per CLIP forward (pre), texts per reward forward (post), prompts per vanilla `generate` call.
@@ -182,9 +184,19 @@ class WorkerSettings(SettingsGroup):
     sweep_post_evaluating_after_s: int = Field(default=420, gt=0)
     # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
     max_stage_attempts: int = Field(default=3, gt=0)
-    # Networks batch callbacks may reach although they are not public (loopback, private, link-local...),
-    # comma separated CIDRs, e.g. "10.20.0.0/16". Empty: callbacks go to public addresses only.
+    # Networks outbound calls (batch callbacks and image fetches) may reach although they are not public
+    # (loopback, private, link-local...), comma separated CIDRs, e.g. "10.20.0.0/16"; image URLs on them may
+    # also be plain http. Empty: public addresses only. ETA_OUTBOUND_ALLOWED_NETWORKS (the older
+    # ETA_CALLBACK_ALLOWED_NETWORKS is still read).
     callback_allowed_networks: str = ""
+    # Images by reference (`image_url`), fetched by the pre-evaluation stage: the deadline of one attempt
+    # (connect, redirects and the whole body), attempts after transient failures (timeouts, connection errors,
+    # 429 and 5xx answers; exponential backoff between them), redirects followed (each target checked again),
+    # and fetches run at once by one stage message.
+    image_fetch_timeout_s: float = Field(default=10.0, gt=0, le=300)
+    image_fetch_attempts: int = Field(default=3, ge=1, le=10)
+    image_fetch_max_redirects: int = Field(default=3, ge=0, le=10)
+    image_fetch_concurrency: int = Field(default=8, ge=1, le=64)
     # Per-attempt timeout and number of retries (exponential backoff) of a batch callback POST.
     callback_timeout_s: float = Field(default=10.0, gt=0)
     callback_max_retries: int = Field(default=8, ge=0)

@@ -62,3 +62,13 @@ AUDIT_FILTERS: tuple[AuditFilterField, ...] = (
     AuditFilterField("s_post_final_max", "--s-post-final-max"),
     AuditFilterField("custom_id", "--custom-id", "Only the job(s) with this custom_id."),
 )
+
+
+class AdminAction(StrEnum):
+    """What an administrative event records (`GET /v1/admin/events`, `action`)."""
+
+    KEY_CREATED = "key_created"
+    KEY_REVOKED = "key_revoked"
+    CALLBACK_SECRET_ROTATED = "callback_secret_rotated"  # noqa: S105 - an event name, not a secret
+    PRESET_PUT = "preset_put"
+    REVIEW_VERDICT = "review_verdict"

@@ -39,6 +39,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from eta.config import ConfigError, ETAConfig
+from eta.fetch import IMAGE_FETCH_FAILED, FetchFailed, FetchPolicy, fetch_many
 from eta.images import ImageError, ImageLimits, decode_image, header_pixels, split_by_pixels
 from eta.settings import Settings
 from eta.store import repository as repo
@@ -46,6 +47,7 @@ from eta.store.blobs import make_blob_store
 from eta.store.errors import BlobNotFoundError
 from eta.store.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from eta.store.models import Job
+from eta.store.repository.jobs import attach_fetched_image
 from workers.leases import lease_deadline
 
 if TYPE_CHECKING:
@@ -134,6 +136,10 @@ class Work:
     image: Image.Image | None = None
     # What the stage's step read of earlier stages' results (`StageStep.stored_inputs`).
     stored: Any = None
+    # The preset the job's parameters were built on, `{"name", "version"}` (recorded in its fingerprint).
+    preset: dict[str, Any] | None = None
+    # An image by reference not fetched yet (the pre-evaluation stage fetches it: `StageRunner.fetch_images`).
+    image_url: str | None = None
 
 
 class _Claim(Enum):
@@ -291,9 +297,12 @@ class StageRunner:
             except (ConfigError, TypeError) as exc:
                 raise StageError(INVALID_PARAMS, f"invalid parameters: {exc}") from exc
             work = Work(job_id=job.id, prompt=job.prompt, seed=job.seed, config=config,
-                        params_key=json.dumps(config.to_dict(), sort_keys=True, default=str))
+                        params_key=json.dumps(config.to_dict(), sort_keys=True, default=str),
+                        preset={"name": job.preset_name, "version": job.preset_version} if job.preset_name else None)
             if self.step.reads_image and job.image_sha256 is not None:
                 work.image_bytes = self._read_image(session, job.image_sha256)
+            elif self.step.reads_image and job.image_url is not None:
+                work.image_url = job.image_url
             work.stored = self.step.stored_inputs(job, stored)
             return work
         except StageError as exc:
@@ -316,6 +325,7 @@ class StageRunner:
     def decode_images(self, work: list[Work]) -> list[Work]:
         """Decode each job's image under the intake limits; a job whose image does not decode fails."""
         limits = self.image_limits()
+        work = self.fetch_images(work, limits)
         ready = []
         for item in work:
             if item.image_bytes is not None:
@@ -328,6 +338,42 @@ class StageRunner:
             ready.append(item)
         self.flush_failures()
         return ready
+
+    def fetch_images(self, work: list[Work], limits: ImageLimits) -> list[Work]:
+        """Fetch the images given by reference (no database session open meanwhile), decode them under the
+        intake limits, and store each one content-addressed as the job's image. A job whose image cannot be
+        fetched fails with `image_fetch_failed` and the cause; one that does not decode, with the image's code."""
+        pending = {item.job_id: item.image_url for item in work if item.image_url is not None}
+        if not pending:
+            return work
+        settings = self.ctx.settings
+        outcomes = fetch_many(pending, FetchPolicy.from_settings(settings),
+                              concurrency=settings.workers.image_fetch_concurrency)
+        kept: list[Work] = []
+        for item in work:
+            outcome = outcomes.get(item.job_id)
+            if outcome is None:
+                kept.append(item)
+            elif isinstance(outcome, FetchFailed):
+                self.fail(item.job_id, IMAGE_FETCH_FAILED, f"{item.image_url}: {outcome}")
+            else:
+                try:
+                    decoded = decode_image(outcome, limits=limits)
+                except ImageError as exc:
+                    self.fail(item.job_id, exc.code, f"the image fetched from {item.image_url}: {exc}")
+                    continue
+                with self.ctx.transaction() as session:
+                    blobs = make_blob_store(session=session, settings=settings)
+                    sha256 = repo.store_image(session=session, blobs=blobs, data=outcome, mime=decoded.mime,
+                                              width=decoded.width, height=decoded.height)
+                    attach_fetched_image(session=session, job_id=item.job_id, sha256=sha256)
+                # Without the query: a presigned URL's signature is a credential, and logs travel further.
+                logger.info("job %s: image fetched from %s (%d bytes, sha256 %s)", item.job_id,
+                            str(item.image_url).split("?", 1)[0], len(outcome), sha256)
+                item.image, item.image_url = decoded.image, None
+                kept.append(item)
+        self.flush_failures()
+        return kept
 
     # -------------------------------------------------------------------------------------- compute
     def compute(self, group: list[Work]) -> list[tuple[Work, Any]]:

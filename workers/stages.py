@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from eta.config import ModelRole
+from eta.config import ModelRole, fingerprint_with_preset
 from eta.store import repository as repo
 from eta.store.models import Job, JobResult
 from workers.runner import INTERNAL_ERROR, ModelCalls, StageError, Work, storable
@@ -93,7 +93,7 @@ class PreEvaluationStep(StageStep):
     groups_by_batch_size = False
 
     def passes_over(self, job: Job) -> str | None:
-        return "text-only, nothing to pre-evaluate" if job.image_sha256 is None else None
+        return "text-only, nothing to pre-evaluate" if job.image_sha256 is None and job.image_url is None else None
 
     def group_key(self, work: Work) -> str:
         return work.config.safety_prompt
@@ -152,7 +152,7 @@ class GenerationStep(StageStep):
         return [Generated(outcome, self._prints[key]) for outcome in outcomes]
 
     def result(self, work: Work, output: Generated, *, elapsed_ms: float) -> repo.StageResult:
-        outcome, printed = output.outcome, output.fingerprint
+        outcome, printed = output.outcome, fingerprint_with_preset(output.fingerprint, work.preset)
         return repo.generation_result(
             job_id=work.job_id, vanilla_response=storable(outcome.vanilla_response),
             s_post=outcome.s_post, post_unsafe=outcome.post_unsafe, tau_post=work.config.tau_post,

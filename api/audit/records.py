@@ -55,6 +55,9 @@ def flat_row(item: FlaggedJob, *, with_vanilla: bool) -> dict[str, Any]:
         "fingerprint_sha256": result.fingerprint_sha256,
         "fingerprint": result.fingerprint,
         "purged_at": job.purged_at,
+        "preset_name": job.preset_name,
+        "preset_version": job.preset_version,
+        "image_source_url": job.image_url,
         "review_verdict": review.verdict if review is not None else None,
         "review_note": review.note if review is not None else None,
         "reviewed_at": review.created_at if review is not None else None,
@@ -82,7 +85,7 @@ _TIME_COLUMNS = ("created_at", "finished_at", "purged_at", "reviewed_at")
 _ENUM_COLUMNS = ("status", "review_verdict")
 _BOOL_COLUMNS = ("pre_unsafe", "post_unsafe", "aligned")
 # Free text that came from a client or a model: defused against spreadsheet formulas in CSV.
-_TEXT_COLUMNS = ("custom_id", "prompt", "response", "review_note", "vanilla_response")
+_TEXT_COLUMNS = ("custom_id", "prompt", "response", "review_note", "vanilla_response", "image_source_url")
 
 
 def plain_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -143,6 +146,9 @@ def record_doc(row: Mapping[str, Any], *, with_vanilla: bool) -> dict[str, Any]:
         "created_at": p["created_at"],
         "finished_at": p["finished_at"],
         "purged_at": p["purged_at"],
+        "image_source_url": p["image_source_url"],
+        "preset": ({"name": p["preset_name"], "version": p["preset_version"]}
+                   if p["preset_name"] is not None else None),
         "result": result,
         "review": review,
     }

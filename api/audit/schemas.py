@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from api.schemas import PresetRef
 from api.text import SafeText
 from eta.store.repository import AuditFilter
 from eta.vocabulary import ReviewVerdict
@@ -169,6 +170,9 @@ class AuditRecordOut(BaseModel):
     created_at: datetime
     finished_at: datetime | None
     purged_at: datetime | None = Field(description="When retention removed the image and the vanilla answer.")
+    image_source_url: str | None = Field(default=None,
+                                         description="Where the image was fetched from (an image by reference).")
+    preset: PresetRef | None = Field(default=None, description="The preset the job ran with (name and version).")
     result: AuditResultOut
     review: LatestReviewOut | None = Field(description="The newest verdict (null while unreviewed).")
 

@@ -9,7 +9,9 @@ from sqlalchemy.orm import Session
 
 from eta.store import JobStatus
 from eta.store import repository as repo
-from eta.store.models import Review, ReviewVerdict
+from eta.store.models import ApiKey, Review, ReviewVerdict
+from eta.store.repository.admin_events import record_admin_event
+from eta.vocabulary import AdminAction
 
 logger = logging.getLogger(__name__)
 
@@ -49,4 +51,9 @@ def record_verdict(
                              reviewer_key_id=reviewer_key_id, note=note)
     if review is None:  # pragma: no cover - the job was read above in this transaction
         raise VerdictRefused(404, "job_not_found", f"no job {job_id}")
+    reviewer = session.get(ApiKey, reviewer_key_id)
+    record_admin_event(session=session, tenant_id=tenant_id, action=AdminAction.REVIEW_VERDICT,
+                       actor_key_id=reviewer_key_id, actor=reviewer.prefix if reviewer is not None else "unknown",
+                       subject=str(job_id), details={"verdict": review.verdict.value, "note": note,
+                                                     "review_id": str(review.id)})
     return review

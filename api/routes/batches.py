@@ -12,12 +12,20 @@ from spectree import Response as Responses
 from api.auth import READ, SUBMIT, current_principal, requires
 from api.etags import client_has, make_etag, not_modified, tagged
 from api.guards import field_bytes
-from api.intake import ItemError, RawItem, SubmissionInvalid, decode_base64_image, parse_manifest, parse_params
+from api.intake import (
+    ItemError,
+    RawItem,
+    SubmissionInvalid,
+    decode_base64_image,
+    parse_manifest,
+    parse_params,
+    take_image_url,
+)
 from api.intake import validate_items as validate
 from api.problems import Problem
 from api.ratelimit import check_quota
 from api.routes.jobs import not_found
-from api.routes.submit import dispatch, invalid, single_error, store_images
+from api.routes.submit import dispatch, image_url_check, invalid, preset_lookup, single_error, store_images
 from api.schemas import BatchCreate, BatchCreateForm, BatchOut, BatchSubmitted, PageQuery, ProblemOut, ResultsPage
 from api.serialize import batch_doc, job_doc
 from api.spec import spec, validated
@@ -60,12 +68,13 @@ def _idempotency_key() -> str | None:
 def _items_from_json(body: BatchCreate) -> list[RawItem]:
     items = []
     for index, entry in enumerate(body.items):
-        item = RawItem(prompt=entry.prompt, params=entry.params, custom_id=entry.custom_id)
+        item = RawItem(prompt=entry.prompt, params=entry.params, custom_id=entry.custom_id, preset=entry.preset)
         if entry.image_base64 is not None:
             try:
                 item.image = decode_base64_image(entry.image_base64)
             except ValueError as exc:
                 item.image_error = ItemError(index, "image_base64", "image_base64_invalid", str(exc))
+        take_image_url(item, entry.image_url, index=index)
         items.append(item)
     return items
 
@@ -107,16 +116,17 @@ def submit_batch() -> Any:
     line_numbers = form is not None
     read_errors: list[ItemError] = []
     callback_url: Any
+    batch_preset: Any = None
     if json is not None:
         raw_items = _items_from_json(json)
-        params, callback_url = json.params, json.callback_url
+        params, callback_url, batch_preset = json.params, json.callback_url, json.preset
     elif form is not None:
         raw_items, read_errors = _items_from_form()
         try:
             params = parse_params(form.params, where="params")
         except ConfigError as exc:
             raise invalid(single_error("params", "params_invalid", str(exc)), what="batch") from exc
-        callback_url = form.callback_url
+        callback_url, batch_preset = form.callback_url, form.preset or None
     else:
         raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
                       "send application/json or multipart/form-data")
@@ -125,7 +135,9 @@ def submit_batch() -> Any:
         if not raw_items and not read_errors:
             raise SubmissionInvalid([ItemError(0, "items", "batch_empty", "the batch has no items")])
         try:
-            submission = validate(raw_items, batch_params=params, settings=state().settings)
+            submission = validate(raw_items, batch_params=params, settings=state().settings,
+                                  presets=preset_lookup(raw_items, batch_preset), batch_preset=batch_preset,
+                                  check_url=image_url_check())
         except SubmissionInvalid as exc:
             exc.errors = sorted(read_errors + exc.errors, key=lambda e: e.index)
             raise

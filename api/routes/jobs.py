@@ -12,10 +12,10 @@ from spectree import Response as Responses
 from api.auth import READ, SUBMIT, current_principal, requires
 from api.etags import client_has, make_etag, not_modified, tagged
 from api.guards import field_bytes
-from api.intake import RawItem, SubmissionInvalid, decode_base64_image, validate_items
+from api.intake import RawItem, SubmissionInvalid, decode_base64_image, take_image_url, validate_items
 from api.problems import Problem
 from api.ratelimit import check_quota
-from api.routes.submit import dispatch, invalid, single_error, store_images
+from api.routes.submit import dispatch, image_url_check, invalid, preset_lookup, single_error, store_images
 from api.schemas import JobCreate, JobCreateForm, JobOut, JobSubmitted, ProblemOut
 from api.serialize import job_doc
 from api.spec import spec, validated
@@ -31,19 +31,23 @@ _ERRORS = {"HTTP_401": ProblemOut, "HTTP_403": ProblemOut, "HTTP_404": ProblemOu
 
 def _raw_item_from_request(json: JobCreate | None, form: JobCreateForm | None) -> RawItem:
     if json is not None:
-        item = RawItem(prompt=json.prompt, params=json.params, custom_id=json.custom_id)
+        item = RawItem(prompt=json.prompt, params=json.params, custom_id=json.custom_id, preset=json.preset)
         if json.image_base64 is not None:
             try:
                 item.image = decode_base64_image(json.image_base64)
             except ValueError as exc:
                 raise invalid(single_error("image_base64", "image_base64_invalid", str(exc)), what="job") from exc
+        take_image_url(item, json.image_url, index=0)
         return item
     if form is not None:
         upload = request.files.get("image")
         image = upload.read() if upload is not None else None
         if upload is None and request.form.get("image"):
             image = field_bytes(request.form["image"])  # a part without a file name: its bytes as sent
-        return RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id, image=image)
+        item = RawItem(prompt=form.prompt, params=form.params, custom_id=form.custom_id, image=image,
+                       preset=form.preset or None)
+        take_image_url(item, form.image_url or None, index=0)
+        return item
     raise Problem(415, "unsupported_media_type", "Unsupported Media Type",
                   "send application/json or multipart/form-data")
 
@@ -62,7 +66,8 @@ def submit_job() -> Any:
     principal = current_principal()
     item = _raw_item_from_request(validated("json"), validated("form"))
     try:
-        submission = validate_items([item], batch_params=None, settings=state().settings)
+        submission = validate_items([item], batch_params=None, settings=state().settings,
+                                    presets=preset_lookup([item]), check_url=image_url_check())
     except SubmissionInvalid as exc:
         raise invalid(exc, what="job") from exc
     with state().transaction() as session:

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from api.auth import current_principal
-from api.intake import ItemError, SubmissionInvalid, ValidSubmission
+from api.intake import ItemError, RawItem, SubmissionInvalid, ValidSubmission
 from api.problems import Problem
 from api.state import state
+from eta.fetch import check_image_url
+from eta.outbound import parse_networks
 from eta.store import make_blob_store
 from eta.store import repository as repo
+from eta.store.models import Preset
+from eta.store.repository.presets import resolve_presets
 
 logger = logging.getLogger(__name__)
 
@@ -53,3 +57,19 @@ def dispatch(job_ids: Sequence[uuid.UUID]) -> str:
         logger.warning("broker unreachable, %d job(s) left queued for the sweeper: %s", len(job_ids), exc)
         return "deferred"
     return "dispatched"
+
+
+def preset_lookup(items: Sequence[RawItem], batch_preset: Any = None) -> dict[str, Preset | str]:
+    """The stored version of every preset the items (or the batch) name, read in one short transaction."""
+    references = [r for r in [batch_preset, *(item.preset for item in items)] if isinstance(r, str)]
+    if not references:
+        return {}
+    with state().read() as session:
+        return resolve_presets(session=session, tenant_id=current_principal().tenant_id, references=references)
+
+
+def image_url_check() -> Callable[[str], object]:
+    """Checks an item's `image_url` at submission with this server's outbound networks: a URL whose host
+    resolves to loopback, a private or a metadata address is refused before anything is stored."""
+    allowed = parse_networks(state().settings.workers.callback_allowed_networks)
+    return lambda url: check_image_url(url, allowed=allowed)

@@ -14,7 +14,9 @@ from api.schemas import CallbackSecretOut, RotateSecret
 from api.spec import spec, validated
 from api.state import state
 from eta.store.models import Tenant
+from eta.store.repository.admin_events import record_admin_event
 from eta.store.repository.tenants import callback_secrets, ensure_callback_secret, rotate_callback_secret
+from eta.vocabulary import AdminAction
 
 logger = logging.getLogger(__name__)
 
@@ -56,5 +58,9 @@ def rotate_secret() -> Any:
         tenant = rotate_callback_secret(session=session, tenant_id=principal.tenant_id,
                                         overlap=timedelta(hours=hours))
         doc = _secret_doc(tenant)
+        # The secrets themselves never go into the log: only that, when and by whom.
+        record_admin_event(session=session, tenant_id=principal.tenant_id,
+                           action=AdminAction.CALLBACK_SECRET_ROTATED, actor_key_id=principal.key_id,
+                           actor=principal.prefix, subject="callback_secret", details={"overlap_hours": hours})
     logger.info("key %s rotated the callback secret of tenant %s", principal.prefix, principal.tenant_id)
     return doc

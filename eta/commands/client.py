@@ -188,9 +188,9 @@ def items_from_manifest(manifest: Path, *, default_prompt: str | None,
                         allow_outside_paths: bool = False) -> tuple[list[BatchItem], list[str]]:
     """Items of a JSONL manifest, and where each came from (`PATH:LINE`).
 
-    Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ..., "params"}`; a relative image path
-    is relative to the manifest's folder, and every image path must lead (symlinks resolved) to a file inside
-    that folder unless `allow_outside_paths`.
+    Each line: `{"custom_id", "prompt", "image": PATH | "image_base64": ... | "image_url": URL, "params",
+    "preset"}`; a relative image path is relative to the manifest's folder, and every image path must lead
+    (symlinks resolved) to a file inside that folder unless `allow_outside_paths` (a URL is sent as is).
 
     Raises:
         click.BadParameter: a line is not a JSON object with known fields (naming the line), or image paths
@@ -304,19 +304,23 @@ def _open_output(path: Path | None, mode: str) -> IO[Any]:
 @click.option("--idempotency-key", help="Names this submission: a retry with the same key never makes a second "
                                         "batch (default: a fresh UUID, printed to stderr).")
 @click.option("--callback-url", help="POSTed a signed summary when the batch ends.")
+@click.option("--preset", metavar="NAME[@VERSION]",
+              help="A stored preset for every item that names none (--params, --set and an item's params win).")
 @click.option("--wait", "wait_for_end", is_flag=True, help="Wait until the batch ends (exit 3 unless completed).")
 @click.option("--timeout", type=float, help="With --wait: give up after this many seconds (exit 1).")
 @click.option("--json", "as_json", is_flag=True, help="Print the batch document instead of its id.")
 @server_options
 def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, allow_outside_paths: bool,
            params_json: str | None, settings: tuple[str, ...], idempotency_key: str | None,
-           callback_url: str | None, wait_for_end: bool, timeout: float | None, as_json: bool) -> None:
+           callback_url: str | None, preset: str | None, wait_for_end: bool, timeout: float | None,
+           as_json: bool) -> None:
     """Submit PATH as a batch and print the batch id.
 
     PATH is a folder of images (each one item, asked --prompt, custom_id its file name), one image (a one-item
     batch) or a JSONL manifest, one item a line: {"custom_id": "a", "prompt": "...", "image": "a.jpg",
     "params": {...}} (image paths are relative to the manifest and must stay inside its folder unless
-    --allow-outside-paths; "image_base64" works too; "image" may be left out for text-only items).
+    --allow-outside-paths; "image_base64" works too, and "image_url" for an image the server fetches; "image"
+    may be left out for text-only items; "preset" names a stored preset).
     """
     import uuid
 
@@ -342,7 +346,7 @@ def submit(eta: ETAClient, path: Path, prompt: str | None, recursive: bool, allo
     key = idempotency_key or str(uuid.uuid4())
     click.echo(f"submitting {len(items)} item(s) from {path} (Idempotency-Key {key})", err=True)
     try:
-        batch = eta.submit_batch(items, key, params=params or None, callback_url=callback_url)
+        batch = eta.submit_batch(items, key, params=params or None, callback_url=callback_url, preset=preset)
     except OSError as exc:
         raise click.BadParameter(f"cannot read an image: {exc}", param_hint="PATH") from exc
     except ETAAPIError as exc:

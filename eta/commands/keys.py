@@ -37,6 +37,8 @@ def create(tenant: str, role: str, name: str | None) -> None:
     """Create a key and print it once on stdout (it cannot be shown again)."""
     from eta.store import repository as repo
     from eta.store.models import ApiKeyRole
+    from eta.store.repository.admin_events import CLI_ACTOR, record_admin_event
+    from eta.vocabulary import AdminAction
 
     if not tenant.strip():
         raise click.BadParameter("must not be empty", param_hint="--tenant")
@@ -44,6 +46,8 @@ def create(tenant: str, role: str, name: str | None) -> None:
         owner = repo.get_or_create_tenant(session=session, name=tenant)
         key, token = repo.create_api_key(session=session, tenant_id=owner.id, role=ApiKeyRole(role), name=name)
         prefix, key_id = key.prefix, key.id
+        record_admin_event(session=session, tenant_id=owner.id, action=AdminAction.KEY_CREATED, actor_key_id=None,
+                           actor=CLI_ACTOR, subject=str(key_id), details={"role": role, "prefix": prefix, "name": name})
     click.echo(f"created {role} key {prefix} (id {key_id}) for tenant {tenant!r}; it is shown only this once:",
                err=True)
     click.echo(token)
@@ -74,6 +78,8 @@ def revoke(key_id: str) -> None:
     import uuid
 
     from eta.store import repository as repo
+    from eta.store.repository.admin_events import CLI_ACTOR, record_admin_event
+    from eta.vocabulary import AdminAction
 
     try:
         ident = uuid.UUID(key_id)
@@ -83,6 +89,10 @@ def revoke(key_id: str) -> None:
     with _sessions()() as session, session.begin():
         key = repo.revoke_api_key_by_id(session=session, key_id=ident)
         prefix = key.prefix if key is not None else None
+        if key is not None:
+            record_admin_event(session=session, tenant_id=key.tenant_id, action=AdminAction.KEY_REVOKED,
+                               actor_key_id=None, actor=CLI_ACTOR, subject=str(ident),
+                               details={"role": key.role.value, "prefix": key.prefix})
     if prefix is None:
         raise click.ClickException(f"no live key with id {ident}")
     click.echo(f"revoked {ident} ({prefix})")

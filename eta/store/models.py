@@ -241,6 +241,11 @@ class Job(Base):
     # worker holds it (its message waits in a queue).
     lease_owner: Mapped[str | None] = mapped_column(sa.String(200))
     lease_expires_at: Mapped[datetime | None]
+    # The preset whose parameters the job's params were built on (name and the version resolved at submission).
+    preset_name: Mapped[str | None] = mapped_column(sa.String(64))
+    preset_version: Mapped[int | None]
+    # Where the image is fetched from (an image by reference); `image_sha256` is set once its bytes are stored.
+    image_url: Mapped[str | None] = mapped_column(sa.Text)
 
 
 class JobResult(Base):
@@ -293,4 +298,42 @@ class Review(Base):
     reviewer_key_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("api_keys.id", ondelete="SET NULL"))
     verdict: Mapped[ReviewVerdict] = mapped_column(_enum_column_type(ReviewVerdict, "review_verdict"))
     note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Preset(Base):
+    """One version of a tenant's named parameter set. Versions are never changed: a PUT adds the next one."""
+
+    __tablename__ = "presets"
+    __table_args__ = (sa.UniqueConstraint("tenant_id", "name", "version"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[int]
+    # ETA parameters, validated and stored as given (not filled with today's defaults: a job built on the
+    # preset freezes the defaults of its own submission).
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    description: Mapped[str | None] = mapped_column(sa.Text)
+    created_by_key_id: Mapped[uuid.UUID | None] = mapped_column(sa.ForeignKey("api_keys.id", ondelete="SET NULL"))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AdminEvent(Base):
+    """An administrative action: who (key id, or the operator's CLI), when, what. Append-only (on Postgres a
+    trigger refuses UPDATE and DELETE)."""
+
+    __tablename__ = "admin_events"
+    __table_args__ = (sa.Index("ix_admin_events_tenant_created", "tenant_id", "created_at", "id"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    tenant_id: Mapped[uuid.UUID] = mapped_column(sa.ForeignKey("tenants.id", ondelete="CASCADE"))
+    # The API key that acted; NULL for the operator's command line (`actor` then says so).
+    actor_key_id: Mapped[uuid.UUID | None]
+    # The key's visible prefix, or `cli`: readable after the key itself is revoked.
+    actor: Mapped[str] = mapped_column(sa.String(200))
+    action: Mapped[str] = mapped_column(sa.String(64))
+    # What was acted on: a key id, `preset@version`, a job id.
+    subject: Mapped[str | None] = mapped_column(sa.String(300))
+    details: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -39,7 +39,8 @@ from schemathesis.core.parameters import ParameterLocation
 from schemathesis.generation import GenerationMode
 from schemathesis.generation.meta import ComponentInfo
 
-from api.intake import parse_manifest
+from api.intake import decode_base64_image, parse_manifest
+from eta.fetch import check_image_url
 from eta.images import ImageError, decode_image
 from eta.outbound import OutboundRefused, check_target, parse_networks
 
@@ -93,7 +94,9 @@ def _label_multipart(case: Any) -> None:
         return
     body = case.body
     valid = (jsonschema_rs.validator_for(content["schema"]).is_valid(_files_as_text(body))
-             and _callback_admitted(body.get("callback_url")) and _files_admitted(body))
+             and _callback_admitted(body.get("callback_url")) and _files_admitted(body)
+             # The fuzzed tenant stores no preset: a form naming one is refused (422 preset_not_found).
+             and not body.get("preset") and _image_url_admitted(body.get("image_url")))
     meta = case.meta
     meta.components[ParameterLocation.BODY] = ComponentInfo(
         mode=GenerationMode.POSITIVE if valid else GenerationMode.NEGATIVE)
@@ -106,6 +109,13 @@ def _with_valid_values(body: dict[str, Any]) -> dict[str, Any]:
     for item in [body, *(items if isinstance(items, list) else [])]:
         if isinstance(item, dict) and isinstance(item.get("image_base64"), str):
             item["image_base64"] = PNG_BASE64
+        # An image URL the server admits (a data: URL that decodes, or a host on the allowed network), and no
+        # preset reference: the fuzzed tenant has no presets, and a name is valid only once stored.
+        if isinstance(item, dict) and isinstance(item.get("image_url"), str):
+            item["image_url"] = (f"data:image/png;base64,{PNG_BASE64}" if item["image_url"].startswith("data:")
+                                 else "https://192.0.2.10/image.png")
+        if isinstance(item, dict) and isinstance(item.get("preset"), str):
+            del item["preset"]
     # The coverage phase writes boundary-length strings into `callback_url` whatever its format's strategy.
     if isinstance(body.get("callback_url"), str) and not _callback_admitted(body["callback_url"]):
         body["callback_url"] = PUBLIC_CALLBACK
@@ -154,6 +164,23 @@ def _files_as_text(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _files_as_text(v) for k, v in value.items()}
     return value
+
+
+def _image_url_admitted(url: Any) -> bool:
+    """Whether the server admits `url` as an image reference: a data: URL holding a decodable image, or a URL
+    whose host the server's own check admits with the fuzzed server's allow-list."""
+    if not isinstance(url, str) or not url:
+        return True
+    if url.startswith("data:"):
+        try:
+            return _decodes(decode_base64_image(url))
+        except ValueError:
+            return False
+    try:
+        check_image_url(url, allowed=parse_networks(os.environ.get("ETA_CALLBACK_ALLOWED_NETWORKS")))
+    except OutboundRefused:
+        return False
+    return True
 
 
 def _callback_admitted(url: Any) -> bool:

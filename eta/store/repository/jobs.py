@@ -58,6 +58,11 @@ class NewJob:
     params: Mapping[str, Any] = field(default_factory=dict)
     # None draws one now, so every job is reproducible from what is stored.
     seed: int | None = None
+    # The preset the params were built on (name, version), if any.
+    preset_name: str | None = None
+    preset_version: int | None = None
+    # An image by reference, fetched by the pre-evaluation stage (`image_sha256` stays None until then).
+    image_url: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +97,9 @@ def _job_row(
         "prompt": job.prompt,
         "params": dict(job.params),
         "seed": job.seed if job.seed is not None else secrets.randbits(_SEED_BITS),
+        "preset_name": job.preset_name,
+        "preset_version": job.preset_version,
+        "image_url": job.image_url,
         "status": JobStatus.QUEUED,
         "created_at": now,
         "updated_at": now,
@@ -546,3 +554,11 @@ def find_undelivered_callbacks(*, session: Session, finished_before: datetime, f
         .order_by(Batch.finished_at)
         .limit(limit)
     ))
+
+
+def attach_fetched_image(*, session: Session, job_id: uuid.UUID, sha256: str) -> bool:
+    """Record the stored image of a job submitted by reference (`image_url`): what the stages judge from now
+    on. False when the job already has one (another copy of the stage message stored it first)."""
+    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.image_sha256.is_(None))
+                             .values(image_sha256=sha256))
+    return affected_rows(result) > 0

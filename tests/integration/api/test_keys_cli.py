@@ -35,3 +35,26 @@ def test_a_key_is_revoked_by_its_id_and_never_by_prefix(tmp_path):
     assert "revoked" in _eta(tmp_path, "keys", "list", "--tenant", "acme").stdout
     again = _eta(tmp_path, "keys", "revoke", key_id)
     assert again.returncode == 1 and "no live key" in again.stderr
+
+
+def test_key_creation_and_revocation_are_administrative_events(tmp_path):
+    from api import create_app
+    from eta.settings import Settings
+    from eta.store import make_engine
+
+    assert _eta(tmp_path, "db", "upgrade").returncode == 0
+    admin = _eta(tmp_path, "keys", "create", "--tenant", "acme", "--role", "admin")
+    created = _eta(tmp_path, "keys", "create", "--tenant", "acme", "--role", "submit", "--name", "pipeline")
+    key_id = created.stderr.split("(id ", 1)[1].split(")", 1)[0]
+    assert _eta(tmp_path, "keys", "revoke", key_id).returncode == 0
+    assert _eta(tmp_path, "keys", "create", "--tenant", "other", "--role", "admin").returncode == 0
+    engine = make_engine(f"sqlite:///{tmp_path / 'eta.sqlite3'}")
+    try:
+        client = create_app(Settings(eta_data_dir=tmp_path), engine=engine).test_client()
+        events = client.get("/v1/admin/events", headers={"Authorization": f"Bearer {admin.stdout.strip()}"}).json
+    finally:
+        engine.dispose()
+    seen = [(e["action"], e["actor"], e["details"].get("role")) for e in events["data"]]
+    # Newest first; the operator's command line acted (no key); the other tenant's key is not listed.
+    assert seen == [("key_revoked", "cli", "submit"), ("key_created", "cli", "submit"), ("key_created", "cli", "admin")]
+    assert events["data"][0]["subject"] == key_id and events["data"][1]["details"]["name"] == "pipeline"

@@ -20,7 +20,8 @@ from eta.store.errors import SchemaNotCurrentError
 from eta.store.models import Base
 from tests.integration.conftest import fresh_postgres_database
 
-TABLES = {"tenants", "api_keys", "batches", "jobs", "images", "blobs", "job_results", "reviews", "review_sessions"}
+TABLES = {"tenants", "api_keys", "batches", "jobs", "images", "blobs", "job_results", "reviews", "review_sessions",
+          "presets", "admin_events"}
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])

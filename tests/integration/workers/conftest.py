@@ -63,6 +63,10 @@ WORKER_ENV = {
     # The callback receiver of the tests listens on 127.0.0.1, which callbacks may only reach when allowed.
     "ETA_CALLBACK_ALLOWED_NETWORKS": "127.0.0.1/32",
     "ETA_CALLBACK_TIMEOUT_S": "5",
+    # Images by reference: short fetch limits, so a stalling server costs a test seconds (and, being the same
+    # allow-list as callbacks', 127.0.0.1 is reachable).
+    "ETA_IMAGE_FETCH_TIMEOUT_S": "2",
+    "ETA_IMAGE_FETCH_ATTEMPTS": "2",
     # The worker runs the beat schedule; sweeping every second finds what a test leaves stalled on purpose.
     "ETA_SWEEP_INTERVAL_S": "1",
 }

@@ -89,3 +89,11 @@ def test_results_as_csv_defuse_spreadsheet_formulas_like_the_servers_export():
     row = next(csv.DictReader(io.StringIO(out.getvalue())))
     assert row["custom_id"] == "'=HYPERLINK(\"http://x\")" and row["response"] == "'@SUM(A1:A9)"
     assert row["s_pre"] == "-0.25"  # numbers are numbers, not text to defuse
+
+
+def test_a_manifest_line_may_give_its_image_by_url_and_name_a_preset(tmp_path):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"custom_id": "a", "prompt": "p", "image_url": "https://bucket.test/a.jpg", '
+                        '"preset": "nightly"}\n')
+    [item], _ = items_from_manifest(manifest, default_prompt=None)
+    assert (item.image_url, item.preset, item.image) == ("https://bucket.test/a.jpg", "nightly", None)

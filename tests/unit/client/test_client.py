@@ -199,3 +199,26 @@ def test_export_retries_opening_the_stream_but_never_repeats_delivered_bytes():
             received.append(chunk)
     assert received == [b'{"id": "1"}\n'] and len(calls) == 2
     assert calls[0] == {"format": "jsonl", "aligned": "false"}
+
+
+def test_items_by_reference_and_presets_reach_the_manifest_the_server_reads(tmp_path):
+    import io
+
+    from werkzeug.wrappers import Request
+
+    from api.intake import parse_manifest
+
+    image = tmp_path / "a.png"
+    image.write_bytes(b"\x89PNG fake")
+    body = encode_batch([BatchItem("p", image_url="https://bucket.test/a.jpg", custom_id="u", preset="nightly@2"),
+                         {"prompt": "q", "image": str(image), "custom_id": "f"}], preset="nightly")
+    request = Request.from_values(input_stream=io.BytesIO(body.content), content_length=len(body.content),
+                                  content_type=body.content_type, method="POST")
+    assert request.form["preset"] == "nightly"
+    files = {f.filename: f.read() for f in request.files.getlist("files")}
+    items, errors = parse_manifest(request.files["manifest"].read(), files)
+    assert errors == []
+    assert (items[0].image_url, items[0].preset, items[0].image) == ("https://bucket.test/a.jpg", "nightly@2", None)
+    assert (items[1].image, items[1].preset) == (b"\x89PNG fake", None)
+    with pytest.raises(ValueError, match="not both"):
+        BatchItem.coerce({"prompt": "p", "image": "a.jpg", "image_url": "https://bucket.test/a.jpg"})
