@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+from api import openapi_examples as examples
 from api.intake import PARAM_LIMITS
 from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
 from eta.config import POLICIES, ETAConfig
@@ -95,8 +97,7 @@ def _part_types(settings: Settings) -> dict[str, str]:
 
 def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
     params = params_schema(settings)
-    for name, schema in doc["components"]["schemas"].items():
-        kind = name.split(".")[0] if name.count(".") == 1 else name.rsplit(".", 1)[-1]
+    for kind, schema in doc["components"]["schemas"].items():
         props = schema.get("properties", {})
         if kind in ("JobCreate", "JobCreateForm", "BatchItem"):
             props["prompt"] = _prompt(settings, {"description": props.get("prompt", {}).get("description", "")})
@@ -151,8 +152,7 @@ def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any], settings: Se
 
 
 def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
-    problem = next(f"#/components/schemas/{n}" for n in doc["components"]["schemas"] if n.startswith("ProblemOut."))
-    problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": problem}}}
+    problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": "#/components/schemas/ProblemOut"}}}
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -172,7 +172,9 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             if method == "get" and operation.get("parameters"):
                 # gunicorn's own answer to a request line over its limit (before the application sees it).
                 responses["414"] = {"description": "URI Too Long: the request line exceeds the server's limit",
-                                    "content": {"text/html": {"schema": {"type": "string"}}}}
+                                    "content": {"text/html": {"schema": {"type": "string"},
+                                                              "example": "<h1><p>Bad Request</p></h1>\n"
+                                                                         "Request Line is too large (8190 > 4094)"}}}
             for status, response in responses.items():
                 if status[0] in "45" and status != "414":
                     response["description"] = _ERROR_TITLES.get(status, response.get("description", "Error"))
@@ -182,31 +184,103 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             operation["responses"] = dict(sorted(responses.items()))
 
 
-def _plain_names(doc: dict[str, Any]) -> dict[str, Any]:
-    """spectree names components `Model.<hash>[.Nested]`; dots in names trip some tools. Use `_` instead."""
+# operationIds: what a generated client names its methods (`client.create_job(...)`), so chosen here for the reader
+# rather than derived from paths. A route missing here keeps spectree's id and fails the document's test.
+OPERATION_IDS = {
+    ("post", "/v1/jobs"): "create_job",
+    ("get", "/v1/jobs/{job_id}"): "get_job",
+    ("post", "/v1/jobs/{job_id}/cancel"): "cancel_job",
+    ("get", "/v1/jobs/{job_id}/image"): "get_job_image",
+    ("post", "/v1/jobs/{job_id}/review"): "record_review",
+    ("get", "/v1/jobs/{job_id}/reviews"): "list_reviews",
+    ("post", "/v1/batches"): "create_batch",
+    ("get", "/v1/batches/{batch_id}"): "get_batch",
+    ("get", "/v1/batches/{batch_id}/results"): "list_batch_results",
+    ("post", "/v1/batches/{batch_id}/cancel"): "cancel_batch",
+    ("get", "/v1/audit/flagged"): "list_flagged",
+    ("get", "/v1/audit/export"): "export_audit",
+    ("get", "/v1/audit/summary"): "get_audit_summary",
+    ("get", "/v1/tenant/callback-secret"): "get_callback_secret",
+    ("post", "/v1/tenant/callback-secret/rotate"): "rotate_callback_secret",
+}
+
+
+def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "responses" in operation:
+                yield method, path, operation
+
+
+def _name_operations(doc: dict[str, Any]) -> None:
+    for method, path, operation in _operations(doc):
+        operation["operationId"] = OPERATION_IDS.get((method, path), operation.get("operationId"))
+
+
+def _declare_file_answers(doc: dict[str, Any], settings: Settings) -> None:
+    """The two answers that are not JSON (spectree documents a 200 without a body for them)."""
+    images = {f"image/{name.lower()}" for name in settings.limits.image_formats} | {"image/jpeg"}
+    bodies = {
+        "export_audit": {"application/x-ndjson": {"schema": {"type": "string"},
+                                                  "example": '{"id": "3f2b8c1e-...", "object": "flagged_job"}\n'},
+                         "text/csv": {"schema": {"type": "string"}, "example": "id,batch_id,custom_id,...\n"}},
+        "get_job_image": {mime: {"schema": {"type": "string", "format": "binary"}} for mime in sorted(images)},
+    }
+    for _, _, operation in _operations(doc):
+        body = bodies.get(operation["operationId"])
+        if body is not None:
+            operation["responses"]["200"]["content"] = body
+
+
+def _add_examples(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    for _, _, operation in _operations(doc):
+        for media_type, content in operation.get("requestBody", {}).get("content", {}).items():
+            example = examples.REQUESTS.get((operation["operationId"], media_type))
+            if example is not None:
+                content["example"] = copy.deepcopy(example)
+        for status, response in operation["responses"].items():
+            for media_type, content in response.get("content", {}).items():
+                name = content.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+                if media_type == PROBLEM_MIMETYPE:
+                    content["example"] = examples.problem(status)
+                elif name in examples.RESPONSES and name in schemas:
+                    content["example"] = copy.deepcopy(examples.RESPONSES[name])
+
+
+def _referenced(node: Any) -> set[str]:
     prefix = "#/components/schemas/"
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        found = {ref[len(prefix):]} if isinstance(ref, str) and ref.startswith(prefix) else set()
+        return found.union(*(_referenced(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_referenced(v) for v in node))
+    return set()
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: (prefix + v[len(prefix):].replace(".", "_") if k == "$ref" and isinstance(v, str)
-                        and v.startswith(prefix) else walk(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
 
-    doc = walk(doc)
-    doc["components"]["schemas"] = {n.replace(".", "_"): s for n, s in doc["components"]["schemas"].items()}
-    return doc
+def _drop_unused_components(doc: dict[str, Any]) -> None:
+    """Keep the components an operation reaches. spectree lists every model it saw, among them its own
+    validation error (every 422 here is a problem document) and the request bodies inlined above."""
+    schemas = doc["components"]["schemas"]
+    used: set[str] = set()
+    frontier = _referenced(doc["paths"])
+    while frontier - used:
+        used |= frontier
+        frontier = _referenced([schemas[name] for name in frontier if name in schemas])
+    doc["components"]["schemas"] = {name: schema for name, schema in schemas.items() if name in used}
 
 
 def document(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The served document: `base` (spectree's) completed for this server's settings."""
     doc = copy.deepcopy(base)
+    _name_operations(doc)
     _complete_request_schemas(doc, settings)
     _complete_responses(doc, settings)
-    doc["components"]["schemas"] = {n: s for n, s in doc["components"]["schemas"].items()
-                                    if not n.startswith("ValidationError.")}
-    return _plain_names(doc)
+    _declare_file_answers(doc, settings)
+    _drop_unused_components(doc)
+    _add_examples(doc)
+    return doc
 
 
 
