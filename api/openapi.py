@@ -79,12 +79,28 @@ def _custom_id(base: dict[str, Any]) -> dict[str, Any]:
             "description": base.get("description", "Your own id, echoed back.")}
 
 
-# What `eta.outbound.check_url` admits by syntax: an absolute http(s) URL of printable ASCII without spaces. Whether
-# its host resolves to a public address is checked at submission and again at send time; no schema can say it.
+# What `eta.outbound.check_url` admits by syntax: an absolute http(s) URL of printable ASCII without spaces, without
+# credentials, with a port from 1 to 65535 if any; and a host that DNS can hold (RFC 1035: labels of 1 to 63
+# characters, at most 253 in all) or an IP literal in brackets. Whether the host resolves to a public address is
+# checked at submission and again at send time; no schema can say it.
+_HOST_CHAR = r'[!"$-,0-9;->A-Z\\^-~-]'  # printable ASCII but . / : ? # @ [ ]
+_DNS_NAME = rf"(?![^/?#:]{{254}}){_HOST_CHAR}{{1,63}}(?:\.{_HOST_CHAR}{{1,63}})*\.?"
+_PORT = r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+CALLBACK_URL_PATTERN = (rf"^[hH][tT][tT][pP][sS]?://(?:{_DNS_NAME}|\[[0-9A-Za-z:.%~_-]+\])(?::(?:{_PORT})?)?"
+                        r"(?:[/?#][!-~]*)?$")
 _CALLBACK_URL = {"type": "string", "format": "uri", "minLength": len("http://x"), "maxLength": MAX_URL_CHARS,
-                 "pattern": "^[hH][tT][tT][pP][sS]?://[!-~]+$",
+                 "pattern": CALLBACK_URL_PATTERN,
                  "description": "POSTed a signed summary when the batch ends: an http(s) URL whose host resolves to "
                                 "public addresses only (422 callback_url_forbidden otherwise)."}
+
+
+# What `api.intake.decode_base64_image` decodes to at least one byte: base64 with its padding (a complete final
+# group may be followed by more `=`), white space anywhere (what `str.split()` splits on), optionally behind a
+# `data:...;base64,` prefix. Whether the bytes are an image the server reads, no schema can say.
+_SPACE = r"[\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+_B64 = rf"[A-Za-z0-9+/]{_SPACE}"
+BASE64_PATTERN = (rf"^(?:data:[^,]*;base64,)?{_SPACE}(?:(?:(?:{_B64}){{4}})+(?:={_SPACE})*"
+                  rf"|(?:(?:{_B64}){{4}})*(?:(?:{_B64}){{2}}={_SPACE}={_SPACE}|(?:{_B64}){{3}}={_SPACE}))$")
 
 
 def _part_types(settings: Settings) -> dict[str, str]:
@@ -95,16 +111,23 @@ def _part_types(settings: Settings) -> dict[str, str]:
     return {"image": images, "files": images, "manifest": "application/jsonl"}
 
 
+# The one component that is not a pydantic model: the parameters a client may set (a JSON body refers to it; a form
+# part, which is checked as sent, carries a copy).
+PARAMS_COMPONENT = "ETAParams"
+
+
 def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
     params = params_schema(settings)
-    for kind, schema in doc["components"]["schemas"].items():
+    schemas = doc["components"]["schemas"]
+    for kind, schema in schemas.items():
         props = schema.get("properties", {})
+        params_here = params if kind.endswith("Form") else {"$ref": f"#/components/schemas/{PARAMS_COMPONENT}"}
         if kind in ("JobCreate", "JobCreateForm", "BatchItem"):
             props["prompt"] = _prompt(settings, {"description": props.get("prompt", {}).get("description", "")})
             props["custom_id"] = _custom_id(props.get("custom_id", {}))
-            props["params"] = {"anyOf": [params, {"type": "null"}]}
+            props["params"] = {"anyOf": [params_here, {"type": "null"}]}
         if kind in ("BatchCreate", "BatchCreateForm"):
-            props["params"] = {"anyOf": [params, {"type": "null"}]}
+            props["params"] = {"anyOf": [params_here, {"type": "null"}]}
         if kind.endswith("Form"):
             # A form part is text or a file, never JSON null: leave a part out instead.
             for name, prop in props.items():
@@ -122,13 +145,11 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
                                                {"type": "null"}], "description": _CALLBACK_URL["description"]}
         if kind == "BatchCreate":
             props["items"]["maxItems"] = settings.limits.max_batch_items
-            ref = props["items"]["items"].get("$ref", "")
-            if ref:  # inline the item schema: request bodies read without a reference to follow
-                props["items"]["items"] = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
         if kind in ("JobCreate", "BatchItem") and "image_base64" in props:
-            props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 1, "contentEncoding": "base64"},
-                                               {"type": "null"}],
+            props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 4, "contentEncoding": "base64",
+                                                "pattern": BASE64_PATTERN}, {"type": "null"}],
                                      "description": "The image, base64 (a data: URL is accepted)."}
+    schemas[PARAMS_COMPONENT] = params
 
 
 def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, Any]) -> None:
@@ -140,10 +161,12 @@ def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, 
 
 
 def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any], settings: Settings) -> None:
-    # The body schema itself rather than a reference: tools then see its `additionalProperties: false`.
+    # A JSON body stays a reference: a generated client then names its model after the component (`JobCreate`).
+    # A form is inlined: tools that check a multipart body as sent (tests/fuzz/hooks.py) read it without a
+    # reference to follow.
     for media_type, content in body.get("content", {}).items():
         ref = content.get("schema", {}).get("$ref", "")
-        if ref:
+        if ref and media_type != "application/json":
             content["schema"] = copy.deepcopy(doc["components"]["schemas"][ref.rsplit("/", 1)[-1]])
         if media_type == "multipart/form-data":
             parts = content.get("schema", {}).get("properties", {})
