@@ -171,3 +171,81 @@ def test_the_request_examples_are_accepted(client, tenant, default_document):
     rotated = client.post("/v1/tenant/callback-secret/rotate", headers=tenant.auth("admin"),
                           json=example("/v1/tenant/callback-secret/rotate", "application/json"))
     assert rotated.status_code == 200, rotated.json
+
+
+# ------------------------------------------------------------------- the document states what the server enforces
+def _schema_of(document: dict[str, Any], path: str, field: str) -> jsonschema_rs.Draft202012Validator:
+    """A validator for one field of a JSON request body, as the document declares it."""
+    content = document["paths"][path]["post"]["requestBody"]["content"]["application/json"]
+    name = content["schema"]["$ref"].rsplit("/", 1)[-1]
+    declared = document["components"]["schemas"][name]["properties"][field]
+    return jsonschema_rs.Draft202012Validator({**declared, "components": document["components"]})
+
+
+def _decodes(value: str) -> bool:
+    from api.intake import decode_base64_image
+
+    try:
+        return len(decode_base64_image(value)) > 0
+    except ValueError:
+        return False
+
+
+def test_image_base64_admits_exactly_what_the_server_decodes(default_document):
+    import itertools
+
+    schema = _schema_of(default_document, "/v1/jobs", "image_base64")
+    assert not schema.is_valid("0") and _decodes("0") is False
+    samples = ["".join(chars) for n in range(7) for chars in itertools.product("A0+/= ", repeat=n)]
+    samples += ["data:image/png;base64,iVBORw0KGgo=", "data:;base64,AAAA", "data:image/png,AAAA", " data:;base64,AA==",
+                "AA\u3000AA", "AA\x1cAA", "AA\ufeffAA", "AA\x85AA==", "AAAA=====", "A A A A\n", "AAAA\t=", "=AAAA"]
+    disagree = [s for s in samples if schema.is_valid(s) != _decodes(s)]
+    assert not disagree, f"the schema and the server disagree on {disagree[:10]}"
+
+
+def test_an_empty_cursor_is_the_first_page(client, tenant, default_document):
+    for path, name in (("/v1/batches/{batch_id}/results", "cursor"), ("/v1/audit/flagged", "cursor")):
+        [declared] = [p for p in default_document["paths"][path]["get"]["parameters"] if p["name"] == name]
+        assert jsonschema_rs.Draft202012Validator(declared["schema"]).is_valid(""), f"{path}: the schema refuses ''"
+    batch = client.post("/v1/batches", headers=tenant.auth(), json={"items": [{"prompt": "a"}, {"prompt": "b"}]}).json
+    first = client.get(f"/v1/batches/{batch['id']}/results?limit=1", headers=tenant.auth())
+    empty = client.get(f"/v1/batches/{batch['id']}/results?limit=1&cursor=", headers=tenant.auth())
+    assert first.status_code == empty.status_code == 200 and empty.json == first.json
+    assert first.json["next_cursor"]
+    flagged = client.get("/v1/audit/flagged?cursor=", headers=tenant.auth())
+    assert flagged.status_code == 200 and flagged.json["data"] == []
+    garbage = client.get(f"/v1/batches/{batch['id']}/results?cursor=x", headers=tenant.auth())
+    assert garbage.status_code == 422 and garbage.json["code"] == "cursor_invalid"
+
+
+def _label(n: int) -> str:
+    return "a" * n
+
+
+@pytest.mark.parametrize(("host", "fits"), [
+    (_label(63) + ".example", True),
+    (_label(64) + ".example", False),  # a label longer than DNS allows (RFC 1035: 63)
+    (".".join([_label(63)] * 3 + [_label(61)]), True),  # 253 characters
+    (".".join([_label(63)] * 3 + [_label(62)]), False),  # 254
+    ("hooks.example.", True),
+    ("a..example", False),  # an empty label
+    ("[2001:db8::1]", True),
+    ("192.0.2.10", True),
+])
+def test_callback_hosts_are_held_to_dns_limits(default_document, host: str, fits: bool):
+    from eta.outbound import OutboundRefused, check_target, check_url, system_resolver
+
+    schema = _schema_of(default_document, "/v1/batches", "callback_url")
+    url = f"https://{host}:8443/eta?x=1"
+    assert schema.is_valid(url) is fits, url
+    check_url(url)  # well-formed by the server's syntax check either way: the limit is DNS's
+    if not fits:
+        # The real resolver refuses it before asking any server (so this holds offline too).
+        with pytest.raises(OutboundRefused, match="does not resolve"):
+            from eta import outbound
+
+            previous = outbound.set_resolver(system_resolver)
+            try:
+                check_target(url)
+            finally:
+                outbound.set_resolver(previous)
