@@ -12,19 +12,19 @@ from pathlib import Path
 
 import click
 
-# Variables that change what the document says (limits, image formats) or where the throwaway app keeps its data.
-_SETTINGS_VARIABLES = ("ETA_", "DATABASE_URL", "REDIS_URL", "SECRET_KEY")
-
 
 @contextmanager
 def _environment(values: dict[str, str], *, drop_settings: bool) -> Iterator[None]:
+    """The process environment with `values`, without the database's variables (the throwaway app has its own)
+    and, with `drop_settings`, without any variable the settings read (the limits among them)."""
+    from eta.settings import Settings
+
+    dropped = set(Settings.variables()) if drop_settings else {"ETA_DATABASE_URL", "DATABASE_URL"}
     saved = dict(os.environ)
     try:
-        if drop_settings:
-            for name in [n for n in os.environ if n.startswith(_SETTINGS_VARIABLES)]:
-                del os.environ[name]
-        for name in ("ETA_DATABASE_URL", "DATABASE_URL"):
-            os.environ.pop(name, None)
+        for name in [n for n in os.environ if n.upper() in dropped or n.upper() in ("ETA_DATABASE_URL",
+                                                                                      "DATABASE_URL")]:
+            del os.environ[name]
         os.environ.update(values)
         yield
     finally:

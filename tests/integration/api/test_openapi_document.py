@@ -28,8 +28,8 @@ REGENERATE = "eta openapi --defaults > docs/openapi.json"
 @pytest.fixture
 def default_document(postgres_url: str, postgres_engine, tmp_path: Path, enqueue,
                      monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
-    """The document a server at its default settings serves (no ETA_* variable of this environment applies)."""
-    for name in [n for n in os.environ if n.startswith("ETA_")]:
+    """The document a server at its default settings serves (no settings variable of this environment applies)."""
+    for name in [n for n in os.environ if n.upper() in Settings.variables()]:
         monkeypatch.delenv(name)
     app = create_app(Settings(database_url=postgres_url, eta_data_dir=tmp_path), engine=postgres_engine,
                      enqueue=enqueue)
@@ -249,3 +249,23 @@ def test_callback_hosts_are_held_to_dns_limits(default_document, host: str, fits
                 check_target(url)
             finally:
                 outbound.set_resolver(previous)
+
+
+def test_eta_openapi_prints_the_served_document(monkeypatch: pytest.MonkeyPatch):
+    """The one-line regeneration: `eta openapi --defaults` is the committed document whatever ETA_* says; without
+    the flag it is this environment's (the operator's limits)."""
+    from click.testing import CliRunner
+
+    from eta.commands.main import main
+
+    monkeypatch.setenv("MAX_PROMPT_CHARS", "123")  # a limit's unprefixed name counts too
+    defaults = CliRunner().invoke(main, ["openapi", "--defaults"])
+    assert defaults.exit_code == 0, defaults.output
+    assert json.loads(defaults.stdout) == json.loads(COMMITTED.read_text())
+    assert defaults.stdout.rstrip("\n") == COMMITTED.read_text().rstrip("\n"), f"not byte for byte: {REGENERATE}"
+
+    operator = CliRunner().invoke(main, ["openapi"])
+    assert operator.exit_code == 0, operator.output
+    prompt = json.loads(operator.stdout)["components"]["schemas"]["JobCreate"]["properties"]["prompt"]
+    assert prompt["maxLength"] == 123
+    assert os.environ["MAX_PROMPT_CHARS"] == "123" and "ETA_SECRET_KEY" not in os.environ  # nothing leaked out
