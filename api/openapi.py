@@ -5,7 +5,13 @@ pydantic models, so that a client (or a fuzzer) built from it meets no surprise.
 - Every status a route can answer is declared: 400 (malformed JSON or header), 401/403 (keys), 404,
   413/415 (bodies), 422 (validation), 429 (rate limits and quotas, with `Retry-After`).
 - The operator's limits (prompt length, items per batch, each ETA parameter's bounds) and the text rule
-  (no NUL; prompts not blank) are in the schemas, read from this process's settings.
+  (no NUL; prompts not blank) are in the schemas, read from this process's settings; so are the syntax of a
+  base64 image and of a callback URL (DNS limits on its host).
+
+For generated clients (docs/operations.md, "Generating a client"): one component per model under its class name
+(api/spec.py names them), only the components an operation reaches, an operationId per route chosen for the reader
+(`OPERATION_IDS`) and an example on every request and response body (api/openapi_examples.py).
+`eta openapi --defaults > docs/openapi.json` regenerates the committed document.
 """
 
 from __future__ import annotations
