@@ -30,6 +30,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SEED, MAX_EXAMPLES = 1, 10
+# schemathesis gives up on an answer after 10 s and reports a network error. The coverage phase sends a batch of
+# the maximum 10,000 items, which a loaded machine (CI's two cores, shared) can take longer than that to accept.
+REQUEST_TIMEOUT_S = "120"
 
 
 def _free_port() -> int:
@@ -91,7 +94,8 @@ def test_schemathesis_finds_no_failure(live_server):
     base, key, env = live_server
     command = [str(BIN / "schemathesis"), "--config-file", str(REPO / "tests/fuzz/schemathesis.toml"), "run",
                f"{base}/v1/openapi.json", "--url", base, "--seed", str(SEED),
-               "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {key}"]
+               "--max-examples", str(MAX_EXAMPLES), "--request-timeout", REQUEST_TIMEOUT_S,
+               "-H", f"Authorization: Bearer {key}"]
     result = subprocess.run(command, env={**env, "SCHEMATHESIS_HOOKS": "tests.fuzz.hooks"}, capture_output=True,
                             text=True, timeout=900, cwd=REPO)
     report = result.stdout + result.stderr
@@ -124,7 +128,8 @@ def test_raw_schemathesis_finds_only_the_documented_false_positives(live_server,
     base, key, env = live_server
     report_path = tmp_path / "run.json"
     command = [str(BIN / "schemathesis"), "run", f"{base}/v1/openapi.json", "--url", base, "--checks", "all",
-               "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "-H", f"Authorization: Bearer {key}",
+               "--seed", str(SEED), "--max-examples", str(MAX_EXAMPLES), "--request-timeout", REQUEST_TIMEOUT_S,
+               "-H", f"Authorization: Bearer {key}",
                "--report", "json", "--report-json-path", str(report_path)]
     raw_env = {k: v for k, v in env.items() if not k.startswith("SCHEMATHESIS_")}
     # Run from an empty folder: schemathesis reads a schemathesis.toml in its working directory.
