@@ -16,7 +16,7 @@ from spectree import Response as Responses
 from api.audit.schemas import TimeRange
 from api.auth import MANAGE, current_principal, requires
 from api.problems import Problem
-from api.schemas import ProblemOut
+from api.schemas import Cursor, ProblemOut
 from api.spec import spec, validated
 from api.state import state
 from api.text import SafeText
@@ -38,7 +38,7 @@ class AdminEventQuery(TimeRange):
     subject: SafeText(300) | None = Field(  # type: ignore[valid-type]
         default=None, description="Only events about this subject (a key id, `preset@version`, a job id).")
     limit: int = Field(default=100, ge=1, le=1000)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    cursor: Cursor = Field(default=None, description="`next_cursor` of the previous page.")
 
 
 class AdminEventOut(BaseModel):

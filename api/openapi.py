@@ -5,15 +5,23 @@ pydantic models, so that a client (or a fuzzer) built from it meets no surprise.
 - Every status a route can answer is declared: 400 (malformed JSON or header), 401/403 (keys), 404,
   413/415 (bodies), 422 (validation), 429 (rate limits and quotas, with `Retry-After`).
 - The operator's limits (prompt length, items per batch, each ETA parameter's bounds) and the text rule
-  (no NUL; prompts not blank) are in the schemas, read from this process's settings.
+  (no NUL; prompts not blank) are in the schemas, read from this process's settings; so are the syntax of a
+  base64 image and of a callback URL (DNS limits on its host).
+
+For generated clients (docs/operations.md, "Generating a client"): one component per model under its class name
+(api/spec.py names them), only the components an operation reaches, an operationId per route chosen for the reader
+(`OPERATION_IDS`) and an example on every request and response body (api/openapi_examples.py).
+`eta openapi --defaults > docs/openapi.json` regenerates the committed document.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
+from api import openapi_examples as examples
 from api.intake import PARAM_LIMITS
 from api.text import NO_NUL_PATTERN, NOT_BLANK_PATTERN
 from eta.config import MAX_SEED, POLICIES, REAL_DOMAINS, ETAConfig
@@ -77,10 +85,17 @@ def _custom_id(base: dict[str, Any]) -> dict[str, Any]:
             "description": base.get("description", "Your own id, echoed back.")}
 
 
-# What `eta.outbound.check_url` admits by syntax: an absolute http(s) URL of printable ASCII without spaces. Whether
-# its host resolves to a public address is checked at submission and again at send time; no schema can say it.
+# What `eta.outbound.check_url` admits by syntax: an absolute http(s) URL of printable ASCII without spaces, without
+# credentials, with a port from 1 to 65535 if any; and a host that DNS can hold (RFC 1035: labels of 1 to 63
+# characters, at most 253 in all) or an IP literal in brackets. Whether the host resolves to a public address is
+# checked at submission and again at send time; no schema can say it.
+_HOST_CHAR = r'[!"$-,0-9;->A-Z\\^-~-]'  # printable ASCII but . / : ? # @ [ ]
+_DNS_NAME = rf"(?![^/?#:]{{254}}){_HOST_CHAR}{{1,63}}(?:\.{_HOST_CHAR}{{1,63}})*\.?"
+_PORT = r"0*(?:[1-9][0-9]{0,3}|[1-5][0-9]{4}|6[0-4][0-9]{3}|65[0-4][0-9]{2}|655[0-2][0-9]|6553[0-5])"
+CALLBACK_URL_PATTERN = (rf"^[hH][tT][tT][pP][sS]?://(?:{_DNS_NAME}|\[[0-9A-Za-z:.%~_-]+\])(?::(?:{_PORT})?)?"
+                        r"(?:[/?#][!-~]*)?$")
 _CALLBACK_URL = {"type": "string", "format": "uri", "minLength": len("http://x"), "maxLength": MAX_URL_CHARS,
-                 "pattern": "^[hH][tT][tT][pP][sS]?://[!-~]+$",
+                 "pattern": CALLBACK_URL_PATTERN,
                  "description": "POSTed a signed summary when the batch ends: an http(s) URL whose host resolves to "
                                 "public addresses only (422 callback_url_forbidden otherwise)."}
 
@@ -89,11 +104,18 @@ _CALLBACK_URL = {"type": "string", "format": "uri", "minLength": len("http://x")
 # when the image is fetched), or a data: URL holding the image in base64.
 _IMAGE_URL: dict[str, list[dict[str, Any]]] = {"anyOf": [
     {"type": "string", "format": "uri", "minLength": len("http://x"), "maxLength": MAX_URL_CHARS,
-     "pattern": "^[hH][tT][tT][pP][sS]?://[!-~]+$"},
+     "pattern": CALLBACK_URL_PATTERN},
     {"type": "string", "pattern": "^data:[!-~]*;base64,", "contentEncoding": "base64"},
     {"type": "null"}]}
 _PRESET: dict[str, list[dict[str, Any]]] = {"anyOf": [
     {"type": "string", "pattern": PRESET_REFERENCE_PATTERN, "maxLength": 75}, {"type": "null"}]}
+# What `api.intake.decode_base64_image` decodes to at least one byte: base64 with its padding (a complete final
+# group may be followed by more `=`), white space anywhere (what `str.split()` splits on), optionally behind a
+# `data:...;base64,` prefix. Whether the bytes are an image the server reads, no schema can say.
+_SPACE = r"[\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]*"
+_B64 = rf"[A-Za-z0-9+/]{_SPACE}"
+BASE64_PATTERN = (rf"^(?:data:[^,]*;base64,)?{_SPACE}(?:(?:(?:{_B64}){{4}})+(?:={_SPACE})*"
+                  rf"|(?:(?:{_B64}){{4}})*(?:(?:{_B64}){{2}}={_SPACE}={_SPACE}|(?:{_B64}){{3}}={_SPACE}))$")
 
 
 def _part_types(settings: Settings) -> dict[str, str]:
@@ -104,19 +126,25 @@ def _part_types(settings: Settings) -> dict[str, str]:
     return {"image": images, "files": images, "manifest": "application/jsonl"}
 
 
+# The one component that is not a pydantic model: the parameters a client may set (a JSON body refers to it; a form
+# part, which is checked as sent, carries a copy).
+PARAMS_COMPONENT = "ETAParams"
+
+
 def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
     params = params_schema(settings)
-    for name, schema in doc["components"]["schemas"].items():
-        kind = name.split(".")[0] if name.count(".") == 1 else name.rsplit(".", 1)[-1]
+    schemas = doc["components"]["schemas"]
+    for kind, schema in schemas.items():
         props = schema.get("properties", {})
+        params_here = params if kind.endswith("Form") else {"$ref": f"#/components/schemas/{PARAMS_COMPONENT}"}
         if kind in ("JobCreate", "JobCreateForm", "BatchItem"):
             props["prompt"] = _prompt(settings, {"description": props.get("prompt", {}).get("description", "")})
             props["custom_id"] = _custom_id(props.get("custom_id", {}))
-            props["params"] = {"anyOf": [params, {"type": "null"}]}
+            props["params"] = {"anyOf": [params_here, {"type": "null"}]}
         if kind in ("BatchCreate", "BatchCreateForm"):
-            props["params"] = {"anyOf": [params, {"type": "null"}]}
+            props["params"] = {"anyOf": [params_here, {"type": "null"}]}
         if kind == "PresetPut":
-            props["params"] = params
+            props["params"] = params_here
         if kind.endswith("Form"):
             # A form part is text or a file, never JSON null: leave a part out instead.
             for name, prop in props.items():
@@ -134,9 +162,6 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
                                                {"type": "null"}], "description": _CALLBACK_URL["description"]}
         if kind == "BatchCreate":
             props["items"]["maxItems"] = settings.limits.max_batch_items
-            ref = props["items"]["items"].get("$ref", "")
-            if ref:  # inline the item schema: request bodies read without a reference to follow
-                props["items"]["items"] = doc["components"]["schemas"][ref.rsplit("/", 1)[-1]]
         if kind in ("JobCreate", "JobCreateForm", "BatchItem", "BatchCreate", "BatchCreateForm"):
             image_field = "image" if kind == "JobCreateForm" else "image_base64"
             if "image_url" in props and image_field in props:
@@ -149,9 +174,10 @@ def _complete_request_schemas(doc: dict[str, Any], settings: Settings) -> None:
                                     if not (kind.endswith("Form") and a.get("type") == "null")]
                     props[name] = {"anyOf": alternatives, "description": props[name].get("description", "")}
         if kind in ("JobCreate", "BatchItem") and "image_base64" in props:
-            props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 1, "contentEncoding": "base64"},
-                                               {"type": "null"}],
+            props["image_base64"] = {"anyOf": [{"type": "string", "minLength": 4, "contentEncoding": "base64",
+                                                "pattern": BASE64_PATTERN}, {"type": "null"}],
                                      "description": "The image, base64 (a data: URL is accepted)."}
+    schemas[PARAMS_COMPONENT] = params
 
 
 def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, Any]) -> None:
@@ -163,10 +189,12 @@ def _body_optional_without_required_fields(doc: dict[str, Any], body: dict[str, 
 
 
 def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any], settings: Settings) -> None:
-    # The body schema itself rather than a reference: tools then see its `additionalProperties: false`.
+    # A JSON body stays a reference: a generated client then names its model after the component (`JobCreate`).
+    # A form is inlined: tools that check a multipart body as sent (tests/fuzz/hooks.py) read it without a
+    # reference to follow.
     for media_type, content in body.get("content", {}).items():
         ref = content.get("schema", {}).get("$ref", "")
-        if ref:
+        if ref and media_type != "application/json":
             content["schema"] = copy.deepcopy(doc["components"]["schemas"][ref.rsplit("/", 1)[-1]])
         if media_type == "multipart/form-data":
             parts = content.get("schema", {}).get("properties", {})
@@ -175,8 +203,7 @@ def _inline_body_schemas(doc: dict[str, Any], body: dict[str, Any], settings: Se
 
 
 def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
-    problem = next(f"#/components/schemas/{n}" for n in doc["components"]["schemas"] if n.startswith("ProblemOut."))
-    problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": problem}}}
+    problem_content = {PROBLEM_MIMETYPE: {"schema": {"$ref": "#/components/schemas/ProblemOut"}}}
     for path, item in doc["paths"].items():
         for method, operation in item.items():
             if not isinstance(operation, dict) or "responses" not in operation:
@@ -205,21 +232,95 @@ def _complete_responses(doc: dict[str, Any], settings: Settings) -> None:
             operation["responses"] = dict(sorted(responses.items()))
 
 
-def _plain_names(doc: dict[str, Any]) -> dict[str, Any]:
-    """spectree names components `Model.<hash>[.Nested]`; dots in names trip some tools. Use `_` instead."""
+# operationIds: what a generated client names its methods (`client.create_job(...)`), so chosen here for the reader
+# rather than derived from paths. A route missing here keeps spectree's id and fails the document's test.
+OPERATION_IDS = {
+    ("post", "/v1/jobs"): "create_job",
+    ("get", "/v1/jobs/{job_id}"): "get_job",
+    ("post", "/v1/jobs/{job_id}/cancel"): "cancel_job",
+    ("get", "/v1/jobs/{job_id}/image"): "get_job_image",
+    ("post", "/v1/jobs/{job_id}/review"): "record_review",
+    ("get", "/v1/jobs/{job_id}/reviews"): "list_reviews",
+    ("post", "/v1/batches"): "create_batch",
+    ("get", "/v1/batches/{batch_id}"): "get_batch",
+    ("get", "/v1/batches/{batch_id}/results"): "list_batch_results",
+    ("post", "/v1/batches/{batch_id}/cancel"): "cancel_batch",
+    ("get", "/v1/audit/flagged"): "list_flagged",
+    ("get", "/v1/audit/export"): "export_audit",
+    ("get", "/v1/audit/summary"): "get_audit_summary",
+    ("get", "/v1/tenant/callback-secret"): "get_callback_secret",
+    ("post", "/v1/tenant/callback-secret/rotate"): "rotate_callback_secret",
+    ("get", "/v1/presets"): "list_presets",
+    ("get", "/v1/presets/{name}"): "get_preset",
+    ("put", "/v1/presets/{name}"): "put_preset",
+    ("get", "/v1/admin/events"): "list_admin_events",
+}
+
+
+def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    for path, item in doc["paths"].items():
+        for method, operation in item.items():
+            if isinstance(operation, dict) and "responses" in operation:
+                yield method, path, operation
+
+
+def _name_operations(doc: dict[str, Any]) -> None:
+    for method, path, operation in _operations(doc):
+        operation["operationId"] = OPERATION_IDS.get((method, path), operation.get("operationId"))
+
+
+def _declare_file_answers(doc: dict[str, Any], settings: Settings) -> None:
+    """The two answers that are not JSON (spectree documents a 200 without a body for them)."""
+    images = {f"image/{name.lower()}" for name in settings.limits.image_formats} | {"image/jpeg"}
+    bodies = {
+        "export_audit": {"application/x-ndjson": {"schema": {"type": "string"},
+                                                  "example": '{"id": "3f2b8c1e-...", "object": "flagged_job"}\n'},
+                         "text/csv": {"schema": {"type": "string"}, "example": "id,batch_id,custom_id,...\n"}},
+        "get_job_image": {mime: {"schema": {"type": "string", "format": "binary"}} for mime in sorted(images)},
+    }
+    for _, _, operation in _operations(doc):
+        body = bodies.get(operation["operationId"])
+        if body is not None:
+            operation["responses"]["200"]["content"] = body
+
+
+def _add_examples(doc: dict[str, Any]) -> None:
+    schemas = doc["components"]["schemas"]
+    for _, _, operation in _operations(doc):
+        for media_type, content in operation.get("requestBody", {}).get("content", {}).items():
+            example = examples.REQUESTS.get((operation["operationId"], media_type))
+            if example is not None:
+                content["example"] = copy.deepcopy(example)
+        for status, response in operation["responses"].items():
+            for media_type, content in response.get("content", {}).items():
+                name = content.get("schema", {}).get("$ref", "").rsplit("/", 1)[-1]
+                if media_type == PROBLEM_MIMETYPE:
+                    content["example"] = examples.problem(status)
+                elif name in examples.RESPONSES and name in schemas:
+                    content["example"] = copy.deepcopy(examples.RESPONSES[name])
+
+
+def _referenced(node: Any) -> set[str]:
     prefix = "#/components/schemas/"
+    if isinstance(node, dict):
+        ref = node.get("$ref")
+        found = {ref[len(prefix):]} if isinstance(ref, str) and ref.startswith(prefix) else set()
+        return found.union(*(_referenced(v) for v in node.values()))
+    if isinstance(node, list):
+        return set().union(*(_referenced(v) for v in node))
+    return set()
 
-    def walk(node: Any) -> Any:
-        if isinstance(node, dict):
-            return {k: (prefix + v[len(prefix):].replace(".", "_") if k == "$ref" and isinstance(v, str)
-                        and v.startswith(prefix) else walk(v)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [walk(v) for v in node]
-        return node
 
-    doc = walk(doc)
-    doc["components"]["schemas"] = {n.replace(".", "_"): s for n, s in doc["components"]["schemas"].items()}
-    return doc
+def _drop_unused_components(doc: dict[str, Any]) -> None:
+    """Keep the components an operation reaches. spectree lists every model it saw, among them its own
+    validation error (every 422 here is a problem document) and the request bodies inlined above."""
+    schemas = doc["components"]["schemas"]
+    used: set[str] = set()
+    frontier = _referenced(doc["paths"])
+    while frontier - used:
+        used |= frontier
+        frontier = _referenced([schemas[name] for name in frontier if name in schemas])
+    doc["components"]["schemas"] = {name: schema for name, schema in schemas.items() if name in used}
 
 
 def _complete_path_parameters(doc: dict[str, Any]) -> None:
@@ -234,12 +335,14 @@ def _complete_path_parameters(doc: dict[str, Any]) -> None:
 def document(base: dict[str, Any], settings: Settings) -> dict[str, Any]:
     """The served document: `base` (spectree's) completed for this server's settings."""
     doc = copy.deepcopy(base)
+    _name_operations(doc)
     _complete_request_schemas(doc, settings)
     _complete_path_parameters(doc)
     _complete_responses(doc, settings)
-    doc["components"]["schemas"] = {n: s for n, s in doc["components"]["schemas"].items()
-                                    if not n.startswith("ValidationError.")}
-    return _plain_names(doc)
+    _declare_file_answers(doc, settings)
+    _drop_unused_components(doc)
+    _add_examples(doc)
+    return doc
 
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 from pydantic_core import core_schema
 from spectree.model_adapter.pydantic_adapter import BaseFile
 
@@ -122,9 +122,15 @@ class CallbackSecretOut(BaseModel):
     previous_valid_until: datetime | None
 
 
+# A page's cursor: `next_cursor` of the previous page. Empty (`cursor=`, as a client that fills a URL template
+# sends for the first page) means none, as the document says by admitting it.
+Cursor = Annotated[str | None, BeforeValidator(lambda value: value or None),
+                   Field(description="`next_cursor` of the previous page; left out or empty: the first page.")]
+
+
 class PageQuery(_Strict):
     limit: int = Field(default=100, ge=1, le=1000)
-    cursor: str | None = None
+    cursor: Cursor = None
 
 
 # ----------------------------------------------------------------------------------------- responses

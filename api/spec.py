@@ -8,9 +8,11 @@ its own. Its validation errors are turned into problem documents by `problem_on_
 
 from __future__ import annotations
 
-from typing import Any
+from enum import Enum
+from typing import Any, get_args
 
 from flask import request
+from pydantic import BaseModel
 from spectree import SpecTree
 from spectree.models import SecureType, SecurityScheme, SecuritySchemeData
 
@@ -45,6 +47,46 @@ def problem_on_invalid(req: Any, resp: Any, req_validation_error: Any, instance:
                   "; ".join(f"{e['field'] or 'body'}: {e['message']}" for e in errors[:5]), errors=errors)
 
 
+class ComponentNames:
+    """spectree's naming, replaced: each model is one component under its class name, shared by every operation
+    that uses it, whether it is a route's model or nested in one.
+
+    spectree's default names a component `Model.<hash of its module>` and a nested model again under every
+    parent (`JobOut.d338d7b.JobError`, `ResultsPage.d338d7b.JobError`, ...): a generated client then has many
+    copies of one type, and openapi-python-client drops the parents it cannot resolve. A plain name is only
+    safe while it is unique, so two different models (or enums) reachable from the API under one name are an
+    error at import, not a silent merge.
+    """
+
+    def __init__(self) -> None:
+        self._owners: dict[str, type] = {}
+
+    def __call__(self, model: Any) -> str:
+        self._claim(model, set())
+        return str(model.__name__)
+
+    @staticmethod
+    def nested(_parent: str, child: str) -> str:
+        return child
+
+    def _claim(self, kind: Any, seen: set[Any]) -> None:
+        if kind in seen:
+            return
+        seen.add(kind)
+        if isinstance(kind, type) and issubclass(kind, BaseModel | Enum):
+            owner = self._owners.setdefault(kind.__name__, kind)
+            if owner is not kind:
+                raise TypeError(f"two API models named {kind.__name__}: {owner.__module__}.{owner.__qualname__} "
+                                f"and {kind.__module__}.{kind.__qualname__}; rename one (its OpenAPI component "
+                                "name is its class name)")
+            if issubclass(kind, BaseModel):
+                for field in kind.model_fields.values():
+                    self._claim(field.annotation, seen)
+            return
+        for argument in get_args(kind):
+            self._claim(argument, seen)
+
+
 spec = SpecTree(
     "flask",
     title="ETA service API",
@@ -62,4 +104,6 @@ spec = SpecTree(
     # No Swagger UI / ReDoc pages: they load third-party JavaScript, and would do so on the review page's
     # origin. The document is served at /v1/openapi.json (and /docs/openapi.json); view it with any tool.
     page_templates={},
+    naming_strategy=ComponentNames(),
+    nested_naming_strategy=ComponentNames.nested,
 )

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from api.schemas import PresetRef
+from api.schemas import Cursor, PresetRef
 from api.text import SafeText
 from eta.store.repository import AuditFilter
 from eta.vocabulary import ReviewVerdict
@@ -96,7 +96,7 @@ class AuditFilters(TimeRange):
 
 class FlaggedQuery(AuditFilters):
     limit: int = Field(default=50, ge=1, le=1000)
-    cursor: str | None = Field(default=None, description="`next_cursor` of the previous page.")
+    cursor: Cursor = None
 
 
 class ExportQuery(AuditFilters):

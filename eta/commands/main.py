@@ -192,6 +192,7 @@ def _register_subcommands() -> None:
     from eta.commands.db import db
     from eta.commands.demo import demo
     from eta.commands.keys import keys
+    from eta.commands.openapi import openapi_command
     from eta.commands.purge import purge
     from eta.commands.serve import serve
     from eta.commands.worker import sweep, worker
@@ -200,6 +201,7 @@ def _register_subcommands() -> None:
     main.add_command(keys)
     main.add_command(purge)
     main.add_command(serve)
+    main.add_command(openapi_command)
     for command in (submit, status, results, audit):
         main.add_command(command)
     main.add_command(worker)

@@ -92,12 +92,16 @@ def _label_multipart(case: Any) -> None:
     content = case.operation.definition.raw.get("requestBody", {}).get("content", {}).get(case.media_type, {})
     if "schema" not in content:
         return
+    meta = case.meta
+    if ParameterLocation.BODY not in meta.components:
+        # A body schemathesis did not generate (an example the document gives): it labels it itself, and has no
+        # record of a generated body to compare a new label with.
+        return
     body = case.body
     valid = (jsonschema_rs.validator_for(content["schema"]).is_valid(_files_as_text(body))
              and _callback_admitted(body.get("callback_url")) and _files_admitted(body)
              # The fuzzed tenant stores no preset: a form naming one is refused (422 preset_not_found).
              and not body.get("preset") and _image_url_admitted(body.get("image_url")))
-    meta = case.meta
     meta.components[ParameterLocation.BODY] = ComponentInfo(
         mode=GenerationMode.POSITIVE if valid else GenerationMode.NEGATIVE)
     meta.generation.mode = (GenerationMode.POSITIVE if all(c.mode.is_positive for c in meta.components.values())
