@@ -107,7 +107,10 @@ def test_schemathesis_finds_no_failure(live_server):
 # the document"). schemathesis reports each as ST202 (positive_data_acceptance): a false positive of that check for
 # a refusal the schema cannot express (upstream: schemathesis/schemathesis#3516).
 DOCUMENTED_REFUSALS = {
-    "a callback host that does not resolve to public addresses": r"callback_url host .*(does not resolve|non-public)",
+    "a callback or image host that does not resolve to public addresses":
+        r"(callback_url|image_url) host .*(does not resolve|non-public)",
+    "a preset the tenant has not stored": r"(no preset|preset .* has no version)",
+    "an image sent both as a file and by URL": r"both",
     "image bytes that are not an image": r"not an image",
     "a cursor the server did not write": r"cursor",
     "a manifest that is not JSON Lines of jobs": r"(^|: )(line \d+|manifest)",
