@@ -3,7 +3,8 @@
 - a poison job (its prompt makes the instant VLM SIGKILL its pool process, every time) fails alone: the
   sweeper re-sends the crashed chunk in smaller and smaller chunks, so the jobs that shared its chunk finish;
 - a stage stuck in native code (the soft time limit's signal masked) while its lease keeper thread goes on
-  renewing the jobs' leases is still ended by the stage's hard time limit.
+  renewing the jobs' leases is still ended by the stage's hard time limit;
+- a pool process stuck while loading its models is reported (its stacks in the log) and replaced.
 
 Each test has a database, a Redis key prefix and a worker of its own: the worker's beat runs the sweeper every
 second over every job of its database, and must not meet another test's jobs or workers.
@@ -11,6 +12,7 @@ second over every job of its database, and must not meet another test's jobs or 
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 import uuid
@@ -68,7 +70,8 @@ def _faulty_worker(tmp_path: Path, fault: str, **overrides: str) -> Iterator[Fau
     with fresh_postgres_database("eta_faults") as url, migrated_engine(url) as engine:
         env = {**_clean_environ(), **WORKER_ENV, "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "ETA_BROKER_KEY_PREFIX": prefix, "ETA_DATA_DIR": str(tmp_path / "data"), "ETA_MODELS": "instant",
-               "ETA_INSTANT_FAULT": f"{fault}:{MARKER}", "ETA_LEASE_S": "3", "ETA_SWEEP_INTERVAL_S": "1",
+               "ETA_INSTANT_FAULT": fault if fault == "hang_load" else f"{fault}:{MARKER}",
+               "ETA_LEASE_S": "3", "ETA_SWEEP_INTERVAL_S": "1",
                "ETA_MAX_STAGE_ATTEMPTS": "1", **overrides}
         settings = Settings(database_url=url, redis_url=REDIS_URL,
                             **{k.lower(): v for k, v in env.items() if k.startswith("ETA_") and k != "ETA_MODELS"
@@ -89,6 +92,11 @@ def poison_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
 @pytest.fixture
 def hanging_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
     yield from _faulty_worker(tmp_path, "hang", ETA_GENERATE_SOFT_TIME_LIMIT_S="2", ETA_GENERATE_TIME_LIMIT_S="4")
+
+
+@pytest.fixture
+def unready_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
+    yield from _faulty_worker(tmp_path, "hang_load", ETA_WORKER_READY_TIMEOUT_S="3")
 
 
 def test_a_poison_job_fails_alone_and_its_chunk_mates_succeed(poison_worker: FaultyWorker):
@@ -142,3 +150,21 @@ def _stage_durations(log: str, stage: str) -> list[float]:
             durations.append((at - started).total_seconds())
             started = None
     return durations
+
+
+def test_a_pool_process_not_ready_by_its_deadline_is_reported_and_replaced(unready_worker: FaultyWorker):
+    worker = unready_worker.worker
+    # Every pool process hangs while loading its models: after ETA_WORKER_READY_TIMEOUT_S its stacks are in the
+    # log (where it was stuck, down from the process-start hook) and it exits; the pool starts another, which is
+    # reported and replaced in turn.
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = worker.log()
+        exited = set(re.findall(r"Process '(ForkPoolWorker-\d+)' pid:\d+ exited with 'exitcode 1'", log))
+        if len(exited) >= 2 and log.count("Timeout (0:00:03)!") >= 2:
+            break
+        time.sleep(0.2)
+    assert len(exited) >= 2 and log.count("Timeout (0:00:03)!") >= 2, log[-3000:]
+    assert "in on_worker_process_init" in log, log[-3000:]
+    assert "pool process ready" not in log
+    assert worker.running

@@ -69,3 +69,5 @@ def test_planted_faults_are_off_unless_asked_for(monkeypatch):
         assert planted_fault() is None, value
     monkeypatch.setenv("ETA_INSTANT_FAULT", "kill:[poison]")
     assert planted_fault() == ("kill", "[poison]")
+    monkeypatch.setenv("ETA_INSTANT_FAULT", "hang_load")
+    assert planted_fault() == ("hang_load", "")
