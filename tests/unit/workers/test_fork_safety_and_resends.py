@@ -3,8 +3,10 @@ before a job fails as stalled; the planted faults of the instant models are off 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -71,3 +73,14 @@ def test_planted_faults_are_off_unless_asked_for(monkeypatch):
     assert planted_fault() == ("kill", "[poison]")
     monkeypatch.setenv("ETA_INSTANT_FAULT", "hang_load")
     assert planted_fault() == ("hang_load", "")
+
+
+def test_the_worker_refuses_unusable_models_in_one_line_from_its_preflight_child(tmp_path):
+    # The check runs in `python -m workers.preflight`; its verdict is still `eta worker`'s one-line error, exit 2.
+    eta = str(Path(sys.executable).with_name("eta"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETA_")}
+    env.update(ETA_DATA_DIR=str(tmp_path), ETA_VLM="x")
+    done = subprocess.run([eta, "worker"], env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ETA_CLIP, ETA_REWARD not set"), done.stderr
