@@ -141,7 +141,11 @@ def applies(model: Any, packing: str) -> bool:
 
 
 def _decoder_configs(model: Any) -> list[Any]:
-    """The configs the decoder's self-attention modules read `_attn_implementation` from."""
+    """The configs the decoder's self-attention modules read `_attn_implementation` from (found once per model: a
+    walk over every module on every decoding step would cost more than the step's attention on small models)."""
+    cached = getattr(model, "_eta_decoder_configs", None)
+    if cached is not None:
+        return list(cached)
     config = getattr(model, "config", None)
     text = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else config
     found: dict[int, Any] = {}
@@ -149,6 +153,8 @@ def _decoder_configs(model: Any) -> list[Any]:
         own = getattr(module, "config", None)
         if own is text and hasattr(module, "layer_idx") and hasattr(module, "q_proj"):
             found[id(own)] = own
+    with contextlib.suppress(AttributeError, TypeError):
+        model._eta_decoder_configs = tuple(found.values())
     return list(found.values())
 
 
