@@ -15,8 +15,10 @@ Both run the same model, prompt, image, N, seed, token budgets and scoring rule.
 Cross-job mode (`--jobs 1,4,8,16`): J different jobs (sample images and prompts of different lengths, each its
 own seed) aligned together by `eta.safety.alignment.align_jobs` (J x N rows per decoding step, one reward and
 one CLIP forward per round) against the same J jobs aligned one after another (`align_jobs` on one job at a
-time); aligned jobs per second of each, their ratio, the padding share of the packed prefix caches, and peak
-memory (resident set on the CPU, allocated memory on a GPU).
+time); aligned jobs per second of each, their ratio, the padding share of the packed prefix caches, the KV cache
+of alignment against its floor (`kv_peak_bytes`, `kv_floor_bytes`, `kv_peak_over_floor`; `ETA_SHARED_PREFIX=0`
+measures the layout that copies each prefix into every candidate row) and peak memory (resident set on the CPU,
+allocated memory on a GPU).
 
     .venv/bin/python bench/align.py --shape small --repeats 3 --plot artifacts/align-small.png
     .venv/bin/python bench/align.py --shape tiny --jobs 1,4,8,16 --repeats 3
@@ -199,6 +201,7 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
         calls_seen: dict[str, int] = {}
         layout: dict[str, int] = {}
         for repeat in range(repeats):
+            layout.clear()  # the last repeat's figures (the KV peak is a maximum, not a sum)
             jobs = cross_job_jobs(folder, count, seed + 1000 * repeat)
 
             def together(jobs: list[AlignmentJob] = jobs, seen: dict[str, int] = calls_seen,
@@ -246,6 +249,13 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
                                                                    1)},
             # Share of the packed prefix positions (rows x longest prefix, summed over rounds) that are padding.
             "padding_share_of_packed_prefix": round(layout.get("padding_positions", 0) / rows, 4) if rows else None,
+            # KV cache of alignment: the most held at once (prefix store and batch cache as allocated, the largest
+            # round) against its floor (each job's prefix once plus N rows of the round's longest sentence).
+            "kv_peak_bytes": layout.get("kv_peak_bytes"),
+            "kv_floor_bytes": layout.get("kv_floor_bytes"),
+            "kv_peak_over_floor": (round(layout["kv_peak_bytes"] / layout["kv_floor_bytes"], 3)
+                                   if layout.get("kv_floor_bytes") else None),
+            "kv_layout": "shared prefix" if getattr(models.vlm, "shared_prefix", False) else "copied per row",
             "model_calls_last_together_run": dict(calls_seen),
         })
     return results
@@ -375,7 +385,9 @@ def cross_job_main(args: argparse.Namespace, models: Any, model_info: dict[str, 
         "results": results,
         "target": {"jobs": 8, "throughput_ratio_at_least": 3.0,
                    "median": at_8["throughput_ratio"]["median"] if at_8 else None,
-                   "met": (at_8["throughput_ratio"]["median"] >= 3.0) if at_8 else None},
+                   "met": (at_8["throughput_ratio"]["median"] >= 3.0) if at_8 else None,
+                   "kv_peak_over_floor_at_most": 1.5,
+                   "kv_peak_over_floor": at_8["kv_peak_over_floor"] if at_8 else None},
     }
     if args.profile:
         profiler = cProfile.Profile()

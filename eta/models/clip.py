@@ -177,7 +177,36 @@ class ClipScorer:
     def embed_texts(self, texts: Sequence[str]) -> torch.Tensor:
         """L2-normalised text embeddings, one forward. Texts longer than CLIP's context are truncated."""
         tokens = self.tokenizer(list(texts), context_length=self.context_length).to(self.device)
-        return self.model.encode_text(tokens, normalize=True).float()
+        return self.encode_tokens(tokens).float()
+
+    def encode_tokens(self, tokens: torch.Tensor) -> torch.Tensor:
+        """`model.encode_text(tokens, normalize=True)`, running only the positions up to the longest text's end.
+
+        CLIP's text tower is causal and pools at the end-of-text token, so the padding after the longest text
+        changes nothing: a candidate sentence of ~30 tokens need not run all 77 positions. Towers of another kind
+        (no causal mask, or pooled elsewhere) run whole.
+        """
+        model = self.model
+        mask = getattr(model, "attn_mask", None)
+        pool = getattr(model, "text_pool_type", None)
+        if (mask is None or pool not in ("argmax", "eos") or not hasattr(model, "token_embedding")
+                or not hasattr(model, "positional_embedding") or tokens.ndim != 2):
+            return model.encode_text(tokens, normalize=True)
+        used = int((tokens != 0).long().cumsum(dim=1).argmax(dim=1).max()) + 1  # through the last real token
+        if used >= tokens.shape[1]:
+            return model.encode_text(tokens, normalize=True)
+        text = tokens[:, :used]
+        cast = model.transformer.get_cast_dtype()
+        x = model.token_embedding(text).to(cast) + model.positional_embedding[:used].to(cast)
+        x = model.transformer(x, attn_mask=mask[:used, :used])
+        x = model.ln_final(x)
+        from open_clip.transformer import text_global_pool
+
+        x = text_global_pool(x, text, pool, eos_token_id=getattr(model, "text_eos_id", None))
+        if model.text_projection is not None:
+            x = model.text_projection(x) if isinstance(model.text_projection, torch.nn.Linear) else (
+                x @ model.text_projection)
+        return torch.nn.functional.normalize(x, dim=-1)
 
     def image_text_scores(self, images: Sequence[Image.Image], text: str) -> list[float]:
         """cos(image_i, text) for every image; one image forward, one text forward."""

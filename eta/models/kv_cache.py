@@ -255,16 +255,21 @@ class PackedRows:
         lengths: each row's real tokens so far.
         offsets: each row's position offset (its next position id is `lengths + offsets`).
         extras: per-token model inputs, one (rows, 1, ...) tensor per name, repeated for each new column.
+        shared: None, or the prefixes held once per job (see eta.models.shared_prefix).
     """
 
     def __init__(self, cache: DynamicCache, width: int, mask: torch.Tensor, lengths: torch.Tensor,
-                 offsets: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None) -> None:
+                 offsets: torch.Tensor | None = None, extras: dict[str, torch.Tensor] | None = None,
+                 shared: Any = None) -> None:
         self.cache = cache
         self.width = width
         self.mask = mask
         self.lengths = lengths
         self.offsets = offsets if offsets is not None else torch.zeros_like(lengths)
         self.extras = extras or {}
+        # The jobs' prefixes held once (eta.models.shared_prefix.SharedPrefix): then `cache` and `mask` hold only
+        # the columns the rows append, and `width` is 0.
+        self.shared = shared
 
     @property
     def rows(self) -> int:

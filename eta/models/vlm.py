@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +32,8 @@ from eta.models.kv_cache import (
     has_sliding_layers,
 )
 from eta.models.profiles import PromptProfile, choose_profile
+from eta.models.shared_prefix import active as shared_prefix_active
+from eta.models.shared_prefix import applies as shared_prefix_applies
 
 logger = logging.getLogger(__name__)
 
@@ -91,6 +94,10 @@ class VisionLanguageModel:
         # Which sequences may share one packed forward (see `packing`).
         self.packing = ("equal-cross" if self.cross_layers else
                         "equal-pending" if config is not None and has_sliding_layers(config) else "all")
+        # Deep alignment holds each job's prefix once for its N rows (eta.models.shared_prefix) where every decoder
+        # layer is plain self-attention; ETA_SHARED_PREFIX=0 keeps the copied layout (N copies), for comparison.
+        self.shared_prefix = (os.environ.get("ETA_SHARED_PREFIX", "1").strip() != "0"
+                              and shared_prefix_applies(model, self.packing))
         if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
             route_few_row_linears(model)
 
@@ -327,6 +334,11 @@ class VisionLanguageModel:
     def forward_rows(self, token_ids: torch.Tensor, rows: PackedRows, real: torch.Tensor) -> torch.Tensor:
         """Feed (R, T) tokens to packed rows (`real` marks the non-padding ones). Returns logits (R, T, V)."""
         mask, positions = rows.feed(real)
+        if rows.shared is not None:  # the mask covers the rows' own columns; the prefixes' masks travel with them
+            with shared_prefix_active(self.model, rows.shared, mask):
+                out = self.model(input_ids=token_ids.to(self.device), position_ids=positions, use_cache=True,
+                                 **rows.inputs_for(token_ids.shape[1]), **{self._cache_arg: rows.cache})
+            return out.logits.float()
         out = self.model(input_ids=token_ids.to(self.device), attention_mask=mask, position_ids=positions,
                          use_cache=True, **rows.inputs_for(token_ids.shape[1]), **{self._cache_arg: rows.cache})
         return out.logits.float()

@@ -33,6 +33,7 @@ from eta.models.clip import ClipScorer
 from eta.models.kv_cache import RowPrefix, pack_rows
 from eta.models.reward import RewardModel
 from eta.models.reward_rows import RewardRows
+from eta.models.shared_prefix import PrefixStore, pack_suffix, suffix_nbytes
 from eta.models.vlm import PromptCache, VisionLanguageModel
 from eta.safety.text import ends_sentence
 
@@ -218,6 +219,14 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel | None, clip: ClipS
         ))
     starts.clear()  # the states hold the prefixes now (see above)
     del start
+    store: PrefixStore | None = None
+    if vlm.shared_prefix:
+        # One copy of every job's prefix for all its candidate rows (eta.models.shared_prefix), room for the
+        # answer: the prompt caches computed above (views into their batch) are let go once copied in.
+        store = PrefixStore.create([id(s) for s in states], [s.prefix for s in states],
+                                   extra=config.max_new_tokens + 8)
+        for s in states:
+            s.prefix = RowPrefix([], cross=s.prefix.cross, offset=s.prefix.offset, extras=s.prefix.extras)
     # Successive sentences share the reward prompt and each job's answer so far: their KV caches are reused.
     # Best-of-N scores under the short align_reward_prompt (the paper's).
     scorer: RewardRows | _Unscored = (RewardRows(reward, config.align_reward_prompt) if reward is not None
@@ -227,7 +236,7 @@ def align_jobs(vlm: VisionLanguageModel, reward: RewardModel | None, clip: ClipS
         if not active:
             break
         for pack in _packs(vlm, active):
-            _align_round(vlm, clip, scorer, pack, config=config, n=n, calls=calls, layout=layout)
+            _align_round(vlm, clip, scorer, pack, config=config, n=n, calls=calls, layout=layout, store=store)
     _count(calls, "align_reward_forward", scorer.forwards)
     _count(calls, "aligned_sentences", sum(len(s.trace) for s in states))
     return [Alignment(response=config.safety_prefix + vlm.decode_continuation(s.prompt_ids, s.response_ids),
@@ -269,17 +278,29 @@ def pack_groups(packing: str, prefixes: Sequence[RowPrefix], pending: Sequence[i
 
 def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: RewardRows | _Unscored,
                  active: list[_Aligning], *, config: ETAConfig, n: int, calls: MutableMapping[str, int] | None,
-                 layout: MutableMapping[str, int] | None) -> None:
-    """One sentence of every active job: sample N candidates each in one batch, score, keep the best."""
+                 layout: MutableMapping[str, int] | None, store: PrefixStore | None = None) -> None:
+    """One sentence of every active job: sample N candidates each in one batch, score, keep the best. With a
+    `store`, the jobs' prefixes are held there once and the batch cache holds only the rows' own columns."""
     budgets = [min(config.max_sentence_tokens, config.max_new_tokens - len(s.response_ids)) for s in active]
     contexts = [s.prompt_ids + s.response_ids for s in active]
     feed_width = max(len(s.pending) for s in active)
-    packed = pack_rows(vlm.model.config, [s.prefix for s in active], [n] * len(active),
-                       headroom=feed_width + max(budgets))
     rows = n * len(active)
-    # What the padded layout costs: prefix positions of all rows, and how many of them are padding.
-    _count(layout, "row_positions", rows * packed.width)
-    _count(layout, "padding_positions", n * sum(packed.width - s.prefix.length for s in active))
+    if store is not None:
+        store.keep_only([id(s) for s in active])
+        packed = pack_suffix(vlm.model.config, store, n, [s.prefix.offset for s in active],
+                             headroom=feed_width + max(budgets))
+        prefix_lengths = [store.length(id(s)) for s in active]
+        # What the layout costs: prefix positions held (once per job), and how many of them are padding.
+        width = max(store.end)
+        _count(layout, "row_positions", len(active) * width)
+        _count(layout, "padding_positions", sum(width - length for length in prefix_lengths))
+    else:
+        packed = pack_rows(vlm.model.config, [s.prefix for s in active], [n] * len(active),
+                           headroom=feed_width + max(budgets))
+        prefix_lengths = [s.prefix.length for s in active]
+        # What the padded layout costs: prefix positions of all rows, and how many of them are padding.
+        _count(layout, "row_positions", rows * packed.width)
+        _count(layout, "padding_positions", n * sum(packed.width - s.prefix.length for s in active))
     # Rows of job k are k*n .. k*n+n-1. Its pending tokens go first, right-padded to the longest pending.
     ids = torch.zeros((rows, feed_width), dtype=torch.long)
     real = torch.zeros((rows, feed_width), dtype=torch.bool)
@@ -333,6 +354,9 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
 
     candidates = [[Candidate(token_ids=t, end=e or "length") for t, e in zip(tokens[k], ends[k], strict=True)]
                   for k in range(len(active))]
+    if layout is not None:
+        _count_kv(layout, packed, store, prefix_lengths, rows,
+                  feed_width + max(len(t) for job in tokens for t in job), vlm.cross_layers)
     answers: dict[Hashable, list[str]] = {}
     for k, s in enumerate(active):
         s.sampled += sum(len(c.token_ids) + (c.end == "eos") for c in candidates[k])
@@ -389,8 +413,13 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
         # The winner's row holds its pending tokens, then every sampled token but its last (the last was never
         # fed): keep those positions, feed the last token at the start of the next round.
         row = k * n + best
-        pad = packed.width - s.prefix.length
         fed = len(chosen.token_ids) - 1
+        if store is not None:  # the winner's own columns go after its job's prefix in the store
+            own = [(0, len(s.pending))] + ([(feed_width, feed_width + fed)] if fed else [])
+            store.append(id(s), packed.cache, row, own)
+            s.pending = chosen.token_ids[-1:]
+            continue
+        pad = packed.width - s.prefix.length
         spans = [(pad, packed.width + len(s.pending))]
         if fed:
             spans.append((packed.width + feed_width, packed.width + feed_width + fed))
@@ -399,6 +428,22 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
         s.prefix = RowPrefix.from_cache(packed.cache, row, spans, cross=s.prefix.cross, offset=s.prefix.offset,
                                         extras=s.prefix.extras)
         s.pending = chosen.token_ids[-1:]
+
+
+def _count_kv(layout: MutableMapping[str, int], packed: Any, store: PrefixStore | None, prefix_lengths: list[int],
+              rows: int, sentence_columns: int, cross: frozenset[int]) -> None:
+    """Record the KV bytes a round holds (`kv_peak_bytes`: the prefix store and the batch cache as allocated, the
+    largest round) against its floor (`kv_floor_bytes`: each job's prefix once plus every row's columns of the
+    round's longest sentence, pending tokens included; the largest round)."""
+    per_position = 0  # one position of one row, every self-attention layer, keys and values
+    for index, layer in enumerate(packed.cache.layers):
+        k, v = getattr(layer, "_key_buffer", None), getattr(layer, "_value_buffer", None)
+        if index not in cross and k is not None and v is not None:
+            per_position += k[0, :, 0].numel() * k.element_size() + v[0, :, 0].numel() * v.element_size()
+    held = suffix_nbytes(packed) + (store.nbytes() if store is not None else 0)
+    floor = per_position * (sum(prefix_lengths) + rows * sentence_columns)
+    layout["kv_peak_bytes"] = max(layout.get("kv_peak_bytes", 0), held)
+    layout["kv_floor_bytes"] = max(layout.get("kv_floor_bytes", 0), floor)
 
 
 def _sample_candidates(vlm: VisionLanguageModel, cache: Any, logits: torch.Tensor, *, context: list[int],

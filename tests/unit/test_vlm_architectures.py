@@ -179,3 +179,10 @@ def test_models_check_engine_and_image_pass(vlm):
     assert engine.ok, engine.detail
     image = conformance.check_vlm_image(vlm)
     assert image.ok, image.detail
+
+
+def test_candidate_rows_share_one_prompt_cache_where_every_layer_is_plain_self_attention(vlm):
+    """docs/models.md's matrix: Mllama (cross-attention) and Gemma 3 (sliding windows) copy the prompt cache into
+    every row; every other architecture holds it once per job."""
+    copied = {"mllama", "gemma3"}
+    assert vlm.shared_prefix == (vlm.architecture["name"] not in copied), vlm.architecture
