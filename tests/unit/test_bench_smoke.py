@@ -69,4 +69,8 @@ def test_cross_job_benchmark_report(tiny_models_dir, samples_dir, tmp_path):
         assert set(result["peak_memory_mb"]) == {"together", "one_after_another"}
         assert result["model_calls_last_together_run"]["align_vlm_forward"] > 0
     assert report["results"][0]["padding_share_of_packed_prefix"] == 0.0  # one job: nothing to pad
-    assert report["target"] == {"jobs": 8, "throughput_ratio_at_least": 3.0, "median": None, "met": None}
+    assert report["target"] == {"jobs": 8, "throughput_ratio_at_least": 3.0, "median": None, "met": None,
+                                "kv_peak_over_floor_at_most": 1.5, "kv_peak_over_floor": None}
+    for result in report["results"]:  # one prompt cache per job: the peak stays near the floor
+        assert 0 < result["kv_floor_bytes"] <= result["kv_peak_bytes"]
+        assert result["kv_peak_over_floor"] == round(result["kv_peak_bytes"] / result["kv_floor_bytes"], 3)
