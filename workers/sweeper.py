@@ -18,9 +18,8 @@ finds the jobs nobody is moving forward and sends them again from the stage they
   callback task again (receivers deduplicate on `ETA-Event-Id`).
 
 Each re-enqueue is a compare-and-set on (status, status_changed_at, no live lease) that counts one more
-attempt; the messages are published after the transaction commits, so the worker that takes one finds the
-job re-enqueued (a broker that is down then leaves the jobs for the sweep after their stage timeout).
-Re-sending is harmless when the original message was only slow: every stage is idempotent.
+attempt; the transaction commits only after the messages are published, so a broker that is still down
+changes nothing. Re-sending is harmless when the original message was only slow: every stage is idempotent.
 
 A killed worker and a job that kills its worker (an input that crashes a model) look the same from here, so a
 re-sent job goes in a smaller chunk each time (`resend_chunk_size`: half the chunk size per attempt, down to
@@ -151,11 +150,10 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
                 logger.info("job %s: stalled in %s since %s, re-enqueued (attempt %d)", job.job_id, job.status,
                             job.status_changed_at.isoformat(), job.attempts + 1)
                 to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts + 1), []).append(job.job_id)
-    # Publish after committing: a worker that takes a message at once must find the job as re-enqueued. Sent
-    # before the commit, its claim read the old row (the dead worker's expired lease) and dropped the job, which
-    # then waited a whole stage timeout. A broker that is down now leaves the jobs re-enqueued without a
-    # message: the next sweep past their stage timeout sends them again.
-    _send_requeued(app, to_send, settings, report)
+        # Publish before committing: if the broker is down the exception rolls the claims back.
+        for (stage, attempt), job_ids in to_send.items():
+            send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
+            report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
     report.completed_batches = complete_finished_batches(sessions, touched)
     # Batches that completed one sweep interval's worth of time `callback_resend_after_s` ago: each comes up in
     # about one pass (a callback the receiver refused for good is not sent forever).
@@ -203,14 +201,6 @@ def broker_lost_data(app: Celery, settings: Settings) -> bool:
         raise BrokerUnavailable(f"the message broker is unreachable: {exc}") from exc
 
 
-def _send_requeued(app: Celery, to_send: dict[tuple[str, int], list[uuid.UUID]], settings: Settings,
-                   report: SweepReport) -> None:
-    """Send the jobs re-enqueued (and committed) for each (stage, attempt), in that attempt's chunk size."""
-    for (stage, attempt), job_ids in to_send.items():
-        send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
-        report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
-
-
 def _resend_everything(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, now: datetime,
                        report: SweepReport, limit: int) -> None:
     """Re-send every active job that no live worker holds, page by page, and every undelivered callback."""
@@ -223,7 +213,9 @@ def _resend_everything(*, sessions: sessionmaker[Session], app: Celery, settings
                 if repo.requeue_stalled_job(session=session, job_id=job.job_id, status=job.status,
                                             status_changed_at=job.status_changed_at, now=now, count_attempt=False):
                     to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts), []).append(job.job_id)
-        _send_requeued(app, to_send, settings, report)  # after the commit, as in `sweep`
+            for (stage, attempt), job_ids in to_send.items():
+                send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
+                report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
         if len(lost) < limit:
             break
     resend_callbacks(sessions=sessions, app=app, finished_before=now, report=report)
