@@ -6,7 +6,6 @@ import json
 import logging
 import socket
 import uuid
-from pathlib import Path
 
 import click
 
@@ -55,14 +54,7 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, 
             "--without-gossip", "--without-mingle"]
     if beat:
         argv.append("--beat")
-        beat_schedule_folder(celery_app.conf.beat_schedule_filename).mkdir(parents=True, exist_ok=True)
     celery_app.worker_main(argv)
-
-
-def beat_schedule_folder(schedule_filename: str) -> Path:
-    """The folder of beat's schedule file: it lies in the data directory, which a first start may not have made
-    yet (with Redis as broker nothing else creates it), and beat cannot create a file in a missing folder."""
-    return Path(schedule_filename).expanduser().parent
 
 
 def _check_models(queues: list[str]) -> None:

@@ -66,8 +66,7 @@ class FaultyWorker:
 
 def _faulty_worker(tmp_path: Path, fault: str, **overrides: str) -> Iterator[FaultyWorker]:
     prefix = f"eta-test-{secrets.token_hex(4)}:"
-    # The data directory does not exist yet, as on a first start: `eta worker --beat` must make the folder of
-    # beat's schedule file itself.
+    (tmp_path / "data").mkdir()
     with fresh_postgres_database("eta_faults") as url, migrated_engine(url) as engine:
         env = {**_clean_environ(), **WORKER_ENV, "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "ETA_BROKER_KEY_PREFIX": prefix, "ETA_DATA_DIR": str(tmp_path / "data"), "ETA_MODELS": "instant",
