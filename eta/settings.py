@@ -184,9 +184,6 @@ class WorkerSettings(SettingsGroup):
     sweep_post_evaluating_after_s: int = Field(default=420, gt=0)
     # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
     max_stage_attempts: int = Field(default=3, gt=0)
-    # Seconds a freshly started pool process may take to load its models; one that is not ready by then writes
-    # its stacks to the worker log and exits, and the pool starts another.
-    worker_ready_timeout_s: int = Field(default=900, gt=0)
     # Networks outbound calls (batch callbacks and image fetches) may reach although they are not public
     # (loopback, private, link-local...), comma separated CIDRs, e.g. "10.20.0.0/16"; image URLs on them may
     # also be plain http. Empty: public addresses only. ETA_OUTBOUND_ALLOWED_NETWORKS (the older

@@ -60,16 +60,17 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, 
 def _check_models(queues: list[str]) -> None:
     """Refuse to start, with the one-line error of eta.models.selection, when the models these queues need are not
     a usable set (a partial one, a wrong id, missing files, no network and no cache): without this, each pool
-    process would fail on its own and the jobs would wait for the sweeper.
-
-    The check (and the build of the tiny models) runs torch, so it runs in a child process: this process forks the
-    pool, and a fork of a process that ran torch hangs in its first torch operation (workers.preflight)."""
-    from workers.preflight import PreflightError, run_preflight
+    process would fail on its own and the jobs would wait for the sweeper."""
+    from eta.models.selection import ModelLoadError, ModelSelectionError, preflight, selection_from_settings
+    from eta.settings import get_settings
     from workers.stage_table import roles_for_queues
 
+    roles = roles_for_queues(queues)
+    if not roles:
+        return
     try:
-        run_preflight(roles_for_queues(queues))
-    except PreflightError as exc:
+        preflight(selection_from_settings(get_settings()), roles)
+    except (ModelLoadError, ModelSelectionError) as exc:
         raise _RefusedStart(str(exc)) from exc
 
 
