@@ -17,8 +17,6 @@ from __future__ import annotations
 import http.client
 import logging
 import random
-import socket
-import threading
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +30,7 @@ from eta.outbound import (
     Target,
     address_refusal,
     check_target,
+    cut_at_deadline,
     parse_networks,
     pinned_connection,
 )
@@ -100,21 +99,7 @@ def _get(target: Target, *, deadline: float, max_bytes: int) -> tuple[int, str |
     if remaining <= 0:
         raise FetchFailed("no complete answer within the time limit", transient=True)
     connection = pinned_connection(target, timeout_s=remaining)
-    expired = threading.Event()
-
-    def cut() -> None:
-        # A server that sends a byte at a time would beat every per-read timeout: end the socket at the deadline.
-        expired.set()
-        sock = connection.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    timer = threading.Timer(remaining, cut)
-    timer.daemon = True
-    timer.start()
+    expired, timer = cut_at_deadline(connection, remaining)
     try:
         connection.request("GET", target.path, headers={"Accept": "image/*", "User-Agent": "eta-service"})
         response = connection.getresponse()

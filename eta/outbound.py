@@ -239,6 +239,26 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock = self._tls.wrap_socket(raw, server_hostname=self.host)
 
 
+def cut_at_deadline(connection: http.client.HTTPConnection, seconds: float) -> tuple[threading.Event, threading.Timer]:
+    """Shut the connection's socket down `seconds` from now, whatever the reads in progress: a peer that sends a
+    byte at a time beats every per-read timeout. Returns the event set when it fired and the timer (cancel it)."""
+    expired = threading.Event()
+
+    def cut() -> None:
+        expired.set()
+        sock = connection.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    timer = threading.Timer(seconds, cut)
+    timer.daemon = True
+    timer.start()
+    return expired, timer
+
+
 def pinned_connection(target: Target, *, timeout_s: float,
                       tls: ssl.SSLContext | None = None) -> http.client.HTTPConnection:
     """An HTTP(S) connection to the checked address of `target` (Host header and TLS name: its host)."""
@@ -266,21 +286,8 @@ def post(target: Target, body: bytes, headers: Mapping[str, str], *, timeout_s: 
         connection = _PinnedHTTPSConnection(target, timeout_s, tls or ssl.create_default_context())
     else:
         connection = _PinnedHTTPConnection(target, timeout_s)
-    expired = threading.Event()
-
-    def cut() -> None:
-        # A receiver dribbling its answer a byte at a time would beat every per-read timeout.
-        expired.set()
-        sock = connection.sock
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-    timer = threading.Timer(timeout_s, cut)
-    timer.daemon = True
-    timer.start()
+    # A receiver dribbling its answer a byte at a time would beat every per-read timeout.
+    expired, timer = cut_at_deadline(connection, timeout_s)
     try:
         connection.request("POST", target.path, body=body, headers=dict(headers))
         response = connection.getresponse()
