@@ -1,7 +1,7 @@
 """The Celery application of the workers, built from the service settings (the same object the API reads).
 
-Routes and time limits come from the stage table (`workers.stage_table`). Queues, one per stage so each
-worker process loads only the models its queues need:
+The stage tasks, their routes and time limits come from the stage table (`workers.stage_table`). Queues, one per
+stage so each worker process loads only the models its queues need:
 
     eta.pre       CLIP pre-evaluation                     (clip)
     eta.generate  vanilla generation, post-evaluation,    (vlm + reward + clip)
@@ -18,29 +18,60 @@ exchange bindings in Redis keys, and a publish to a binding that vanished is sil
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from celery import Celery
 from kombu import Exchange, Queue
 
-from eta.settings import Settings, get_settings
+from eta.settings import Settings
 from workers.broker import broker_url, embedded_broker_dir, is_embedded, transport_options
+from workers.context import WorkerContext
 from workers.stage_table import (
     CALLBACK_TASK,
     CONTROL_QUEUE,
     PURGE_TASK,
-    QUEUES,
+    STAGES,
     SWEEP_TASK,
+    check_stage_limits,
     task_routes,
     time_limits,
 )
+from workers.stage_types import Stage
 
 logger = logging.getLogger(__name__)
 
-def create_celery_app(settings: Settings | None = None) -> Celery:
-    """A Celery app for `settings` (default: this process's), with the stage tasks registered."""
-    settings = settings or get_settings()
-    app = Celery("eta", broker=broker_url(settings), include=["workers.tasks"])
+class EtaCelery(Celery):
+    """A Celery app that carries what it was built from: the settings and the stage table. A worker process's
+    context (sessions, models) hangs on it too, made on first use, for the tasks' base class
+    (`workers.tasks.WorkerTask`) and the process hooks (`workers.signals`)."""
+
+    def __init__(self, settings: Settings, stages: Sequence[Stage], **options: Any) -> None:
+        super().__init__("eta", **options)
+        self.settings = settings
+        self.stages = tuple(stages)
+
+    @cached_property
+    def context(self) -> WorkerContext:
+        return WorkerContext(self.settings)
+
+    def use_context(self, context: WorkerContext) -> None:
+        """Run this app's tasks in `context` (a test's or a benchmark's sessions and models)."""
+        self.__dict__["context"] = context
+
+
+def create_celery_app(settings: Settings, *, stages: Sequence[Stage] = STAGES) -> EtaCelery:
+    """A Celery app for `settings`, with a task for each of `stages` (the table's, unless a test brings its own)
+    and the control tasks registered.
+
+    Raises:
+        eta.settings.SettingsError: the stages' limits contradict each other (`check_stage_limits`).
+    """
+    from workers.tasks import register_tasks
+
+    check_stage_limits(settings, stages)
+    app = EtaCelery(settings, stages, broker=broker_url(settings), task_cls="workers.tasks:WorkerTask")
     nameless = Exchange("")
     embedded = is_embedded(settings)
     app.conf.update(
@@ -52,11 +83,11 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         task_store_errors_even_if_ignored=False,
         task_serializer="json",
         accept_content=["json"],
-        task_queues=[Queue(name, nameless, routing_key=name) for name in QUEUES.values()],
+        task_queues=[Queue(name, nameless, routing_key=name) for name in (*(s.queue for s in stages), CONTROL_QUEUE)],
         task_default_queue=CONTROL_QUEUE,
         task_default_exchange="",
-        task_routes=task_routes(),
-        task_annotations=_time_limits(settings),
+        task_routes=task_routes(stages),
+        task_annotations=_time_limits(settings, stages),
         # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
         task_acks_late=True,
         task_reject_on_worker_lost=True,
@@ -72,15 +103,14 @@ def create_celery_app(settings: Settings | None = None) -> Celery:
         },
         beat_schedule_filename=str(embedded_broker_dir(settings).parent / "celerybeat-schedule"),
         timezone="UTC",
-        # Read by `workers.enqueue` (the API builds its app from its own settings object).
-        eta_chunk_size=settings.workers.chunk_size,
     )
+    register_tasks(app, stages)
     return app
 
 
-def _time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
+def _time_limits(settings: Settings, stages: Sequence[Stage]) -> dict[str, dict[str, Any]]:
     return {
-        **time_limits(settings),
+        **time_limits(settings, stages),
         CALLBACK_TASK: {"soft_time_limit": 4 * settings.workers.callback_timeout_s + 30,
                         "time_limit": 4 * settings.workers.callback_timeout_s + 60},
     }

@@ -56,8 +56,10 @@ def _load_items(dataset: Path) -> list[Any]:
 
 def _models_spec(model_args: dict[str, Any]) -> Any:
     from eta.models.selection import models_config_from_options
+    from eta.settings import get_settings
 
-    return models_config_from_options(**model_args)
+    return models_config_from_options(**{**model_args,
+                                         "tiny_dir": model_args.get("tiny_dir") or get_settings().tiny_models_dir})
 
 
 def _short(model_id: str) -> str:

@@ -113,7 +113,9 @@ def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, c
                   reward: str | None, device: str, dtype: str) -> ModelsConfig:
     """All three named models, or none (the tiny ones, built on first use): see eta.models.selection."""
     from eta.models.selection import models_config_from_options
+    from eta.settings import get_settings
 
+    tiny_dir = tiny_dir or get_settings().tiny_models_dir
     return models_config_from_options(tiny_dir=tiny_dir, vlm=vlm, clip=clip, clip_pretrained=clip_pretrained,
                                       reward=reward, device=device, dtype=dtype)
 

@@ -45,7 +45,9 @@ def check(vlm: str | None, clip: str | None, clip_pretrained: str | None, reward
         selection = Selection(config=config)
         roles = [role for role, value in named.items() if value]
     else:
-        selection = select_models(tiny_dir=tiny_dir, device=device, dtype=dtype)
+        from eta.settings import get_settings
+
+        selection = select_models(tiny_dir=tiny_dir or get_settings().tiny_models_dir, device=device, dtype=dtype)
         roles = ["vlm", "clip", "reward"]
     checks = run_checks(selection, roles)
     ok = all(c.ok for c in checks)

@@ -123,9 +123,8 @@ def select_models(*, vlm: str | None = None, clip: str | None = None, clip_pretr
     named = {"--vlm": vlm, "--clip": clip, "--reward": reward}
     if not any(named.values()):
         if tiny_dir is None:
-            from eta.settings import get_settings
-
-            tiny_dir = get_settings().tiny_models_dir
+            raise ModelSelectionError("no models named and no folder for the tiny ones given (--tiny-dir, or the "
+                                      "settings' data directory)")
         return tiny_selection(tiny_dir, device=device, dtype=dtype)
     missing = [name for name, value in named.items() if not value]
     if missing:
