@@ -22,7 +22,10 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or default_database_url()
+    # Alembic run by hand is an entry point of its own: the settings are read here when no URL was given.
+    from eta.settings import get_settings
+
+    return config.get_main_option("sqlalchemy.url") or default_database_url(get_settings())
 
 
 def _render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
