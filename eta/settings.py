@@ -150,6 +150,13 @@ class ModelSettings(SettingsGroup):
     # Placement of all three models: "auto" is cuda when available; dtype "auto" is bf16 on GPU, fp32 on CPU.
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Switches read when the models load (passed in as `ModelSpec` fields, eta.models never reads the environment):
+    # a VLM outside the support matrix may load, for an experiment (every fingerprint then says so);
+    vlm_allow_unsupported: bool = False
+    # the activation of CLIP weights that do not record theirs ("quickgelu" for OpenAI's, or "gelu");
+    clip_activation: Literal["quickgelu", "gelu"] | None = None
+    # false keeps the copied prompt-cache layout (N copies of each job's prefix) instead of one shared copy.
+    shared_prefix: bool = True
 
 
 _STAGE_LIMIT_FIELDS = ("batch_size", "soft_time_limit_s", "time_limit_s", "sweep_after_s", "sweep_waiting_after_s")
