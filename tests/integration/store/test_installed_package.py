@@ -1,14 +1,16 @@
 """A non-editable install migrates its own schema: the wheel carries the Alembic environment.
 
-The wheel is built from this checkout and installed, without its dependencies, into a throwaway venv that
-borrows the running interpreter's site-packages (through a `.pth` line, which does not run that directory's
-own `.pth` files, so an editable install there stays out of the way). `eta db upgrade` then runs from an
-empty directory, with no source checkout on the path and no setting naming the migrations.
+The wheel is built from a copy of what the Dockerfiles copy (so no `build/` is left in the checkout) and
+installed, without its dependencies, into a throwaway venv that borrows the running interpreter's
+site-packages (through a `.pth` line, which does not run that directory's own `.pth` files, so an editable
+install there stays out of the way). `eta db upgrade` then runs from an empty directory, with no source
+checkout on the path and no setting naming the migrations.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -30,8 +32,13 @@ def _run(*args: str | Path, cwd: Path, env: dict[str, str] | None = None) -> str
 
 
 def test_installed_wheel_upgrades_a_fresh_database_from_an_empty_directory(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    for name in ("eta", "api", "workers"):
+        shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     wheels = tmp_path / "wheels"
-    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", ROOT, "-w", wheels,
+    _run(sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation", source, "-w", wheels,
          cwd=tmp_path)
     (wheel,) = wheels.glob("eta_service-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
