@@ -65,9 +65,6 @@ from eta.store.repository.results import (
     get_stage_results,
     post_evaluation_result,
     pre_evaluation_result,
-    record_generation,
-    record_post_evaluation,
-    record_pre_evaluation,
     record_stage_results,
 )
 from eta.store.repository.retention import PurgedJobs, count_expired_jobs, purge_expired_jobs
@@ -81,7 +78,6 @@ from eta.store.repository.tenants import (
     hash_api_key,
     list_api_keys,
     live_key,
-    revoke_api_key,
     revoke_api_key_by_id,
 )
 
@@ -141,15 +137,11 @@ __all__ = [
     "list_review_history",
     "mark_batch_callback_sent",
     "purge_expired_jobs",
-    "record_generation",
-    "record_post_evaluation",
-    "record_pre_evaluation",
     "record_stage_results",
     "release_leases",
     "renew_leases",
     "requeue_stalled_job",
     "take_leases",
-    "revoke_api_key",
     "revoke_api_key_by_id",
     "store_image",
     "stream_flagged_rows",
