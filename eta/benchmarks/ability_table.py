@@ -76,7 +76,7 @@ def score(name: str, pairs: Sequence[tuple[BenchmarkItem, str]]) -> dict[str, An
         return metrics
     if name == "coco-captions":
         from eta.config import DEFAULT_SAFETY_PREFIX
-        from eta.evaluation import is_refusal, refusal_phrases_for
+        from eta.evaluation.metrics import is_refusal, refusal_phrases_for
 
         phrases = refusal_phrases_for(DEFAULT_SAFETY_PREFIX)
         refused = sum(is_refusal(answer, phrases) for _, answer in pairs)

@@ -300,7 +300,7 @@ def test_refusal_rate_leaves_the_safety_prefix_to_the_aligned_column():
 
 
 def test_thresholds_for_a_target_benign_aligned_rate_by_hand():
-    from eta.evaluation import aligned_share, thresholds_for_aligned_rate
+    from eta.evaluation.benign import aligned_share, thresholds_for_aligned_rate
 
     scores = [(0.20, 0.01), (0.18, 0.10), (0.10, 0.02), (None, 0.03), (0.30, 0.05)]
     assert aligned_share(scores, 0.16, 0.06) == pytest.approx(0.6)  # items 1, 4 (text-only) and 5
