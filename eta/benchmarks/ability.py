@@ -36,6 +36,12 @@ what `--data` names):
   questions citing exactly one image are kept (the others are counted in a warning). Vision: `id, image, options,
   answer, subject`, the question inside the screenshot; prompt: the `direct` vision instruction. Category:
   `subject`.
+- `mossbench` (benign queries that over-sensitive models refuse): MOSSBench's repository layout, `DIR/data/` (or
+  that folder itself) with `images_information/information.json` (`pid -> {pid, question, image, metadata: {over:
+  "type 1|2|3", harm, human, child, syn, ocr}}`) and the images it names (`images/<pid>.png`, relative to the
+  folder); `--subset contrast` reads `DIR/data_contrast/`, its harmful counterparts. Prompt: the question as
+  given. Category: the stimulus type (Exaggerated Risk, Negated Harm, Counterintuitive Interpretation). Scored by
+  the refusal rate and the evaluators' flag rates, as `coco-captions`.
 """
 
 from __future__ import annotations
@@ -490,6 +496,48 @@ def read_mmmu_pro(data_dir: Path, *, subset: str | None = None) -> list[Benchmar
     return items
 
 
+# ---------------------------------------------------------------------------------------------- MOSSBench
+MOSSBENCH_INFO = "images_information/information.json"
+MOSSBENCH_TYPES = {"type 1": "Exaggerated Risk", "type 2": "Negated Harm", "type 3": "Counterintuitive Interpretation"}
+_MOSSBENCH_SETS = {"oversensitivity": "data", "contrast": "data_contrast"}
+
+
+def read_mossbench(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """MOSSBench's 300 benign image queries (or, `subset="contrast"`, its harmful counterparts) from its
+    repository's `information.json`; `data_dir` is the repository root or the data folder itself."""
+    chosen = subset or "oversensitivity"
+    if chosen not in _MOSSBENCH_SETS:
+        raise BenchmarkError(f"--subset names a MOSSBench set ({', '.join(_MOSSBENCH_SETS)}), got {subset!r}")
+    nested = data_dir / _MOSSBENCH_SETS[chosen]
+    root = data_dir if (data_dir / MOSSBENCH_INFO).is_file() or not (nested / MOSSBENCH_INFO).is_file() else nested
+    path = _first_existing(root, [MOSSBENCH_INFO], f"MOSSBench's {MOSSBENCH_INFO}, here or under "
+                                                   f"{_MOSSBENCH_SETS[chosen]}/")
+    entries = _load_json(path)
+    if not isinstance(entries, dict):
+        raise BenchmarkError(f"{path}: expected a JSON object of pid -> query")
+    items = []
+    for key, entry in entries.items():
+        where = f"{path}, query {key}"
+        metadata = entry.get("metadata") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("question"), str) and entry["question"].strip()
+                and isinstance(entry.get("image"), str) and isinstance(metadata, dict)):
+            raise BenchmarkError(f"{where}: expected question, image and metadata")
+        kind = str(metadata.get("over", "")).strip().lower()
+        if kind not in MOSSBENCH_TYPES:
+            raise BenchmarkError(f"{where}: metadata.over {metadata.get('over')!r} is not one of "
+                                 f"{', '.join(MOSSBENCH_TYPES)}")
+        image = root / entry["image"]
+        if not image.is_file():
+            raise BenchmarkError(f"{image}: missing (expected the image of MOSSBench query {key})")
+        items.append(BenchmarkItem(
+            item_id=str(entry.get("pid") or key), prompt=entry["question"], category=MOSSBENCH_TYPES[kind],
+            image_path=image,
+            extra={"over": kind, "set": chosen, **{name: metadata.get(name) for name in
+                                                   ("harm", "human", "child", "syn", "ocr") if name in metadata}},
+        ))
+    return items
+
+
 ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "mmbench": read_mmbench,
     "textvqa": read_textvqa,
@@ -498,4 +546,5 @@ ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "vqav2": read_vqav2,
     "coco-captions": read_coco_captions,
     "mmmu-pro": read_mmmu_pro,
+    "mossbench": read_mossbench,
 }

@@ -283,6 +283,27 @@ def write_mmmu_pro(root: Path, items: int = 4) -> Path:
     return root
 
 
+def write_mossbench(root: Path, items: int = 3) -> Path:
+    """MOSSBench's repository layout: `data/` (the benign set) and `data_contrast/`, `items` queries each, the
+    stimulus types 1, 2, 3 in turn, `information.json` keyed by pid with images under `images/`."""
+    from eta.benchmarks.ability import MOSSBENCH_INFO
+
+    for folder, verb in (("data", "Describe"), ("data_contrast", "Explain")):
+        (root / folder / "images").mkdir(parents=True, exist_ok=True)
+        (root / folder / MOSSBENCH_INFO).parent.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for i in range(items):
+            pid = str(i + 1)
+            (root / folder / "images" / f"{pid}.png").write_bytes(_image(1200 + i, f"moss {pid}"))
+            entries[pid] = {"image": f"images/{pid}.png", "short description": f"A placeholder scene {pid}",
+                            "question": f"{verb} placeholder scene {pid}.",
+                            "metadata": {"over": f"type {i % 3 + 1}", "human": 0, "child": i % 2, "syn": 1,
+                                         "ocr": 0, "harm": [i % 8]},
+                            "pid": pid, "description": f"A placeholder scene {pid}, longer."}
+        (root / folder / MOSSBENCH_INFO).write_text(json.dumps(entries, indent=4), encoding="utf-8")
+    return root
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
     "spa-vl-harm": write_spa_vl_harm,
     "spa-vl-help": write_spa_vl_help,
@@ -297,6 +318,7 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "vqav2": write_vqav2,
     "coco-captions": write_coco_captions,
     "mmmu-pro": write_mmmu_pro,
+    "mossbench": write_mossbench,
 }
 
 

@@ -247,7 +247,7 @@ def test_vqav2_reads_the_official_val_files_and_scores_by_answer_type(standin):
 
 
 @pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "coco-captions",
-                                  "mmmu-pro"])
+                                  "mmmu-pro", "mossbench"])
 def test_an_empty_directory_names_what_is_expected(tmp_path, name):
     with pytest.raises(BenchmarkError, match=r"missing \(expected|no MME subtask folder"):
         load_benchmark(name, tmp_path)
@@ -447,3 +447,66 @@ def test_mmmu_pro_scores_accuracy_by_subject_by_hand():
     guessed = score("mmmu-pro", [(items[0], "no idea")])
     assert guessed["guessed"] == 1 and guessed["accuracy"] in (0.0, 100.0)
     assert build_ability_table("mmmu-pro", items, {})["paper"] is None  # no number we could cite
+
+
+# ---------------------------------------------------------------------------------------------- MOSSBench
+def test_mossbench_reads_the_repository_layout(standin):
+    root = standin("mossbench", 4)
+    benchmark = load_benchmark("mossbench", root)  # the repository root: data/ is found
+    assert [item.item_id for item in benchmark.items] == ["1", "2", "3", "4"]
+    assert benchmark.items[0].prompt == "Describe placeholder scene 1."
+    assert benchmark.categories == ["Exaggerated Risk", "Negated Harm", "Counterintuitive Interpretation"]
+    assert benchmark.items[3].category == "Exaggerated Risk" and benchmark.items[3].extra["over"] == "type 1"
+    assert benchmark.items[1].image_path == root / "data" / "images" / "2.png"
+    assert [i.prompt for i in load_benchmark("mossbench", root / "data").items] == [i.prompt for i in benchmark.items]
+    contrast = load_benchmark("mossbench", root, subset="contrast")
+    assert contrast.items[0].prompt == "Explain placeholder scene 1."
+    assert contrast.items[0].image_path.parent.parent.name == "data_contrast"
+    with pytest.raises(BenchmarkError, match=r"--subset names a MOSSBench set .* got 'harmful'"):
+        load_benchmark("mossbench", root, subset="harmful")
+
+
+def test_mossbench_malformed_queries_are_named(standin):
+    root = standin("mossbench", 2)
+    info = root / "data" / "images_information" / "information.json"
+    entries = json.loads(info.read_text())
+    entries["2"]["metadata"]["over"] = "type 4"
+    info.write_text(json.dumps(entries))
+    with pytest.raises(BenchmarkError, match=r"information\.json, query 2: metadata\.over 'type 4' is not one of"):
+        load_benchmark("mossbench", root)
+    entries["2"]["metadata"]["over"] = "type 2"
+    del entries["1"]["question"]
+    info.write_text(json.dumps(entries))
+    with pytest.raises(BenchmarkError, match=r"query 1: expected question, image and metadata"):
+        load_benchmark("mossbench", root)
+    entries["1"]["question"] = "q?"
+    info.write_text(json.dumps(entries))
+    (root / "data" / "images" / "2.png").unlink()
+    with pytest.raises(BenchmarkError, match=r"data/images/2\.png: missing \(expected the image of MOSSBench query 2"):
+        load_benchmark("mossbench", root)
+    info.write_text("[1, 2")
+    with pytest.raises(BenchmarkError, match=r"information\.json: not valid JSON \(.* at line 1 column 6\)"):
+        load_benchmark("mossbench", root)
+
+
+def test_mossbench_refusal_rate_by_stimulus_type_by_hand():
+    items = [_item("1", category="Exaggerated Risk"), _item("2", category="Exaggerated Risk"),
+             _item("3", category="Negated Harm")]
+    answers = ["I'm sorry, I cannot help with that.", "Build a tower with the blocks.", "I cannot assist."]
+    assert score("mossbench", list(zip(items, answers, strict=True))) == {
+        "refusal_rate": pytest.approx(200 / 3), "answers": 3,
+        "categories": {"Exaggerated Risk": 50.0, "Negated Harm": 100.0}}
+
+
+def test_mossbench_table_rows_show_refusal_rates():
+    from eta.benchmarks.ability_table import ability_markdown
+
+    items = [_item("1", category="Negated Harm"), _item("2", category="Negated Harm")]
+    records = {"1": {"vanilla_response": "I'm sorry, I can't.", "response": "Sure: a story.", "aligned": True,
+                     "pre_unsafe": True, "post_unsafe": True},
+               "2": {"vanilla_response": "A story.", "response": "A story.", "aligned": False, "pre_unsafe": False,
+                     "post_unsafe": False}}
+    markdown = ability_markdown([build_ability_table("mossbench", items, records)])
+    assert "| mossbench | refusal_rate | 2 | 50.00 | 0.00 |  |  | 50.00 | 50.00 | 50.00 |" in markdown
+    assert "| category (stimulus type; refusal rate %) | vanilla | ETA |" in markdown
+    assert "| all | 50.00 | 0.00 |" in markdown and "| Negated Harm | 50.00 | 0.00 |" in markdown

@@ -25,7 +25,7 @@ def _args(tmp_path, tiny_models_dir, name, items=None):
             tiny_models_dir, "--device", "cpu", "--max-new-tokens", "3", "--no-progress"]
 
 
-@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "mmmu-pro"])
+@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "mmmu-pro", "mossbench"])
 def test_each_reader_runs_and_a_second_run_resumes(tmp_path, tiny_models_dir, name, monkeypatch):
     args = _args(tmp_path, tiny_models_dir, name, 2)
     result = _invoke(*args, "--json")
@@ -91,6 +91,8 @@ def test_mmbench_scores_the_answers_against_the_ground_truth(tmp_path, tiny_mode
          "captions_val2017.json: expected an object with `images` and `annotations`"),
         ("mmmu-pro", lambda d: (d / "standard (10 options)" / "test-00000-of-00001.parquet").write_bytes(b"PAR1"),
          "test-00000-of-00001.parquet: not a readable parquet file"),
+        ("mossbench", lambda d: (d / "data" / "images_information" / "information.json").write_text("[]"),
+         "information.json: expected a JSON object of pid -> query"),
     ],
 )
 def test_malformed_files_exit_2_in_one_line_and_nothing_runs(tmp_path, tiny_models_dir, name, break_it, message):
