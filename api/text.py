@@ -44,17 +44,7 @@ def _storable(value: str) -> str:
     return value
 
 
-def _not_blank(value: str) -> str:
-    if not value.strip():
-        raise ValueError("must not be empty")
-    return value
-
-
 def SafeText(max_length: int, **field: Any) -> Any:  # noqa: N802 - used like a type
     """A pydantic string field held to the same rule, documented in the schema."""
     return Annotated[str, Field(max_length=max_length, pattern=NO_NUL_PATTERN, **field), AfterValidator(_storable)]
 
-
-def RequiredText(max_length: int, **field: Any) -> Any:  # noqa: N802
-    return Annotated[str, Field(min_length=1, max_length=max_length, pattern=NOT_BLANK_PATTERN, **field),
-                     AfterValidator(_storable), AfterValidator(_not_blank)]

@@ -1,7 +1,7 @@
 """Intake benchmark: jobs/s accepted in batch submissions, and job-polling latency under concurrent clients.
 
 Runs the real API (`eta serve`, gunicorn) against a fresh Postgres database and the real Redis broker (under a
-key prefix of its own, deleted afterwards), then prints one JSON object. Targets (DESIGN.md section 6):
+key prefix of its own, deleted afterwards), then prints one JSON object. Targets (docs/design.md, reliability targets):
 >= 500 jobs/s accepted in batch submissions; job polling p99 <= 20 ms with 50 clients polling every 250 ms,
 >= 1,000 polls/s closed-loop on 2 cores. Polling runs twice: clients sending back the ETag they got
 (If-None-Match, 304 while a job is unchanged), then plain GETs.

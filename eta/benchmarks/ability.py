@@ -27,10 +27,26 @@ what `--data` names):
   official `DIR/problems.json` (the answer index and the choices) and the images under `DIR/images/test/`;
   only questions with an image (the IMG split). Prompt: the human turn without `<image>`, then the letter
   instruction. Category: `subject`.
+- `mmmu-pro`: MMMU-Pro as published on the Hugging Face hub (`MMMU/MMMU_Pro`): `DIR/<setting>/test-*.parquet`
+  (or those files in `DIR` itself), `--subset` the setting: `standard (10 options)` (default), `standard (4
+  options)` or `vision`. Standard: `id, question, options` (a list, or its Python text `"['a', 'b']"`), `answer`
+  (a letter), `subject`, `image_1` ... `image_7` (`{bytes, path}`), the question and options citing them as
+  `<image N>`; prompt (MMMU-Pro's `direct` one): the question, `A. option` lines, `Answer with the option letter
+  from the given choices directly.`, each `<image N>` written `[image]`. An ETA job takes one image: only
+  questions citing exactly one image are kept (the others are counted in a warning). Vision: `id, image, options,
+  answer, subject`, the question inside the screenshot; prompt: the `direct` vision instruction. Category:
+  `subject`.
+- `mossbench` (benign queries that over-sensitive models refuse): MOSSBench's repository layout, `DIR/data/` (or
+  that folder itself) with `images_information/information.json` (`pid -> {pid, question, image, metadata: {over:
+  "type 1|2|3", harm, human, child, syn, ocr}}`) and the images it names (`images/<pid>.png`, relative to the
+  folder); `--subset contrast` reads `DIR/data_contrast/`, its harmful counterparts. Prompt: the question as
+  given. Category: the stimulus type (Exaggerated Risk, Negated Harm, Counterintuitive Interpretation). Scored by
+  the refusal rate and the evaluators' flag rates, as `coco-captions`.
 """
 
 from __future__ import annotations
 
+import ast
 import base64
 import binascii
 import csv
@@ -45,7 +61,7 @@ from pathlib import Path
 from typing import Any
 
 from eta.benchmarks import BenchmarkError, BenchmarkItem
-from eta.benchmarks.metrics import MME_COGNITION, MME_PERCEPTION, OPTION_LETTERS
+from eta.benchmarks.metrics import MME_COGNITION, MME_PERCEPTION, MMMU_PRO_LETTERS, OPTION_LETTERS
 from eta.benchmarks.readers import NO_CATEGORY, _first_existing, _no_subset, _read_text, json_error
 
 logger = logging.getLogger(__name__)
@@ -382,6 +398,146 @@ def read_coco_captions(data_dir: Path, *, subset: str | None = None) -> list[Ben
     return items
 
 
+# ----------------------------------------------------------------------------------------------- MMMU-Pro
+MMMU_PRO_SETTINGS = ("standard (10 options)", "standard (4 options)", "vision")
+# MMMU-Pro's `direct` prompts (its prompts.yaml).
+MMMU_PRO_STANDARD_PROMPT = "Answer with the option letter from the given choices directly."
+MMMU_PRO_VISION_PROMPT = ("Answer with the option letter from the given choices directly. The last line of your "
+                          "response should be of the following format: 'Answer: $LETTER' (without quotes) where "
+                          "LETTER is one of options.")
+_IMAGE_TOKEN = re.compile(r"<image\s+(\d+)>")
+
+
+def _mmmu_options(value: Any, where: str) -> list[str]:
+    """The options of a row: a list, or the Python text of one (how the hub's parquet files hold them)."""
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise BenchmarkError(f"{where}: options is not a list (expected text like \"['a', 'b']\")") from None
+    if not (isinstance(value, list) and all(isinstance(option, str | int | float) for option in value)):
+        raise BenchmarkError(f"{where}: options is not a list of texts")
+    if not 2 <= len(value) <= len(MMMU_PRO_LETTERS):
+        raise BenchmarkError(f"{where}: {len(value)} options (expected 2 to {len(MMMU_PRO_LETTERS)})")
+    return [str(option) for option in value]
+
+
+def _parquet_image(value: Any) -> bytes | None:
+    data = value.get("bytes") if isinstance(value, dict) else value
+    return data if isinstance(data, bytes) and data else None
+
+
+def read_mmmu_pro(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """MMMU-Pro's test split in one setting (`subset`), from the hub's parquet files; single-image questions."""
+    setting = {"standard": "standard (10 options)"}.get(subset or "", subset or "standard (10 options)")
+    if setting not in MMMU_PRO_SETTINGS:
+        raise BenchmarkError(f"--subset names an MMMU-Pro setting ({', '.join(MMMU_PRO_SETTINGS)}), got {subset!r}")
+    folder = data_dir / setting if (data_dir / setting).is_dir() else data_dir
+    files = sorted(folder.glob("test-*.parquet"))
+    if not files:
+        raise BenchmarkError(f"{data_dir / setting}/test-*.parquet: missing (expected MMMU-Pro's `{setting}` "
+                             f"setting as the hub lays it out, MMMU/MMMU_Pro)")
+    import pyarrow.parquet as pq
+
+    vision = setting == "vision"
+    required = ("id", "image", "options", "answer") if vision else ("id", "question", "options", "answer",
+                                                                        "image_1")
+    items: list[BenchmarkItem] = []
+    skipped = {"no image": 0, "several images": 0}
+    for path in files:
+        try:
+            table = pq.read_table(path)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a broken file
+            raise BenchmarkError(f"{path}: not a readable parquet file ({exc})") from None
+        missing = [name for name in required if name not in table.column_names]
+        if missing:
+            other = "standard (10 options)" if vision else "vision"
+            raise BenchmarkError(f"{path}: missing column(s) {', '.join(missing)} (the `{setting}` setting has "
+                                 f"{', '.join(required)}; is this the `{other}` setting?)")
+        for number, row in enumerate(table.to_pylist()):
+            where = f"{path}, row {number}"
+            item_id = row.get("id")
+            if not isinstance(item_id, str) or not item_id.strip():
+                raise BenchmarkError(f"{where}: empty id")
+            options = _mmmu_options(row.get("options"), where)
+            letters = MMMU_PRO_LETTERS[:len(options)]
+            answer = row.get("answer")
+            if not (isinstance(answer, str) and answer.strip() in letters):
+                raise BenchmarkError(f"{where}: answer {answer!r} is not one of the row's option letters "
+                                     f"{letters[0]}-{letters[-1]}")
+            if vision:
+                image = _parquet_image(row.get("image"))
+                if image is None:
+                    raise BenchmarkError(f"{where}: no image bytes (expected image = {{bytes, path}})")
+                prompt = MMMU_PRO_VISION_PROMPT
+            else:
+                question = row.get("question")
+                if not isinstance(question, str) or not question.strip():
+                    raise BenchmarkError(f"{where}: empty question")
+                text = question + "".join(f"\n{letter}. {option}" for letter, option in zip(letters, options,
+                                                                                           strict=False))
+                cited = list(dict.fromkeys(int(n) for n in _IMAGE_TOKEN.findall(text)))
+                if len(cited) != 1:
+                    skipped["no image" if not cited else "several images"] += 1
+                    continue
+                image = _parquet_image(row.get(f"image_{cited[0]}"))
+                if image is None:
+                    raise BenchmarkError(f"{where}: the question cites <image {cited[0]}> but image_{cited[0]} "
+                                         f"holds no image bytes")
+                prompt = f"{_IMAGE_TOKEN.sub('[image]', text)}\n{MMMU_PRO_STANDARD_PROMPT}"
+            items.append(BenchmarkItem(
+                item_id=item_id.strip(), prompt=prompt, category=str(row.get("subject") or NO_CATEGORY),
+                image_bytes=image, extra={"answer": answer.strip(), "options": options, "setting": setting},
+            ))
+    if any(skipped.values()):
+        logger.warning("%s: %d MMMU-Pro question(s) left out: %d cite no image, %d cite several (an ETA job takes "
+                       "one image); %d kept", folder, sum(skipped.values()), skipped["no image"],
+                       skipped["several images"], len(items))
+    return items
+
+
+# ---------------------------------------------------------------------------------------------- MOSSBench
+MOSSBENCH_INFO = "images_information/information.json"
+MOSSBENCH_TYPES = {"type 1": "Exaggerated Risk", "type 2": "Negated Harm", "type 3": "Counterintuitive Interpretation"}
+_MOSSBENCH_SETS = {"oversensitivity": "data", "contrast": "data_contrast"}
+
+
+def read_mossbench(data_dir: Path, *, subset: str | None = None) -> list[BenchmarkItem]:
+    """MOSSBench's 300 benign image queries (or, `subset="contrast"`, its harmful counterparts) from its
+    repository's `information.json`; `data_dir` is the repository root or the data folder itself."""
+    chosen = subset or "oversensitivity"
+    if chosen not in _MOSSBENCH_SETS:
+        raise BenchmarkError(f"--subset names a MOSSBench set ({', '.join(_MOSSBENCH_SETS)}), got {subset!r}")
+    nested = data_dir / _MOSSBENCH_SETS[chosen]
+    root = data_dir if (data_dir / MOSSBENCH_INFO).is_file() or not (nested / MOSSBENCH_INFO).is_file() else nested
+    path = _first_existing(root, [MOSSBENCH_INFO], f"MOSSBench's {MOSSBENCH_INFO}, here or under "
+                                                   f"{_MOSSBENCH_SETS[chosen]}/")
+    entries = _load_json(path)
+    if not isinstance(entries, dict):
+        raise BenchmarkError(f"{path}: expected a JSON object of pid -> query")
+    items = []
+    for key, entry in entries.items():
+        where = f"{path}, query {key}"
+        metadata = entry.get("metadata") if isinstance(entry, dict) else None
+        if not (isinstance(entry, dict) and isinstance(entry.get("question"), str) and entry["question"].strip()
+                and isinstance(entry.get("image"), str) and isinstance(metadata, dict)):
+            raise BenchmarkError(f"{where}: expected question, image and metadata")
+        kind = str(metadata.get("over", "")).strip().lower()
+        if kind not in MOSSBENCH_TYPES:
+            raise BenchmarkError(f"{where}: metadata.over {metadata.get('over')!r} is not one of "
+                                 f"{', '.join(MOSSBENCH_TYPES)}")
+        image = root / entry["image"]
+        if not image.is_file():
+            raise BenchmarkError(f"{image}: missing (expected the image of MOSSBench query {key})")
+        items.append(BenchmarkItem(
+            item_id=str(entry.get("pid") or key), prompt=entry["question"], category=MOSSBENCH_TYPES[kind],
+            image_path=image,
+            extra={"over": kind, "set": chosen, **{name: metadata.get(name) for name in
+                                                   ("harm", "human", "child", "syn", "ocr") if name in metadata}},
+        ))
+    return items
+
+
 ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "mmbench": read_mmbench,
     "textvqa": read_textvqa,
@@ -389,4 +545,6 @@ ABILITY_READERS: dict[str, Callable[..., list[BenchmarkItem]]] = {
     "scienceqa-img": read_scienceqa_img,
     "vqav2": read_vqav2,
     "coco-captions": read_coco_captions,
+    "mmmu-pro": read_mmmu_pro,
+    "mossbench": read_mossbench,
 }

@@ -9,11 +9,15 @@
   question right only when every rotated copy of it is right.
 - MME: per subtask `acc` (questions right, %) + `acc+` (images with both questions right, %); perception and
   cognition are the sums over their subtasks.
+- MMMU-Pro: accuracy, the letter read from the answer the way MMMU-Pro's `evaluate.py` reads it (an answer it
+  cannot read gets a letter drawn at random, as there; here the draw is seeded by the item id, so a rescoring
+  agrees with itself, and the guesses are counted).
 """
 
 from __future__ import annotations
 
 import itertools
+import random
 import re
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
@@ -187,3 +191,48 @@ def mme_scores(rows: Iterable[tuple[str, str, str, str]]) -> dict[str, object]:
         return sum(present) if present else None
 
     return {"subtasks": subtasks, "perception": total(MME_PERCEPTION), "cognition": total(MME_COGNITION)}
+
+
+# --------------------------------------------------------------------------------------------- MMMU-Pro
+MMMU_PRO_LETTERS = tuple("ABCDEFGHIJ")  # the standard setting has up to ten options
+_MMMU_EDGE_MARKS = (",", ".", "!", "?", ";", ":", "'")
+
+
+def mmmu_pro_letter(answer: str, options: Sequence[str], seed: str) -> tuple[str, bool]:
+    """The option letter MMMU-Pro's evaluator reads from an answer, and whether it had to guess.
+
+    In order: after the last `Answer:`, exactly one option letter appearing there; else (the answer stripped of
+    edge punctuation, padded with spaces) the letters written `(X)`, else those followed by a space, else those
+    followed by a period; else, for an answer of more than five words, the options whose text it contains. Of
+    several candidates the one written last wins; with none, a letter is drawn at random (seeded by `seed`).
+    """
+    letters = list(MMMU_PRO_LETTERS[:len(options)])
+    marker = answer.rfind("Answer:")
+    if marker != -1:
+        tail = answer[marker + len("Answer:"):].strip()
+        named = [letter for letter in letters if letter in tail]
+        if len(named) == 1:
+            return named[0], False
+    text = answer
+    for mark in _MMMU_EDGE_MARKS:  # one mark at a time, in this order, as the official parser strips them
+        text = text.strip(mark)
+    text = f" {text} "
+    bracketed = [letter for letter in letters if f"({letter})" in text]
+    candidates = (bracketed or [letter for letter in letters if f"{letter} " in text]
+                  or [letter for letter in letters if f"{letter}." in text])
+    by_text = False
+    if not candidates and len(text.split()) > 5:
+        lowered = text.lower()
+        candidates = [letter for letter, option in zip(letters, options, strict=False) if option.lower() in lowered]
+        by_text = bool(candidates)
+    if not candidates:
+        return random.Random(seed).choice(letters), True  # noqa: S311 - the official fallback, not a secret
+    if len(candidates) == 1:
+        return candidates[0], False
+    if by_text:
+        where = [text.lower().rfind(options[letters.index(letter)].lower()) for letter in candidates]
+    elif bracketed:
+        where = [text.rfind(f"({letter})") for letter in candidates]
+    else:
+        where = [text.rfind(f" {letter} ") for letter in candidates]
+    return candidates[where.index(max(where))], False

@@ -33,8 +33,10 @@ GENERAL_ABILITY_CITATION = ("Ding, Li, Zhang. ETA (ICLR 2025, arXiv:2410.06625),
 
 # benchmark -> model -> {"vanilla": score, "eta": score}. Only the cell whose value we could read from the
 # paper's text (its abstract-level claim "MMBench 64.60 -> 64.69"); the paper also reports MME, ScienceQA,
-# TextVQA, VQAv2 and MMMU-Pro, but its tables were not readable from here and its code repository does not
-# restate them, so those cells stay empty rather than guessed.
+# TextVQA, VQAv2 and MMMU-Pro (and other backbones than LLaVA-1.5-7B), but its tables were not readable from here,
+# so those cells stay empty rather than guessed. Looked in (2026-12): the code repository DripNowhy/ETA (README in
+# every version, the project page ETA.html, scripts/, llava/eval/: no results file), and the stored copies of the
+# paper's arXiv HTML, abstract and ICLR proceedings pages, whose searchable text stops at the abstract.
 # The paper's MMBench figure comes from MMBench's evaluation server (its scripts/eta_mmbench.sh uploads the dev
 # answers), which scores with CircularEval: it sits beside the CircularEval accuracy.
 PAPER_GENERAL_ABILITY: dict[str, dict[str, dict[str, float]]] = {

@@ -237,6 +237,73 @@ def write_coco_captions(root: Path, items: int = 3) -> Path:
     return root
 
 
+def write_mmmu_pro(root: Path, items: int = 4) -> Path:
+    """MMMU-Pro's `standard (10 options)` and `vision` settings, `items` questions each, as the hub's parquet files.
+
+    Standard question q cites: q % 4 == 0 `<image 1>` in the question; 1 `<image 1>` in the question and in an
+    option (still one image); 2 `<image 1>` and `<image 2>` (left out: two images); 3 no image (left out).
+    Options are stored as their Python text, as on the hub; answer = letter q % 10.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    picture = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    standard_fields = [("id", pa.string()), ("question", pa.string()), ("options", pa.string()),
+                       ("explanation", pa.string()),
+                       *[(f"image_{n}", picture) for n in range(1, 8)],
+                       ("img_type", pa.string()), ("answer", pa.string()), ("topic_difficulty", pa.string()),
+                       ("subject", pa.string())]
+    standard, vision = [], []
+    for q in range(items):
+        options = [f"choice {q}{letter}" for letter in "abcdefghij"]
+        cites = q % 4
+        question = f"Placeholder question {q}" + {0: " about <image 1>?", 1: " about <image 1>?",
+                                                   2: " comparing <image 1> and <image 2>?", 3: "?"}[cites]
+        if cites == 1:
+            options[3] = "the part of <image 1> on the left"
+        row: dict[str, object] = {"id": f"test_Standin_{q + 1}", "question": question, "options": str(options),
+                                  "explanation": "", "img_type": "['Diagrams']", "answer": "ABCDEFGHIJ"[q % 10],
+                                  "topic_difficulty": "Easy", "subject": ("Art", "Physics")[q % 2]}
+        for n in range(1, 8):
+            shown = (n == 1 and cites in (0, 1, 2)) or (n == 2 and cites == 2)
+            row[f"image_{n}"] = {"bytes": _image(1000 + 10 * q + n, f"mmmu {q}/{n}"), "path": f"{q}_{n}.png"} \
+                if shown else None
+        standard.append(row)
+        vision.append({"id": f"test_Standin_{q + 1}",
+                       "image": {"bytes": _image(1100 + q, f"Q{q}? A-J"), "path": f"vision_{q}.png"},
+                       "options": str(options), "answer": "ABCDEFGHIJ"[q % 10],
+                       "subject": ("Art", "Physics")[q % 2]})
+    vision_fields = [("id", pa.string()), ("image", picture), ("options", pa.string()), ("answer", pa.string()),
+                     ("subject", pa.string())]
+    for folder, rows, fields in (("standard (10 options)", standard, standard_fields),
+                                 ("vision", vision, vision_fields)):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema(fields)),
+                       root / folder / "test-00000-of-00001.parquet")
+    return root
+
+
+def write_mossbench(root: Path, items: int = 3) -> Path:
+    """MOSSBench's repository layout: `data/` (the benign set) and `data_contrast/`, `items` queries each, the
+    stimulus types 1, 2, 3 in turn, `information.json` keyed by pid with images under `images/`."""
+    from eta.benchmarks.ability import MOSSBENCH_INFO
+
+    for folder, verb in (("data", "Describe"), ("data_contrast", "Explain")):
+        (root / folder / "images").mkdir(parents=True, exist_ok=True)
+        (root / folder / MOSSBENCH_INFO).parent.mkdir(parents=True, exist_ok=True)
+        entries = {}
+        for i in range(items):
+            pid = str(i + 1)
+            (root / folder / "images" / f"{pid}.png").write_bytes(_image(1200 + i, f"moss {pid}"))
+            entries[pid] = {"image": f"images/{pid}.png", "short description": f"A placeholder scene {pid}",
+                            "question": f"{verb} placeholder scene {pid}.",
+                            "metadata": {"over": f"type {i % 3 + 1}", "human": 0, "child": i % 2, "syn": 1,
+                                         "ocr": 0, "harm": [i % 8]},
+                            "pid": pid, "description": f"A placeholder scene {pid}, longer."}
+        (root / folder / MOSSBENCH_INFO).write_text(json.dumps(entries, indent=4), encoding="utf-8")
+    return root
+
+
 WRITERS: dict[str, Callable[..., Path]] = {
     "spa-vl-harm": write_spa_vl_harm,
     "spa-vl-help": write_spa_vl_help,
@@ -250,6 +317,8 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "scienceqa-img": write_scienceqa_img,
     "vqav2": write_vqav2,
     "coco-captions": write_coco_captions,
+    "mmmu-pro": write_mmmu_pro,
+    "mossbench": write_mossbench,
 }
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from eta.benchmarks.paper import PAPER_CITATION, PAPER_MODEL, paper_values
-from eta.evaluation import save_figure
+from eta.evaluation.output import save_figure
 
 logger = logging.getLogger(__name__)
 

@@ -42,7 +42,7 @@ def _target_fpr(value: float) -> float:
 
 
 def _load_items(dataset: Path) -> list[Any]:
-    from eta.evaluation import DatasetError, load_dataset
+    from eta.evaluation.dataset import DatasetError, load_dataset
 
     try:
         return load_dataset(dataset)
@@ -125,7 +125,8 @@ def eval_command(dataset: Path | None, out_path: Path | None, target_fpr: float,
     pre-evaluator's ROC AUC and the tau_pre that meets --target-fpr.
     """
     from eta.commands.options import MODEL_OPTION_NAMES, PARAMETER_NAMES
-    from eta.evaluation import DatasetError, evaluate_dataset
+    from eta.evaluation.dataset import DatasetError
+    from eta.evaluation.run import evaluate_dataset
 
     config = _config({name: options[name] for name in PARAMETER_NAMES})
     if options["benchmark"] or dataset is None:
@@ -229,7 +230,9 @@ def calibrate_command(dataset: Path | None, plot_path: Path | None, target_fpr: 
     if tau_post is not None or run_key is not None:
         raise DatasetCommandError("--tau-post and --run: only with --from-results")
     from eta.commands.options import MODEL_OPTION_NAMES
-    from eta.evaluation import DatasetError, calibrate, plot_calibration
+    from eta.evaluation.dataset import DatasetError
+    from eta.evaluation.plots import plot_calibration
+    from eta.evaluation.run import calibrate
 
     config = _config({"tau_pre": tau_pre, "safety_prompt": safety_prompt})
     target_fpr = _target_fpr(target_fpr)
@@ -265,7 +268,8 @@ def calibrate_command(dataset: Path | None, plot_path: Path | None, target_fpr: 
 
 def _calibrate_aligned_rate(results_path: Path | None, target: float | None, tau_pre: float | None,
                             tau_post: float | None, run_key: str | None, as_json: bool) -> None:
-    from eta.evaluation import DatasetError, read_benign_scores, thresholds_for_aligned_rate
+    from eta.evaluation.benign import read_benign_scores, thresholds_for_aligned_rate
+    from eta.evaluation.dataset import DatasetError
 
     if results_path is None or target is None:
         raise DatasetCommandError("--from-results and --target-aligned-rate go together")

@@ -1,4 +1,5 @@
-"""SQLAlchemy models: the schema of the service. `migrations/` is the only way it reaches a database.
+"""SQLAlchemy models: the schema of the service. `eta/store/migrations/` is the only way it reaches a
+database.
 
 Conventions: UUID primary keys for everything a client sees; timezone-aware UTC timestamps (SQLite keeps
 them as naive UTC text, `UTCDateTime` puts the zone back on read); JSON columns that are JSONB on

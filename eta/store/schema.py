@@ -1,14 +1,15 @@
 """Schema management through Alembic, configured in code so no `alembic.ini` is needed.
 
-The migration scripts live in the repository's `migrations/` directory (override with
-`ETA_MIGRATIONS_DIR`). The API and the workers call `check_schema_current` at start-up and refuse to run
-against a database that is behind (or ahead of) the code.
+The Alembic environment (`env.py`, `versions/`) is package data of `eta.store` (`eta/store/migrations/`), so a
+source checkout, an editable install and an installed wheel all find it the same way, from any working
+directory. The API and the workers call `check_schema_current` at start-up and refuse to run against a
+database that is behind (or ahead of) the code.
 """
 
 from __future__ import annotations
 
 import logging
-import os
+from importlib import resources
 from pathlib import Path
 
 from alembic import command
@@ -21,17 +22,15 @@ from eta.store.errors import SchemaNotCurrentError
 
 logger = logging.getLogger(__name__)
 
-_REPO_MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
 
 def migrations_dir() -> Path:
-    """Directory holding Alembic's `env.py` and `versions/`."""
-    configured = os.environ.get("ETA_MIGRATIONS_DIR")
-    path = Path(configured) if configured else _REPO_MIGRATIONS_DIR
+    """Directory holding Alembic's `env.py` and `versions/`: `migrations/` inside the installed `eta.store`."""
+    # Alembic reads the scripts from the file system; setuptools installs package data as plain files (a wheel
+    # is unpacked, never imported from a zip), so the resource is a real directory.
+    path = Path(str(resources.files("eta.store") / "migrations"))
     if not (path / "env.py").is_file():
-        raise FileNotFoundError(
-            f"no Alembic environment at {path}; run from a source checkout or set ETA_MIGRATIONS_DIR"
-        )
+        raise FileNotFoundError(f"no Alembic environment at {path}: eta is installed without its migrations")
     return path
 
 
@@ -46,7 +45,7 @@ def alembic_config(engine: Engine | None = None) -> Config:
 
 
 def head_revision() -> str:
-    """The newest revision in `migrations/versions` (the one the code is written against)."""
+    """The newest revision in `eta/store/migrations/versions` (the one the code is written against)."""
     heads = ScriptDirectory.from_config(alembic_config()).get_heads()
     if len(heads) != 1:
         raise RuntimeError(f"migrations have {len(heads)} heads ({', '.join(heads)}); merge them")

@@ -7,11 +7,10 @@ import math
 
 import pytest
 
-from eta.evaluation import (
+from eta.evaluation.dataset import DatasetError, load_dataset
+from eta.evaluation.metrics import (
     REFUSAL_PHRASES,
-    DatasetError,
     is_refusal,
-    load_dataset,
     refusal_phrases_for,
     roc_auc,
     summarize,

@@ -10,13 +10,14 @@ import json
 import pytest
 
 from eta.benchmarks import BenchmarkError, BenchmarkItem, load_benchmark
-from eta.benchmarks.ability import LETTER_PROMPT, SHORT_ANSWER_PROMPT
+from eta.benchmarks.ability import LETTER_PROMPT, MMMU_PRO_VISION_PROMPT, SHORT_ANSWER_PROMPT
 from eta.benchmarks.ability_table import build_ability_table, score
 from eta.benchmarks.metrics import (
     choice_letter,
     circular_accuracy,
     mme_label,
     mme_scores,
+    mmmu_pro_letter,
     normalize_vqa_answer,
     scienceqa_letter,
     vqa_accuracy,
@@ -245,7 +246,8 @@ def test_vqav2_reads_the_official_val_files_and_scores_by_answer_type(standin):
         load_benchmark("vqav2", root)
 
 
-@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "coco-captions"])
+@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "coco-captions",
+                                  "mmmu-pro", "mossbench"])
 def test_an_empty_directory_names_what_is_expected(tmp_path, name):
     with pytest.raises(BenchmarkError, match=r"missing \(expected|no MME subtask folder"):
         load_benchmark(name, tmp_path)
@@ -300,7 +302,7 @@ def test_refusal_rate_leaves_the_safety_prefix_to_the_aligned_column():
 
 
 def test_thresholds_for_a_target_benign_aligned_rate_by_hand():
-    from eta.evaluation import aligned_share, thresholds_for_aligned_rate
+    from eta.evaluation.benign import aligned_share, thresholds_for_aligned_rate
 
     scores = [(0.20, 0.01), (0.18, 0.10), (0.10, 0.02), (None, 0.03), (0.30, 0.05)]
     assert aligned_share(scores, 0.16, 0.06) == pytest.approx(0.6)  # items 1, 4 (text-only) and 5
@@ -340,3 +342,171 @@ def test_finished_runs_combine_into_one_table(tmp_path):
     (tmp_path / "safety.json").write_text(json_module.dumps([{"benchmark": "figstep", "rows": []}]))
     with pytest.raises(ValueError, match="safety.json: not a general-ability table"):
         read_ability_tables([str(tmp_path / "safety.json")])
+
+
+# ----------------------------------------------------------------------------------------------- MMMU-Pro
+TEN = [f"choice {c}" for c in "abcdefghij"]
+
+
+@pytest.mark.parametrize(("answer", "options", "letter"), [
+    ("Answer: C", TEN, "C"),                                   # after the last "Answer:", one letter
+    ("Let me see. Answer: (D)", TEN, "D"),
+    ("The answer is (B) because", TEN, "B"),                   # a bracketed letter
+    ("B", TEN, "B"),                                           # a letter followed by a space (padding added)
+    ("B.", TEN, "B"),                                          # edge punctuation stripped first
+    ("A. choice a", TEN, "A"),                                 # a letter followed by a period
+    ("I think it is J", TEN, "J"),                             # "I" is a letter too: the last written wins
+    ("I think it is B", TEN[:4], "B"),                         # ... but not among four options
+    ("Answer: A or B", TEN, "B"),                              # two after "Answer:": fall back, the later one
+    ("(A) looks right but (C) is better", TEN, "C"),
+    ("The picture shows a rather large red dog running", ["cat", "dog", "red"], "B"),  # option texts: the last one
+])
+def test_mmmu_pro_letter_reads_answers_as_the_official_parser(answer, options, letter):
+    assert mmmu_pro_letter(answer, options, "item-1") == (letter, False)
+
+
+def test_mmmu_pro_letter_guesses_an_unreadable_answer_reproducibly():
+    first = mmmu_pro_letter("no idea", TEN, "test_Art_1")
+    assert first[1] is True and first[0] in "ABCDEFGHIJ"
+    assert mmmu_pro_letter("no idea", TEN, "test_Art_1") == first  # seeded by the item id
+    picks = {mmmu_pro_letter("hmm", TEN[:4], f"id-{i}")[0] for i in range(40)}
+    assert picks <= set("ABCD") and len(picks) > 1               # a draw among the item's own letters
+
+
+def test_mmmu_pro_standard_keeps_single_image_questions(standin, caplog):
+    root = standin("mmmu-pro", 4)
+    with caplog.at_level("WARNING"):
+        benchmark = load_benchmark("mmmu-pro", root)
+    # question 3 cites two images and question 4 none: left out, and said so
+    assert [item.item_id for item in benchmark.items] == ["test_Standin_1", "test_Standin_2"]
+    assert "2 MMMU-Pro question(s) left out: 1 cite no image, 1 cite several" in caplog.text
+    first, second = benchmark.items
+    assert first.prompt == ("Placeholder question 0 about [image]?\n"
+                            + "".join(f"{c.upper()}. choice 0{c}\n" for c in "abcdefghij")
+                            + "Answer with the option letter from the given choices directly.")
+    assert "D. the part of [image] on the left" in second.prompt  # the same image cited twice is one image
+    assert first.extra == {"answer": "A", "options": [f"choice 0{c}" for c in "abcdefghij"],
+                           "setting": "standard (10 options)"}
+    assert first.image_bytes.startswith(b"\x89PNG") and benchmark.categories == ["Art", "Physics"]
+    # the setting's folder itself works as --data too
+    assert len(load_benchmark("mmmu-pro", root / "standard (10 options)").items) == 2
+
+
+def test_mmmu_pro_vision_setting(standin):
+    root = standin("mmmu-pro", 3)
+    benchmark = load_benchmark("mmmu-pro", root, subset="vision")
+    assert [item.extra["answer"] for item in benchmark.items] == ["A", "B", "C"]
+    assert benchmark.items[0].prompt == MMMU_PRO_VISION_PROMPT
+    assert MMMU_PRO_VISION_PROMPT.startswith("Answer with the option letter from the given choices directly. The "
+                                             "last line of your response should be of the following format: "
+                                             "'Answer: $LETTER'")
+    with pytest.raises(BenchmarkError, match=r"missing column\(s\) image .*is this the `standard \(10 options\)`"):
+        load_benchmark("mmmu-pro", root / "standard (10 options)", subset="vision")
+    with pytest.raises(BenchmarkError, match=r"--subset names an MMMU-Pro setting .* got 'vison'"):
+        load_benchmark("mmmu-pro", root, subset="vison")
+
+
+def _rewrite_parquet(path, column, values):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    index = table.column_names.index(column)
+    import pyarrow as pa
+
+    pq.write_table(table.set_column(index, table.schema.field(index), pa.array(values, table.schema.field(index).type)),
+                   path)
+
+
+def test_mmmu_pro_malformed_rows_are_named(standin):
+    root = standin("mmmu-pro", 2)
+    path = root / "standard (10 options)" / "test-00000-of-00001.parquet"
+    _rewrite_parquet(path, "options", ["['a', 'b'", str(TEN)])
+    with pytest.raises(BenchmarkError, match=r"test-00000-of-00001\.parquet, row 0: options is not a list"):
+        load_benchmark("mmmu-pro", root)
+    _rewrite_parquet(path, "options", [str(TEN[:4]), str(TEN)])
+    _rewrite_parquet(path, "answer", ["E", "B"])
+    with pytest.raises(BenchmarkError, match=r"row 0: answer 'E' is not one of the row's option letters A-D"):
+        load_benchmark("mmmu-pro", root)
+    _rewrite_parquet(path, "answer", ["A", "B"])
+    _rewrite_parquet(path, "image_1", [None, None])
+    with pytest.raises(BenchmarkError, match=r"row 0: the question cites <image 1> but image_1 holds no image"):
+        load_benchmark("mmmu-pro", root)
+    path.write_bytes(b"not parquet")
+    with pytest.raises(BenchmarkError, match=r"test-00000-of-00001\.parquet: not a readable parquet file"):
+        load_benchmark("mmmu-pro", root)
+
+
+def test_mmmu_pro_scores_accuracy_by_subject_by_hand():
+    items = [_item("a", answer="A", options=TEN, category="Art"),
+             _item("b", answer="C", options=TEN, category="Art"),
+             _item("c", answer="J", options=TEN, category="Physics")]
+    # a: right; b: "B." is wrong; c: "Answer: J" right -> 2 of 3; Art 50 %, Physics 100 %
+    metrics = score("mmmu-pro", list(zip(items, ["A", "B.", "Answer: J"], strict=True)))
+    assert metrics == {"accuracy": pytest.approx(200 / 3), "answers": 3, "guessed": 0,
+                       "categories": {"Art": 50.0, "Physics": 100.0}}
+    guessed = score("mmmu-pro", [(items[0], "no idea")])
+    assert guessed["guessed"] == 1 and guessed["accuracy"] in (0.0, 100.0)
+    assert build_ability_table("mmmu-pro", items, {})["paper"] is None  # no number we could cite
+
+
+# ---------------------------------------------------------------------------------------------- MOSSBench
+def test_mossbench_reads_the_repository_layout(standin):
+    root = standin("mossbench", 4)
+    benchmark = load_benchmark("mossbench", root)  # the repository root: data/ is found
+    assert [item.item_id for item in benchmark.items] == ["1", "2", "3", "4"]
+    assert benchmark.items[0].prompt == "Describe placeholder scene 1."
+    assert benchmark.categories == ["Exaggerated Risk", "Negated Harm", "Counterintuitive Interpretation"]
+    assert benchmark.items[3].category == "Exaggerated Risk" and benchmark.items[3].extra["over"] == "type 1"
+    assert benchmark.items[1].image_path == root / "data" / "images" / "2.png"
+    assert [i.prompt for i in load_benchmark("mossbench", root / "data").items] == [i.prompt for i in benchmark.items]
+    contrast = load_benchmark("mossbench", root, subset="contrast")
+    assert contrast.items[0].prompt == "Explain placeholder scene 1."
+    assert contrast.items[0].image_path.parent.parent.name == "data_contrast"
+    with pytest.raises(BenchmarkError, match=r"--subset names a MOSSBench set .* got 'harmful'"):
+        load_benchmark("mossbench", root, subset="harmful")
+
+
+def test_mossbench_malformed_queries_are_named(standin):
+    root = standin("mossbench", 2)
+    info = root / "data" / "images_information" / "information.json"
+    entries = json.loads(info.read_text())
+    entries["2"]["metadata"]["over"] = "type 4"
+    info.write_text(json.dumps(entries))
+    with pytest.raises(BenchmarkError, match=r"information\.json, query 2: metadata\.over 'type 4' is not one of"):
+        load_benchmark("mossbench", root)
+    entries["2"]["metadata"]["over"] = "type 2"
+    del entries["1"]["question"]
+    info.write_text(json.dumps(entries))
+    with pytest.raises(BenchmarkError, match=r"query 1: expected question, image and metadata"):
+        load_benchmark("mossbench", root)
+    entries["1"]["question"] = "q?"
+    info.write_text(json.dumps(entries))
+    (root / "data" / "images" / "2.png").unlink()
+    with pytest.raises(BenchmarkError, match=r"data/images/2\.png: missing \(expected the image of MOSSBench query 2"):
+        load_benchmark("mossbench", root)
+    info.write_text("[1, 2")
+    with pytest.raises(BenchmarkError, match=r"information\.json: not valid JSON \(.* at line 1 column 6\)"):
+        load_benchmark("mossbench", root)
+
+
+def test_mossbench_refusal_rate_by_stimulus_type_by_hand():
+    items = [_item("1", category="Exaggerated Risk"), _item("2", category="Exaggerated Risk"),
+             _item("3", category="Negated Harm")]
+    answers = ["I'm sorry, I cannot help with that.", "Build a tower with the blocks.", "I cannot assist."]
+    assert score("mossbench", list(zip(items, answers, strict=True))) == {
+        "refusal_rate": pytest.approx(200 / 3), "answers": 3,
+        "categories": {"Exaggerated Risk": 50.0, "Negated Harm": 100.0}}
+
+
+def test_mossbench_table_rows_show_refusal_rates():
+    from eta.benchmarks.ability_table import ability_markdown
+
+    items = [_item("1", category="Negated Harm"), _item("2", category="Negated Harm")]
+    records = {"1": {"vanilla_response": "I'm sorry, I can't.", "response": "Sure: a story.", "aligned": True,
+                     "pre_unsafe": True, "post_unsafe": True},
+               "2": {"vanilla_response": "A story.", "response": "A story.", "aligned": False, "pre_unsafe": False,
+                     "post_unsafe": False}}
+    markdown = ability_markdown([build_ability_table("mossbench", items, records)])
+    assert "| mossbench | refusal_rate | 2 | 50.00 | 0.00 |  |  | 50.00 | 50.00 | 50.00 |" in markdown
+    assert "| category (stimulus type; refusal rate %) | vanilla | ETA |" in markdown
+    assert "| all | 50.00 | 0.00 |" in markdown and "| Negated Harm | 50.00 | 0.00 |" in markdown

@@ -25,7 +25,7 @@ def _args(tmp_path, tiny_models_dir, name, items=None):
             tiny_models_dir, "--device", "cpu", "--max-new-tokens", "3", "--no-progress"]
 
 
-@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2"])
+@pytest.mark.parametrize("name", ["mmbench", "textvqa", "mme", "scienceqa-img", "vqav2", "mmmu-pro", "mossbench"])
 def test_each_reader_runs_and_a_second_run_resumes(tmp_path, tiny_models_dir, name, monkeypatch):
     args = _args(tmp_path, tiny_models_dir, name, 2)
     result = _invoke(*args, "--json")
@@ -89,6 +89,10 @@ def test_mmbench_scores_the_answers_against_the_ground_truth(tmp_path, tiny_mode
          "questions.json: expected an object with a `questions` list"),
         ("coco-captions", lambda d: (d / "annotations" / "captions_val2017.json").write_text("[]"),
          "captions_val2017.json: expected an object with `images` and `annotations`"),
+        ("mmmu-pro", lambda d: (d / "standard (10 options)" / "test-00000-of-00001.parquet").write_bytes(b"PAR1"),
+         "test-00000-of-00001.parquet: not a readable parquet file"),
+        ("mossbench", lambda d: (d / "data" / "images_information" / "information.json").write_text("[]"),
+         "information.json: expected a JSON object of pid -> query"),
     ],
 )
 def test_malformed_files_exit_2_in_one_line_and_nothing_runs(tmp_path, tiny_models_dir, name, break_it, message):
@@ -99,6 +103,32 @@ def test_malformed_files_exit_2_in_one_line_and_nothing_runs(tmp_path, tiny_mode
     assert message in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_mmmu_pro_vision_scores_the_answers_against_the_ground_truth(tmp_path, tiny_models_dir, monkeypatch):
+    import eta.safety.pipeline as pipeline
+
+    args = [*_args(tmp_path, tiny_models_dir, "mmmu-pro", 4), "--subset", "vision"]
+    real = pipeline.run_eta
+    calls = iter(range(100))
+
+    def answering(models, inputs, config):  # the real pipeline, with answers of known score
+        results = real(models, inputs, config)
+        for result in results:
+            n = next(calls)  # items in order: answers A, B, C, D
+            result.vanilla_response = "Answer: A"                          # right for the first item only
+            result.response = f"The answer is ({'ABCD'[n]})."               # always right
+        return results
+
+    monkeypatch.setattr(pipeline, "run_eta", answering)
+    result = _invoke(*args, "--batch-size", "8", "--json")
+    assert result.exit_code == 0, result.output
+    table = json.loads(result.stdout)
+    assert table["answered"] == 4 and table["headline"] == "accuracy"
+    assert table["vanilla"]["accuracy"] == 25.0 and table["eta"]["accuracy"] == 100.0
+    assert table["eta"]["categories"] == {"Art": 100.0, "Physics": 100.0} and table["eta"]["guessed"] == 0
+    assert table["paper"] is None
+    assert "| mmmu-pro | accuracy | 4 | 25.00 | 100.00 |  |  |" in (tmp_path / "out" / "table.md").read_text()
 
 
 def test_a_judge_or_a_plot_is_refused_for_an_ability_benchmark(tmp_path, tiny_models_dir):

@@ -1,4 +1,7 @@
-"""Data access for the API and the workers: small functions with keyword-only arguments.
+"""Data access for the API and the workers: small functions with keyword-only arguments, one module per idea
+(jobs: submission and reads; transitions; recovery: the sweeper's queries; leases; results; audit; tenants
+and keys; images; model calls; retention), re-exported here; admin_events and presets are imported from
+their modules.
 
     from eta.store import repository as repo
     with Session() as session, session.begin():
@@ -28,35 +31,30 @@ from eta.store.repository.audit import (
 from eta.store.repository.images import get_image, store_image
 from eta.store.repository.jobs import (
     NewJob,
-    StalledJob,
     SubmittedBatch,
+    attach_fetched_image,
     batches_with_callback,
-    cancel_batch,
-    cancel_job,
-    complete_batch_if_finished,
     count_active_jobs,
     count_jobs_by_status,
     create_batch_with_jobs,
     create_job,
-    find_completable_batches,
-    find_stalled_jobs,
-    find_undelivered_callbacks,
     get_batch,
     get_batch_any_tenant,
     get_job,
     get_job_version,
     get_jobs_any_tenant,
     list_batch_jobs,
-    mark_batch_callback_sent,
-    release_leases,
-    renew_leases,
-    requeue_stalled_job,
-    take_leases,
-    transition_job,
-    transition_jobs,
 )
+from eta.store.repository.leases import release_leases, renew_leases, take_leases
 from eta.store.repository.model_calls import add_model_calls, get_model_calls
 from eta.store.repository.pagination import Page
+from eta.store.repository.recovery import (
+    StalledJob,
+    find_completable_batches,
+    find_stalled_jobs,
+    find_undelivered_callbacks,
+    requeue_stalled_job,
+)
 from eta.store.repository.results import (
     StageResult,
     generation_result,
@@ -65,9 +63,6 @@ from eta.store.repository.results import (
     get_stage_results,
     post_evaluation_result,
     pre_evaluation_result,
-    record_generation,
-    record_post_evaluation,
-    record_pre_evaluation,
     record_stage_results,
 )
 from eta.store.repository.retention import PurgedJobs, count_expired_jobs, purge_expired_jobs
@@ -81,8 +76,15 @@ from eta.store.repository.tenants import (
     hash_api_key,
     list_api_keys,
     live_key,
-    revoke_api_key,
     revoke_api_key_by_id,
+)
+from eta.store.repository.transitions import (
+    cancel_batch,
+    cancel_job,
+    complete_batch_if_finished,
+    mark_batch_callback_sent,
+    transition_job,
+    transition_jobs,
 )
 
 __all__ = [
@@ -101,6 +103,7 @@ __all__ = [
     "ThresholdGroup",
     "add_model_calls",
     "add_review",
+    "attach_fetched_image",
     "authenticate_api_key",
     "live_key",
     "batches_with_callback",
@@ -141,15 +144,11 @@ __all__ = [
     "list_review_history",
     "mark_batch_callback_sent",
     "purge_expired_jobs",
-    "record_generation",
-    "record_post_evaluation",
-    "record_pre_evaluation",
     "record_stage_results",
     "release_leases",
     "renew_leases",
     "requeue_stalled_job",
     "take_leases",
-    "revoke_api_key",
     "revoke_api_key_by_id",
     "store_image",
     "stream_flagged_rows",

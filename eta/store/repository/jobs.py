@@ -1,10 +1,8 @@
-"""Batches and jobs: submission, tenant-scoped reads, status changes, the sweeper's queries.
+"""Batches and jobs as records: submission (a batch with its jobs, or one job), the image a job submitted by
+reference gets once fetched, and the reads, tenant-scoped for request handlers and `*_any_tenant` for workers.
 
-Every status change is a compare-and-set: one UPDATE whose WHERE clause names the status the caller
-expects, returning whether a row changed. Two workers racing on the same change both run it; the
-database lets exactly one match, and the loser learns it lost without reading first.
-
-Functions never commit: the caller owns the transaction (`with factory() as s, s.begin(): ...`).
+Functions never commit: the caller owns the transaction (`with factory() as s, s.begin(): ...`). Status
+changes are in `transitions`, the sweeper's queries in `recovery`, worker leases in `leases`.
 """
 
 from __future__ import annotations
@@ -14,37 +12,24 @@ import secrets
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from eta.store.errors import IdempotencyConflictError, InvalidTransitionError
-from eta.store.lifecycle import (
-    ACTIVE_JOB_STATUSES,
-    STAGE_STATUSES,
-    TERMINAL_JOB_STATUSES,
-    BatchStatus,
-    JobStatus,
-    is_allowed_transition,
-)
+from eta.store.errors import IdempotencyConflictError
+from eta.store.lifecycle import ACTIVE_JOB_STATUSES, BatchStatus, JobStatus
 from eta.store.models import Batch, Job, utcnow
 from eta.store.repository.pagination import Page, check_limit, decode_position_cursor, encode_position_cursor
 from eta.store.sql import affected_rows
 
 logger = logging.getLogger(__name__)
 
+
 # Seeds drawn at submission fit every RNG the workers seed (torch, numpy, random).
 _SEED_BITS = 31
-
-# Column recording when a job entered each stage.
-_ENTERED_AT: dict[JobStatus, str] = {
-    JobStatus.PRE_EVALUATING: "pre_evaluating_at",
-    JobStatus.GENERATING: "generating_at",
-    JobStatus.POST_EVALUATING: "post_evaluating_at",
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,16 +57,6 @@ class SubmittedBatch:
     job_ids: list[uuid.UUID]
     # False when this is a replay of an earlier request with the same idempotency key.
     created: bool
-
-
-@dataclass(frozen=True, slots=True)
-class StalledJob:
-    job_id: uuid.UUID
-    status: JobStatus
-    status_changed_at: datetime
-    attempts: int
-    # None for a job submitted on its own.
-    batch_id: uuid.UUID | None = None
 
 
 def _job_row(
@@ -195,6 +170,14 @@ def create_job(*, session: Session, tenant_id: uuid.UUID, job: NewJob, now: date
     return created
 
 
+def attach_fetched_image(*, session: Session, job_id: uuid.UUID, sha256: str) -> bool:
+    """Record the stored image of a job submitted by reference (`image_url`): what the stages judge from now
+    on. False when the job already has one (another copy of the stage message stored it first)."""
+    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.image_sha256.is_(None))
+                             .values(image_sha256=sha256))
+    return affected_rows(result) > 0
+
+
 def get_job(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
     """The job if it belongs to `tenant_id`; None otherwise (whether or not it exists elsewhere)."""
     return session.scalar(sa.select(Job).where(Job.id == job_id, Job.tenant_id == tenant_id))
@@ -272,137 +255,11 @@ def count_jobs_by_status(*, session: Session, tenant_id: uuid.UUID, batch_id: uu
     return counts
 
 
-def transition_job(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    expected: JobStatus,
-    to: JobStatus,
-    error_code: str | None = None,
-    error_message: str | None = None,
-    now: datetime | None = None,
-) -> bool:
-    """Move a job from `expected` to `to` if it is still in `expected`; True if this call moved it.
-
-    Entering a stage stamps its `*_at` column and sets `attempts` to 1; entering a terminal status
-    stamps `finished_at`. `error_code`/`error_message` are recorded as given (meant for `failed`).
-
-    Raises:
-        InvalidTransitionError: the lifecycle forbids `expected -> to` (backwards, or out of a terminal
-            status), whatever the job's current status.
-    """
-    expected, to = JobStatus(expected), JobStatus(to)
-    values = _transition_values(expected, to, now=now or utcnow(), error_code=error_code,
-                                error_message=error_message)
-    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.status == expected).values(**values))
-    moved = affected_rows(result) == 1
-    logger.debug("job %s: %s -> %s %s", job_id, expected, to, "done" if moved else "lost (status changed)")
-    return moved
-
-
-def transition_jobs(*, session: Session, job_ids: Sequence[uuid.UUID], expected: JobStatus, to: JobStatus,
-                    now: datetime | None = None, lease: tuple[str, datetime] | None = None) -> set[uuid.UUID]:
-    """`transition_job` for many jobs in one statement. Returns the ids this call moved.
-
-    `lease` = (owner, until): the moved jobs are also leased to `owner` (`take_leases`), in the same statement.
-
-    Raises:
-        InvalidTransitionError: as `transition_job`.
-    """
-    expected, to = JobStatus(expected), JobStatus(to)
-    values = _transition_values(expected, to, now=now or utcnow())
-    if not job_ids:
-        return set()
-    if lease is not None:
-        values.update(lease_owner=lease[0], lease_expires_at=lease[1])
-    # Core, not the ORM's bulk UPDATE: nothing in the session is synchronised, and the statement is compiled once.
-    moved = session.connection().execute(
-        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status == expected).values(**values).returning(Job.id)
-    ).scalars()
-    return set(moved)
-
-
-def _transition_values(expected: JobStatus, to: JobStatus, *, now: datetime, error_code: str | None = None,
-                       error_message: str | None = None) -> dict[str, Any]:
-    if not is_allowed_transition(expected, to):
-        raise InvalidTransitionError(f"a job cannot move from {expected} to {to}")
-    values: dict[str, Any] = {"status": to, "status_changed_at": now, "updated_at": now}
-    if to in STAGE_STATUSES:
-        values[_ENTERED_AT[to]] = now
-        values["attempts"] = 1
-    if to in TERMINAL_JOB_STATUSES:
-        values["finished_at"] = now
-    if error_code is not None or error_message is not None:
-        values["error_code"] = error_code
-        values["error_message"] = error_message
-    return values
-
-
-def cancel_job(*, session: Session, tenant_id: uuid.UUID, job_id: uuid.UUID, now: datetime | None = None) -> bool:
-    """Cancel the tenant's job unless it already ended; True if this call cancelled it.
-
-    A worker still running a stage of it loses its next compare-and-set and stops there.
-    """
-    now = now or utcnow()
-    result = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_JOB_STATUSES))
-        .values(status=JobStatus.CANCELLED, status_changed_at=now, updated_at=now, finished_at=now)
-    )
-    return affected_rows(result) == 1
-
-
-def cancel_batch(*, session: Session, tenant_id: uuid.UUID, batch_id: uuid.UUID, now: datetime | None = None) -> bool:
-    """Cancel the tenant's batch and every job of it that has not ended; True if this call did it."""
-    now = now or utcnow()
-    result = session.execute(
-        sa.update(Batch)
-        .where(
-            Batch.id == batch_id,
-            Batch.tenant_id == tenant_id,
-            Batch.status.in_((BatchStatus.VALIDATING, BatchStatus.IN_PROGRESS)),
-        )
-        .values(status=BatchStatus.CANCELLED, updated_at=now, finished_at=now)
-    )
-    if affected_rows(result) != 1:
-        return False
-    cancelled = session.execute(
-        sa.update(Job)
-        .where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_JOB_STATUSES))
-        .values(status=JobStatus.CANCELLED, status_changed_at=now, updated_at=now, finished_at=now)
-    )
-    logger.info("cancelled batch %s (%d jobs had not ended)", batch_id, affected_rows(cancelled))
-    return True
-
-
-def complete_batch_if_finished(*, session: Session, batch_id: uuid.UUID, now: datetime | None = None) -> bool:
-    """Mark an in-progress batch `completed` once none of its jobs can still change.
-
-    Returns True for exactly one caller, which should then fire the batch callback. Call it in a new
-    transaction *after* the job's final status is committed: then, of two workers ending a batch's
-    last two jobs at once, the later to commit always sees both jobs ended.
-    """
-    now = now or utcnow()
-    unfinished = sa.exists().where(Job.batch_id == batch_id, Job.status.in_(ACTIVE_JOB_STATUSES))
-    result = session.execute(
-        sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.status == BatchStatus.IN_PROGRESS, ~unfinished)
-        .values(status=BatchStatus.COMPLETED, updated_at=now, finished_at=now)
-        .execution_options(synchronize_session=False)
-    )
-    completed = affected_rows(result) == 1
-    if completed:
-        logger.info("batch %s completed", batch_id)
-    return completed
-
-
-def find_completable_batches(*, session: Session) -> list[uuid.UUID]:
-    """In-progress batches whose jobs have all ended (a worker died between a job's commit and the batch's):
-    candidates for `complete_batch_if_finished`, each in its own transaction."""
-    unfinished = sa.exists().where(Job.batch_id == Batch.id, Job.status.in_(ACTIVE_JOB_STATUSES))
-    return list(session.scalars(
-        sa.select(Batch.id).where(Batch.status == BatchStatus.IN_PROGRESS, ~unfinished).order_by(Batch.id)
-    ).all())
+def count_active_jobs(*, session: Session, tenant_id: uuid.UUID, cap: int = 1_000_000) -> int:
+    """How many of the tenant's jobs are still in the pipeline (counted up to `cap`)."""
+    active = (sa.select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_JOB_STATUSES))
+              .limit(cap).subquery())
+    return int(session.scalar(sa.select(sa.func.count()).select_from(active)) or 0)
 
 
 def batches_with_callback(*, session: Session, batch_ids: Sequence[uuid.UUID]) -> list[uuid.UUID]:
@@ -413,152 +270,3 @@ def batches_with_callback(*, session: Session, batch_ids: Sequence[uuid.UUID]) -
         sa.select(Batch.id).where(Batch.id.in_(list(batch_ids)), Batch.callback_url.is_not(None))
     ).all())
     return [batch_id for batch_id in batch_ids if batch_id in with_url]
-
-
-def mark_batch_callback_sent(*, session: Session, batch_id: uuid.UUID, now: datetime | None = None) -> bool:
-    """Record that the batch's callback was delivered; True only the first time."""
-    now = now or utcnow()
-    result = session.execute(
-        sa.update(Batch)
-        .where(Batch.id == batch_id, Batch.callback_sent_at.is_(None))
-        .values(callback_sent_at=now, updated_at=now)
-    )
-    return affected_rows(result) == 1
-
-
-def find_stalled_jobs(
-    *,
-    session: Session,
-    timeouts: Mapping[JobStatus, timedelta],
-    now: datetime | None = None,
-    limit: int = 500,
-    expired_leases: bool = True,
-) -> list[StalledJob]:
-    """Jobs nobody is moving forward, oldest first (all tenants):
-
-    - with `expired_leases`, every active job whose lease ran out (its worker died, however long its stage may
-      take): a worker that is alive keeps pushing its deadline back, so a slow stage is never reported;
-    - a job no worker holds (no lease) that has sat in a status of `timeouts` longer than that status's timeout
-      (a status left out is not looked at this way).
-
-    Uses the partial index on `lease_expires_at` and the (status, status_changed_at) index.
-    """
-    for status in timeouts:
-        if JobStatus(status) not in ACTIVE_JOB_STATUSES:
-            raise ValueError(f"{status} is terminal: a job cannot stall in it")
-    now = now or utcnow()
-    clauses = [
-        sa.and_(Job.status == status, Job.status_changed_at < now - timeout, Job.lease_expires_at.is_(None))
-        for status, timeout in timeouts.items()
-    ]
-    if expired_leases:
-        clauses.append(sa.and_(Job.lease_expires_at < now, Job.status.in_(ACTIVE_JOB_STATUSES)))
-    if not clauses:
-        return []
-    rows = session.execute(
-        sa.select(Job.id, Job.status, Job.status_changed_at, Job.attempts, Job.batch_id)
-        .where(sa.or_(*clauses))
-        .order_by(Job.status_changed_at)
-        .limit(limit)
-    )
-    return [
-        StalledJob(job_id=row.id, status=row.status, status_changed_at=row.status_changed_at, attempts=row.attempts,
-                   batch_id=row.batch_id)
-        for row in rows
-    ]
-
-
-def requeue_stalled_job(
-    *,
-    session: Session,
-    job_id: uuid.UUID,
-    status: JobStatus,
-    status_changed_at: datetime,
-    now: datetime | None = None,
-    count_attempt: bool = True,
-) -> bool:
-    """Claim a stalled job for re-enqueueing: restart its stage clock, drop its (expired) lease and, unless
-    `count_attempt` is False (the broker lost every message: not the job's doing), count one more attempt.
-
-    Compare-and-set on (status, status_changed_at) as `find_stalled_jobs` reported them and on a lease that is
-    absent or expired, so of two sweepers only one re-enqueues, and a job that moved on or that a worker took
-    meanwhile is left alone.
-    """
-    now = now or utcnow()
-    values: dict[str, Any] = {"status_changed_at": now, "updated_at": now, "lease_owner": None,
-                              "lease_expires_at": None}
-    if count_attempt:
-        values["attempts"] = Job.attempts + 1
-    result = session.execute(
-        sa.update(Job)
-        .where(Job.id == job_id, Job.status == status, Job.status_changed_at == status_changed_at,
-               sa.or_(Job.lease_expires_at.is_(None), Job.lease_expires_at < now))
-        .values(**values)
-    )
-    return affected_rows(result) == 1
-
-
-def take_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str, until: datetime) -> int:
-    """`owner` holds the jobs until `until` (whoever held them before). Returns the number of jobs leased."""
-    if not job_ids:
-        return 0
-    result = session.connection().execute(
-        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.status.in_(ACTIVE_JOB_STATUSES))
-        .values(lease_owner=owner, lease_expires_at=until)
-    )
-    return affected_rows(result)
-
-
-def renew_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str, until: datetime) -> int:
-    """Push back the deadline of the jobs `owner` still holds (a job another worker took is left to it)."""
-    if not job_ids:
-        return 0
-    result = session.execute(
-        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == owner)
-        .values(lease_expires_at=until)
-        .execution_options(synchronize_session=False)
-    )
-    return affected_rows(result)
-
-
-def release_leases(*, session: Session, job_ids: Sequence[uuid.UUID], owner: str) -> int:
-    """`owner` lets go of the jobs it holds (their next message is in the broker)."""
-    if not job_ids:
-        return 0
-    result = session.execute(
-        sa.update(Job).where(Job.id.in_(list(job_ids)), Job.lease_owner == owner)
-        .values(lease_owner=None, lease_expires_at=None)
-        .execution_options(synchronize_session=False)
-    )
-    return affected_rows(result)
-
-
-def count_active_jobs(*, session: Session, tenant_id: uuid.UUID, cap: int = 1_000_000) -> int:
-    """How many of the tenant's jobs are still in the pipeline (counted up to `cap`)."""
-    active = (sa.select(Job.id).where(Job.tenant_id == tenant_id, Job.status.in_(ACTIVE_JOB_STATUSES))
-              .limit(cap).subquery())
-    return int(session.scalar(sa.select(sa.func.count()).select_from(active)) or 0)
-
-
-def find_undelivered_callbacks(*, session: Session, finished_before: datetime, finished_after: datetime | None = None,
-                               limit: int = 1000) -> list[uuid.UUID]:
-    """Completed batches with a callback URL, finished in [`finished_after`, `finished_before`), whose callback
-    was never delivered (oldest first)."""
-    window = [Batch.finished_at < finished_before]
-    if finished_after is not None:
-        window.append(Batch.finished_at >= finished_after)
-    return list(session.scalars(
-        sa.select(Batch.id)
-        .where(Batch.status == BatchStatus.COMPLETED, Batch.callback_url.is_not(None),
-               Batch.callback_sent_at.is_(None), *window)
-        .order_by(Batch.finished_at)
-        .limit(limit)
-    ))
-
-
-def attach_fetched_image(*, session: Session, job_id: uuid.UUID, sha256: str) -> bool:
-    """Record the stored image of a job submitted by reference (`image_url`): what the stages judge from now
-    on. False when the job already has one (another copy of the stage message stored it first)."""
-    result = session.execute(sa.update(Job).where(Job.id == job_id, Job.image_sha256.is_(None))
-                             .values(image_sha256=sha256))
-    return affected_rows(result) > 0

@@ -1,9 +1,11 @@
 """Stage results: what each worker stage computed, written idempotently into the job's result row.
 
-Each `record_*` call first locks the job row and checks the job is still in that stage; a stale message
-(the job moved on, or was cancelled) writes nothing and gets False. Otherwise it upserts the stage's
-columns into the one `job_results` row of the job, so a redelivered stage overwrites its own values
-instead of adding a row. Call it in the same transaction as the compare-and-set that ends the stage.
+A worker stage builds one `StageResult` per job (`pre_evaluation_result`, `generation_result`,
+`post_evaluation_result`) and writes the group with `record_stage_results`, which first locks the jobs and
+keeps those still in the stage's status; a stale message (the job moved on, or was cancelled) writes nothing
+for that job. The rest are upserted into the one `job_results` row of each job, so a redelivered stage
+overwrites its own values instead of adding a row. Call it in the same transaction as the compare-and-set
+that ends the stage.
 """
 
 from __future__ import annotations
@@ -120,37 +122,6 @@ def post_evaluation_result(*, job_id: uuid.UUID, s_post_final: float, flagged: b
     """The final audit score and the flag (also set on the job, where audit queries look)."""
     return StageResult(job_id, {"s_post_final": s_post_final, "flag_reasons": list(flag_reasons)}, elapsed_ms,
                        flagged=flagged)
-
-
-def record_pre_evaluation(*, session: Session, job_id: uuid.UUID, s_pre: float | None, pre_unsafe: bool | None,
-                          tau_pre: float, elapsed_ms: float, now: datetime | None = None) -> bool:
-    """Store the pre-evaluation of one job; it must be `pre_evaluating`."""
-    result = pre_evaluation_result(job_id=job_id, s_pre=s_pre, pre_unsafe=pre_unsafe, tau_pre=tau_pre,
-                                   elapsed_ms=elapsed_ms)
-    return bool(record_stage_results(session=session, stage="pre", status=JobStatus.PRE_EVALUATING,
-                                     results=[result], now=now))
-
-
-def record_generation(*, session: Session, job_id: uuid.UUID, vanilla_response: str, s_post: float,
-                      post_unsafe: bool, tau_post: float, policy: str, aligned: bool, response: str,
-                      trace: Sequence[Any], fingerprint: Mapping[str, Any], fingerprint_sha256: str,
-                      elapsed_ms: float, now: datetime | None = None) -> bool:
-    """Store generation with alignment of one job; it must be `generating`."""
-    result = generation_result(job_id=job_id, vanilla_response=vanilla_response, s_post=s_post,
-                               post_unsafe=post_unsafe, tau_post=tau_post, policy=policy, aligned=aligned,
-                               response=response, trace=trace, fingerprint=fingerprint,
-                               fingerprint_sha256=fingerprint_sha256, elapsed_ms=elapsed_ms)
-    return bool(record_stage_results(session=session, stage="generate", status=JobStatus.GENERATING,
-                                     results=[result], now=now))
-
-
-def record_post_evaluation(*, session: Session, job_id: uuid.UUID, s_post_final: float, flagged: bool,
-                           flag_reasons: Sequence[str], elapsed_ms: float, now: datetime | None = None) -> bool:
-    """Store the final audit score and the flag of one job; it must be `post_evaluating`."""
-    result = post_evaluation_result(job_id=job_id, s_post_final=s_post_final, flagged=flagged,
-                                    flag_reasons=flag_reasons, elapsed_ms=elapsed_ms)
-    return bool(record_stage_results(session=session, stage="post", status=JobStatus.POST_EVALUATING,
-                                     results=[result], now=now))
 
 
 def get_stage_results(*, session: Session, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobResult]:

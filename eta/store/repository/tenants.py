@@ -91,16 +91,6 @@ def list_api_keys(*, session: Session, tenant_id: uuid.UUID) -> Sequence[ApiKey]
     ).all()
 
 
-def revoke_api_key(*, session: Session, tenant_id: uuid.UUID, key_id: uuid.UUID) -> bool:
-    """Revoke a key of this tenant; False if it does not exist here or was already revoked."""
-    result = session.execute(
-        sa.update(ApiKey)
-        .where(ApiKey.id == key_id, ApiKey.tenant_id == tenant_id, ApiKey.revoked_at.is_(None))
-        .values(revoked_at=utcnow())
-    )
-    return affected_rows(result) > 0
-
-
 def get_tenant_by_name(*, session: Session, name: str) -> Tenant | None:
     return session.scalar(sa.select(Tenant).where(Tenant.name == name))
 

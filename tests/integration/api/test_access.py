@@ -9,6 +9,7 @@ import pytest
 from eta.store import repository as repo
 from eta.store import session_factory
 from eta.store.lifecycle import JobStatus
+from tests.integration.store.factories import record
 
 pytestmark = pytest.mark.postgres
 
@@ -81,10 +82,10 @@ def test_vanilla_answer_only_for_reviewers(client, tenant, postgres_engine):
     job_id = uuid.UUID(client.post("/v1/jobs", headers=tenant.auth(), json={"prompt": "x"}).json["id"])
     with session_factory(postgres_engine)() as session, session.begin():
         assert repo.transition_job(session=session, job_id=job_id, expected=JobStatus.QUEUED, to=JobStatus.GENERATING)
-        assert repo.record_generation(
-            session=session, job_id=job_id, vanilla_response="the unsafe original", s_post=-1.0, post_unsafe=True,
+        assert record(session, JobStatus.GENERATING, repo.generation_result(
+            job_id=job_id, vanilla_response="the unsafe original", s_post=-1.0, post_unsafe=True,
             tau_post=0.06, policy="both", aligned=True, response="As an AI assistant, no.", trace=[],
-            fingerprint={"models": {}}, fingerprint_sha256="0" * 64, elapsed_ms=5.0)
+            fingerprint={"models": {}}, fingerprint_sha256="0" * 64, elapsed_ms=5.0))
     submit_view = client.get(f"/v1/jobs/{job_id}", headers=tenant.auth()).json
     review_view = client.get(f"/v1/jobs/{job_id}", headers=tenant.auth("review")).json
     assert submit_view["result"]["response"] == "As an AI assistant, no."

@@ -16,6 +16,7 @@ from eta.settings import Settings
 from eta.store import JobStatus, make_blob_store
 from eta.store import repository as repo
 from eta.store.repository import NewJob
+from tests.integration.store.factories import record
 
 FINGERPRINT = {"models": {"vlm": {"id": "tiny-llava", "revision": "local"}}, "params": {"tau_pre": 0.16}}
 STAGES = [JobStatus.QUEUED, JobStatus.PRE_EVALUATING, JobStatus.GENERATING, JobStatus.POST_EVALUATING,
@@ -101,21 +102,23 @@ def seed_job(
     for current, target in zip(STAGES, STAGES[1:], strict=False):
         assert repo.transition_job(session=session, job_id=job.id, expected=current, to=target)
         if target == JobStatus.PRE_EVALUATING:
-            assert repo.record_pre_evaluation(session=session, job_id=job.id, s_pre=scores.s_pre,
-                                              pre_unsafe=scores.pre_unsafe, tau_pre=scores.tau_pre, elapsed_ms=3.0)
+            assert record(session, target, repo.pre_evaluation_result(
+                job_id=job.id, s_pre=scores.s_pre, pre_unsafe=scores.pre_unsafe, tau_pre=scores.tau_pre,
+                elapsed_ms=3.0))
         elif target == JobStatus.GENERATING:
             aligned = scores.decide()
-            assert repo.record_generation(
-                session=session, job_id=job.id, vanilla_response=vanilla, s_post=scores.s_post,
+            assert record(session, target, repo.generation_result(
+                job_id=job.id, vanilla_response=vanilla, s_post=scores.s_post,
                 post_unsafe=scores.post_unsafe, tau_post=scores.tau_post, policy=scores.policy, aligned=aligned,
                 response="As an AI assistant, I can't help with that. Here is something safer." if aligned
                 else vanilla,
                 trace=trace if trace is not None else (default_trace() if aligned else []),
-                fingerprint=FINGERPRINT, fingerprint_sha256="f" * 64, elapsed_ms=40.0)
+                fingerprint=FINGERPRINT, fingerprint_sha256="f" * 64, elapsed_ms=40.0))
         elif target == JobStatus.POST_EVALUATING:
             reasons = scores.reasons()
-            assert repo.record_post_evaluation(session=session, job_id=job.id, s_post_final=scores.s_post_final,
-                                               flagged=bool(reasons), flag_reasons=reasons, elapsed_ms=5.0)
+            assert record(session, target, repo.post_evaluation_result(
+                job_id=job.id, s_post_final=scores.s_post_final, flagged=bool(reasons), flag_reasons=reasons,
+                elapsed_ms=5.0))
     return job.id
 
 

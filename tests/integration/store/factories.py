@@ -28,6 +28,16 @@ def advance(session: Session, job_id: uuid.UUID, to: JobStatus) -> None:
         assert repo.transition_job(session=session, job_id=job_id, expected=current, to=target)
 
 
+# The stage each active status belongs to (the names workers record timings under).
+STAGE_OF = {JobStatus.PRE_EVALUATING: "pre", JobStatus.GENERATING: "generate", JobStatus.POST_EVALUATING: "post"}
+
+
+def record(session: Session, status: JobStatus, result: repo.StageResult) -> bool:
+    """Write one job's result of the stage `status` names, the way a worker does; False if the job moved on."""
+    recorded = repo.record_stage_results(session=session, stage=STAGE_OF[status], status=status, results=[result])
+    return result.job_id in recorded
+
+
 def insert_finished_job(
     session: Session,
     tenant_id: uuid.UUID,

@@ -1,4 +1,4 @@
-"""API keys: only a hash is stored, revoked keys stop working, tenants manage only their own keys."""
+"""API keys: only a hash is stored, revoked keys stop working, a tenant lists only its own keys."""
 
 from __future__ import annotations
 
@@ -25,10 +25,9 @@ def test_keys_authenticate_until_revoked(sessions: sessionmaker[Session], make_t
         assert found is not None and (found.id, found.tenant_id, found.role) == (key.id, tenant, ApiKeyRole.REVIEW)
         assert repo.authenticate_api_key(session=session, token=token + "x") is None
 
-        assert not repo.revoke_api_key(session=session, tenant_id=other, key_id=key.id)
-        assert repo.authenticate_api_key(session=session, token=token) is not None
-        assert repo.revoke_api_key(session=session, tenant_id=tenant, key_id=key.id)
-        assert not repo.revoke_api_key(session=session, tenant_id=tenant, key_id=key.id)
+        revoked = repo.revoke_api_key_by_id(session=session, key_id=key.id)
+        assert revoked is not None and revoked.id == key.id
+        assert repo.revoke_api_key_by_id(session=session, key_id=key.id) is None  # already revoked
         assert repo.authenticate_api_key(session=session, token=token) is None
 
         listed = repo.list_api_keys(session=session, tenant_id=tenant)

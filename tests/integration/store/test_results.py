@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from eta.store import repository as repo
 from eta.store.lifecycle import JobStatus
 from eta.store.models import JobResult
-from tests.integration.store.factories import advance, submit
+from tests.integration.store.factories import advance, record, submit
 
 GENERATION = {
     "vanilla_response": "Sure, here is how...",
@@ -29,22 +29,17 @@ GENERATION = {
 def _run_all_stages(session: Session, job_id: uuid.UUID) -> None:
     advance(session, job_id, JobStatus.PRE_EVALUATING)
     for _ in range(2):  # a redelivered message runs the stage a second time
-        assert repo.record_pre_evaluation(
-            session=session, job_id=job_id, s_pre=0.21, pre_unsafe=True, tau_pre=0.16, elapsed_ms=12.5
-        )
+        assert record(session, JobStatus.PRE_EVALUATING, repo.pre_evaluation_result(
+            job_id=job_id, s_pre=0.21, pre_unsafe=True, tau_pre=0.16, elapsed_ms=12.5))
     repo.transition_job(session=session, job_id=job_id, expected=JobStatus.PRE_EVALUATING, to=JobStatus.GENERATING)
     for _ in range(2):
-        assert repo.record_generation(session=session, job_id=job_id, elapsed_ms=830.0, **GENERATION)
+        assert record(session, JobStatus.GENERATING,
+                      repo.generation_result(job_id=job_id, elapsed_ms=830.0, **GENERATION))
     repo.transition_job(session=session, job_id=job_id, expected=JobStatus.GENERATING, to=JobStatus.POST_EVALUATING)
     for _ in range(2):
-        assert repo.record_post_evaluation(
-            session=session,
-            job_id=job_id,
-            s_post_final=0.8,
-            flagged=True,
-            flag_reasons=["pre_unsafe", "post_unsafe"],
-            elapsed_ms=40.0,
-        )
+        assert record(session, JobStatus.POST_EVALUATING, repo.post_evaluation_result(
+            job_id=job_id, s_post_final=0.8, flagged=True, flag_reasons=["pre_unsafe", "post_unsafe"],
+            elapsed_ms=40.0))
     repo.transition_job(session=session, job_id=job_id, expected=JobStatus.POST_EVALUATING, to=JobStatus.SUCCEEDED)
 
 
@@ -71,15 +66,13 @@ def test_a_stale_stage_message_writes_nothing(sessions: sessionmaker[Session], t
     with sessions() as session, session.begin():
         job_id = submit(session, tenant_id).job_ids[0]
         # Not started yet, then cancelled: neither accepts results.
-        assert not repo.record_pre_evaluation(
-            session=session, job_id=job_id, s_pre=0.1, pre_unsafe=False, tau_pre=0.16, elapsed_ms=1.0
-        )
+        pre = repo.pre_evaluation_result(job_id=job_id, s_pre=0.1, pre_unsafe=False, tau_pre=0.16, elapsed_ms=1.0)
+        assert not record(session, JobStatus.PRE_EVALUATING, pre)
         advance(session, job_id, JobStatus.GENERATING)
-        assert not repo.record_pre_evaluation(
-            session=session, job_id=job_id, s_pre=0.1, pre_unsafe=False, tau_pre=0.16, elapsed_ms=1.0
-        )
+        assert not record(session, JobStatus.PRE_EVALUATING, pre)
         repo.cancel_job(session=session, tenant_id=tenant_id, job_id=job_id)
-        assert not repo.record_generation(session=session, job_id=job_id, elapsed_ms=1.0, **GENERATION)
+        assert not record(session, JobStatus.GENERATING,
+                          repo.generation_result(job_id=job_id, elapsed_ms=1.0, **GENERATION))
         assert repo.get_job_results(session=session, tenant_id=tenant_id, job_ids=[job_id]).get(job_id) is None
 
 
@@ -87,8 +80,7 @@ def test_text_only_job_records_no_pre_score(sessions: sessionmaker[Session], ten
     with sessions() as session, session.begin():
         job_id = submit(session, tenant_id).job_ids[0]
         advance(session, job_id, JobStatus.PRE_EVALUATING)
-        assert repo.record_pre_evaluation(
-            session=session, job_id=job_id, s_pre=None, pre_unsafe=None, tau_pre=0.16, elapsed_ms=0.1
-        )
+        assert record(session, JobStatus.PRE_EVALUATING, repo.pre_evaluation_result(
+            job_id=job_id, s_pre=None, pre_unsafe=None, tau_pre=0.16, elapsed_ms=0.1))
         result = repo.get_job_results(session=session, tenant_id=tenant_id, job_ids=[job_id]).get(job_id)
         assert result is not None and result.s_pre is None and result.pre_unsafe is None

@@ -16,7 +16,7 @@ from eta.store.errors import IdempotencyConflictError, InvalidCursorError
 from eta.store.lifecycle import BatchStatus, JobStatus
 from eta.store.models import Batch, Job, ReviewVerdict
 from eta.store.repository import NewJob
-from tests.integration.store.factories import advance, submit
+from tests.integration.store.factories import advance, record, submit
 
 
 def test_batch_and_jobs_are_created_together(sessions: sessionmaker[Session], tenant_id: uuid.UUID) -> None:
@@ -114,9 +114,8 @@ def test_another_tenants_ids_find_nothing(
         submitted = submit(session, owner, count=2)
         job_id = submitted.job_ids[0]
         advance(session, job_id, JobStatus.PRE_EVALUATING)
-        repo.record_pre_evaluation(
-            session=session, job_id=job_id, s_pre=0.2, pre_unsafe=True, tau_pre=0.16, elapsed_ms=3.0
-        )
+        assert record(session, JobStatus.PRE_EVALUATING, repo.pre_evaluation_result(
+            job_id=job_id, s_pre=0.2, pre_unsafe=True, tau_pre=0.16, elapsed_ms=3.0))
     batch_id = submitted.batch.id
     with sessions() as session, session.begin():
         assert repo.get_job(session=session, tenant_id=intruder, job_id=job_id) is None

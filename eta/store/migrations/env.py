@@ -8,8 +8,10 @@ embedded SQLite file when that is unset).
 from __future__ import annotations
 
 import logging
+from typing import Any, Literal
 
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection, Engine
 
 from eta.store.db import default_database_url, make_engine
@@ -28,7 +30,7 @@ def _url() -> str:
     return config.get_main_option("sqlalchemy.url") or default_database_url(get_settings())
 
 
-def _render_item(type_: str, obj: object, _autogen_context: object) -> str | bool:
+def _render_item(type_: str, obj: Any, _autogen_context: AutogenContext) -> str | Literal[False]:
     # Generated migrations must not import the live models: write our decorator as its plain type.
     if type_ == "type" and isinstance(obj, UTCDateTime):
         return "sa.DateTime(timezone=True)"
