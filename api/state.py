@@ -19,7 +19,7 @@ from api.ratelimit import RateLimits
 from eta.settings import Settings
 
 if TYPE_CHECKING:
-    from workers.app import EtaCelery
+    from workers.enqueue import EtaCelery
 
 logger = logging.getLogger(__name__)
 
@@ -48,11 +48,11 @@ class ApiState:
     def build(cls, settings: Settings, engine: Engine, *, enqueue: Enqueue | None = None) -> ApiState:
         """Everything an app's requests share, for `settings` and the database of `engine`."""
         from eta.store.db import read_only_engine, session_factory
-        from workers.app import create_celery_app
+        from workers.enqueue import client_app
 
         return cls(settings=settings, engine=engine, sessions=session_factory(engine), metrics=ApiMetrics(),
                    rate_limits=RateLimits(settings), key_cache=KeyCache(settings.api.auth_cache_s),
-                   celery=create_celery_app(settings),
+                   celery=client_app(settings),
                    read_only=sessionmaker(bind=read_only_engine(engine), expire_on_commit=False),
                    enqueue_override=enqueue)
 

@@ -17,14 +17,28 @@ from typing import TYPE_CHECKING
 from celery import chain
 from celery.canvas import Signature
 
+from workers.celery_config import EtaCelery, configured_app
 from workers.stage_table import chain_from
 
 if TYPE_CHECKING:
     from celery import Celery
 
-    from workers.app import EtaCelery
+    from eta.settings import Settings
+
+__all__ = ["BrokerUnavailable", "EtaCelery", "client_app", "enqueue_jobs", "publish_batch_callback", "send_chunks",
+           "stage_chain"]
 
 logger = logging.getLogger(__name__)
+
+def client_app(settings: Settings) -> EtaCelery:
+    """The Celery app a process that only sends messages uses (the API): the workers' configuration for
+    `settings` (broker, queues, routes; the stages' limits checked), no task registered.
+
+    Raises:
+        eta.settings.SettingsError: the stages' limits contradict each other.
+    """
+    return configured_app(settings)
+
 
 class BrokerUnavailable(RuntimeError):
     """The message broker could not be reached; nothing was (reliably) sent."""

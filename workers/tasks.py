@@ -48,7 +48,7 @@ from workers.stage_table import CALLBACK_TASK, PURGE_TASK, SWEEP_TASK
 from workers.stage_types import Stage
 
 if TYPE_CHECKING:
-    from workers.app import EtaCelery
+    from workers.celery_config import EtaCelery
 
 logger = logging.getLogger(__name__)
 

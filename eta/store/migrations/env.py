@@ -24,10 +24,11 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    # Alembic run by hand is an entry point of its own: the settings are read here when no URL was given.
-    from eta.settings import get_settings
+    # Only when the `alembic` command runs this file by hand, with no URL: an entry point of its own, so it reads
+    # the environment's settings itself (`eta db` hands over its engine instead).
+    from eta.settings import Settings
 
-    return config.get_main_option("sqlalchemy.url") or default_database_url(get_settings())
+    return config.get_main_option("sqlalchemy.url") or default_database_url(Settings())
 
 
 def _render_item(type_: str, obj: Any, _autogen_context: AutogenContext) -> str | Literal[False]:
