@@ -1,4 +1,5 @@
-"""The Celery application of the workers, built from the service settings (the same object the API reads).
+"""The Celery application of the workers: the configuration of `workers.celery_config` (the API sends with the same
+configuration, without the tasks: `workers.enqueue.client_app`) plus the tasks of `workers.tasks`.
 
 The stage tasks, their routes and time limits come from the stage table (`workers.stage_table`). Queues, one per
 stage so each worker process loads only the models its queues need:
