@@ -9,12 +9,11 @@ from flask import Flask
 from sqlalchemy.engine import Engine
 
 from api.guards import install_guards
-from api.metrics import ApiMetrics
 from api.problems import install_problem_handlers
 from api.spec import spec
 from api.state import ApiState, Enqueue, close_request_session
 from eta.settings import Settings, get_settings
-from eta.store import check_schema_current, make_engine, session_factory
+from eta.store import check_schema_current, make_engine
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     from api.routes import audit, batches, health, jobs, tenant
 
     settings = settings or get_settings()
-    engine = engine or make_engine(settings.database.url or None)
+    engine = engine or make_engine(settings=settings)
     check_schema_current(engine)
 
     app = Flask("eta-api")
@@ -48,13 +47,11 @@ def create_app(settings: Settings | None = None, *, engine: Engine | None = None
     app.config["SECRET_KEY"] = settings.secret_key or secrets.token_hex(32)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    metrics = ApiMetrics()
-    app.extensions["eta"] = ApiState(settings=settings, engine=engine, sessions=session_factory(engine),
-                                     metrics=metrics, enqueue_override=enqueue)
-    # Built before the first request, not by it: a gunicorn worker's threads would otherwise race to build it
-    # (the `limits` library's lazy import of redis, raced, reads its version as 0.0.0 and refuses).
-    app.extensions["eta"].rate_limits()
-    app.extensions["eta"].key_cache()
+    # Built whole before the first request, not by it: a gunicorn worker's threads would otherwise race to build
+    # its parts (the `limits` library's lazy import of redis, raced, reads its version as 0.0.0 and refuses).
+    eta_state = ApiState.build(settings, engine, enqueue=enqueue)
+    app.extensions["eta"] = eta_state
+    metrics = eta_state.metrics
     metrics.install(app)
     app.teardown_appcontext(close_request_session)
     install_problem_handlers(app)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import logging
-import time
-import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 from functools import wraps
 from typing import Any, TypeVar
 
 from flask import g, request
 
+from api.principal import MANAGE, READ, REVIEW, SUBMIT, KeyCache, Principal  # noqa: F401 - re-exported
 from api.problems import Problem
 from api.state import state
 from eta.store import repository as repo
@@ -19,26 +17,6 @@ from eta.store import repository as repo
 logger = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-# What each role may do. Admin may do everything.
-SUBMIT, READ, REVIEW, MANAGE = "submit", "read", "review", "manage"
-_ROLE_GRANTS = {
-    "submit": {SUBMIT, READ},
-    "review": {READ, REVIEW},
-    "admin": {SUBMIT, READ, REVIEW, MANAGE},
-}
-
-
-@dataclass(frozen=True)
-class Principal:
-    key_id: uuid.UUID
-    tenant_id: uuid.UUID
-    role: str
-    prefix: str
-
-    def can(self, permission: str) -> bool:
-        return permission in _ROLE_GRANTS.get(self.role, set())
-
 
 def _unauthorized(detail: str) -> Problem:
     problem = Problem(401, "unauthorized", "Unauthorized", detail)
@@ -48,7 +26,7 @@ def _unauthorized(detail: str) -> Problem:
 
 def authenticate() -> Principal:
     """The request's key (401 when there is none or it is not live; 429 once an address failed too often)."""
-    limits = state().rate_limits()
+    limits = state().rate_limits
     address = request.remote_addr or "unknown"
     limits.check_address(address)
     try:
@@ -60,39 +38,6 @@ def authenticate() -> Principal:
     return principal
 
 
-class KeyCache:
-    """Keys a process looked up lately, by the hash of their token: a poll then pays no key lookup.
-
-    Used for GET and HEAD requests only, for `ttl_s` seconds: a revoked key can read for that long and can
-    never write again (every other request looks its key up). Only keys found live are kept, so an unknown
-    key is looked up (and counted as a failure) every time.
-    """
-
-    def __init__(self, ttl_s: float, max_entries: int = 10_000) -> None:
-        self.ttl_s = ttl_s
-        self.max_entries = max_entries
-        self._entries: dict[str, tuple[Principal, float]] = {}
-
-    def get(self, digest: str) -> Principal | None:
-        entry = self._entries.get(digest)
-        if entry is None:
-            return None
-        if entry[1] < time.monotonic():
-            self._entries.pop(digest, None)
-            return None
-        return entry[0]
-
-    def put(self, digest: str, principal: Principal) -> None:
-        if not self.ttl_s:
-            return
-        now = time.monotonic()
-        if len(self._entries) >= self.max_entries:
-            self._entries = {d: e for d, e in self._entries.items() if e[1] >= now}
-            if len(self._entries) >= self.max_entries:
-                return
-        self._entries[digest] = (principal, now + self.ttl_s)
-
-
 def _authenticate() -> Principal:
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
@@ -101,7 +46,7 @@ def _authenticate() -> Principal:
     if scheme.lower() != "bearer" or not token.strip():
         raise _unauthorized("the Authorization header must be: Bearer <API key>")
     reading = request.method in ("GET", "HEAD")
-    cache = state().key_cache()
+    cache = state().key_cache
     digest = repo.hash_api_key(token.strip())
     principal = cache.get(digest) if reading else None
     if principal is None:

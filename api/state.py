@@ -7,14 +7,19 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
 
 from flask import current_app, g
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from api.metrics import ApiMetrics
+from api.principal import KeyCache
+from api.ratelimit import RateLimits
 from eta.settings import Settings
+
+if TYPE_CHECKING:
+    from workers.enqueue import EtaCelery
 
 logger = logging.getLogger(__name__)
 
@@ -23,40 +28,33 @@ Enqueue = Callable[[Sequence[uuid.UUID]], None]
 
 @dataclass
 class ApiState:
+    """What every request of one app shares, built whole by the app factory (`api.app.create_app`)."""
+
     settings: Settings
     engine: Engine
     sessions: sessionmaker[Session]
     metrics: ApiMetrics
-    # Sends committed jobs to the workers; None means the broker of `settings` (see `send_to_workers`).
+    # Per-key and per-address request limits (`api.ratelimit`), and the keys looked up lately (`api.principal`).
+    rate_limits: RateLimits
+    key_cache: KeyCache
+    # The Celery app jobs are enqueued through (built from `settings`; the API never loads the models).
+    celery: EtaCelery
+    # Read-only sessions (on SQLite their transactions never take the write lock).
+    read_only: sessionmaker[Session]
+    # Sends committed jobs to the workers instead of `celery` (tests); see `enqueue`.
     enqueue_override: Enqueue | None = None
-    _celery: Any = None
-    _read_sessions: sessionmaker[Session] | None = None
-    _rate_limits: Any = None
-    _key_cache: Any = None
 
-    def rate_limits(self) -> Any:
-        """This app's `api.ratelimit.RateLimits` (built once, when the app is created)."""
-        if self._rate_limits is None:
-            from api.ratelimit import RateLimits
+    @classmethod
+    def build(cls, settings: Settings, engine: Engine, *, enqueue: Enqueue | None = None) -> ApiState:
+        """Everything an app's requests share, for `settings` and the database of `engine`."""
+        from eta.store.db import read_only_engine, session_factory
+        from workers.enqueue import client_app
 
-            self._rate_limits = RateLimits(self.settings)
-        return self._rate_limits
-
-    def key_cache(self) -> Any:
-        """This app's `api.auth.KeyCache`."""
-        if self._key_cache is None:
-            from api.auth import KeyCache
-
-            self._key_cache = KeyCache(self.settings.api.auth_cache_s)
-        return self._key_cache
-
-    def celery(self) -> Any:
-        """A Celery app for this API's settings, built on first use (the API never loads the models)."""
-        if self._celery is None:
-            from workers.app import create_celery_app
-
-            self._celery = create_celery_app(self.settings)
-        return self._celery
+        return cls(settings=settings, engine=engine, sessions=session_factory(engine), metrics=ApiMetrics(),
+                   rate_limits=RateLimits(settings), key_cache=KeyCache(settings.api.auth_cache_s),
+                   celery=client_app(settings),
+                   read_only=sessionmaker(bind=read_only_engine(engine), expire_on_commit=False),
+                   enqueue_override=enqueue)
 
     def enqueue(self, job_ids: Sequence[uuid.UUID], *, ahead: int = 0) -> None:
         """Send the first stage of each job (the workers package owns the message format). `ahead`: the
@@ -66,7 +64,7 @@ class ApiState:
             return
         from workers.enqueue import enqueue_jobs
 
-        enqueue_jobs(job_ids, app=self.celery(), ahead=ahead)
+        enqueue_jobs(job_ids, app=self.celery, chunk_size=self.settings.workers.chunk_size, ahead=ahead)
 
     def session(self) -> Session:
         """This request's session (one connection checkout per request, shared by auth and the view);
@@ -98,11 +96,7 @@ class ApiState:
 
     def read_sessions(self) -> Session:
         """A new read-only session, for a caller that closes it itself."""
-        from eta.store.db import read_only_engine
-
-        if self._read_sessions is None:
-            self._read_sessions = sessionmaker(bind=read_only_engine(self.engine), expire_on_commit=False)
-        return self._read_sessions()
+        return self.read_only()
 
 
 def close_request_session(_exc: BaseException | None = None) -> None:
@@ -113,4 +107,5 @@ def close_request_session(_exc: BaseException | None = None) -> None:
 
 
 def state() -> ApiState:
-    return current_app.extensions["eta"]
+    eta_state: ApiState = current_app.extensions["eta"]
+    return eta_state

@@ -70,19 +70,23 @@ def load_models_for(args: argparse.Namespace) -> tuple[Models, dict[str, Any]]:
     """
     from eta.config import ModelsConfig
     from eta.models import load_models
+    from eta.models.selection import load_options
     from eta.models.tiny import build_random_models, ensure_tiny_models, get_shape, parameter_counts
+    from eta.settings import get_settings
 
+    settings = get_settings()
     shape = get_shape(args.shape)
     start = time.perf_counter()
     if args.in_memory or not shape.saveable:
         models = build_random_models(shape.name, seed=args.seed, device=args.device, dtype=args.dtype)
+        # ETA_SHARED_PREFIX=0 keeps the copied layout here too (the loaders read it from the spec).
+        models.require("vlm").shared_prefix &= settings.models.shared_prefix
         source = "built in memory on the device"
     else:
-        from eta.settings import get_settings
-
-        root = args.models_dir or get_settings().data_dir / "bench-models" / shape.name
+        root = args.models_dir or settings.data_dir / "bench-models" / shape.name
         ensure_tiny_models(root, seed=args.seed, shape=shape.name)
-        models = load_models(ModelsConfig.tiny(str(root)).with_device(args.device, args.dtype))
+        config = ModelsConfig.tiny(str(root)).with_device(args.device, args.dtype)
+        models = load_models(config.with_load_options(**load_options(settings)))
         source = f"saved under {root}, loaded with from_pretrained / open_clip"
     vlm = models.require("vlm")
     info = {

@@ -143,7 +143,8 @@ def count_round_trips(url: str, redis_url: str, chunk: int) -> dict[str, Any]:
     os.environ.update({"DATABASE_URL": url, "REDIS_URL": redis_url, "ETA_MODELS": "instant",
                        "ETA_CHUNK_SIZE": str(chunk)})
     get_settings.cache_clear()
-    from workers import runtime, tasks
+    from workers import tasks
+    from workers.app import create_celery_app
     from workers.stage_table import STAGES
 
     engine = make_engine(url)
@@ -161,7 +162,8 @@ def count_round_trips(url: str, redis_url: str, chunk: int) -> dict[str, Any]:
     engine.dispose()
 
     counts: Counter[str] = Counter()
-    run_engine = runtime.engine()
+    app = create_celery_app(get_settings())
+    run_engine = app.context.engine()
 
     @sa.event.listens_for(run_engine, "before_cursor_execute")
     def _statement(*_: Any) -> None:
@@ -179,15 +181,15 @@ def count_round_trips(url: str, redis_url: str, chunk: int) -> dict[str, Any]:
         id = str(uuid.uuid4())
         retries = 0
 
-    from workers.app import create_celery_app
-
     class _Task:
         request = _Request()
-        app = create_celery_app(get_settings())
+        context = app.context
+
+    _Task.app = app  # type: ignore[attr-defined]
 
     per_stage = {}
     ids: list[Any] = [str(j) for j in made.job_ids]
-    runtime.models_for(("clip", "reward", "vlm"))  # load once, outside the counts
+    app.context.models_for(("clip", "reward", "vlm"))  # load once, outside the counts
     for stage in STAGES:
         counts.clear()
         start = time.perf_counter()

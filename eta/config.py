@@ -195,6 +195,15 @@ class ModelSpec:
     trust_remote_code: bool = False
     # VLM only: prompt profile (see eta.models.profiles); None picks it from the model's config.
     profile: str | None = None
+    # VLM only: let an architecture outside the support matrix load, for an experiment (every result's
+    # fingerprint then says so). The service sets it from ETA_VLM_ALLOW_UNSUPPORTED.
+    allow_unsupported: bool = False
+    # VLM only: hold each job's prefix once for its N candidate rows where the architecture allows it; False keeps
+    # the copied layout (N copies), for comparison. The service sets it from ETA_SHARED_PREFIX.
+    shared_prefix: bool = True
+    # CLIP only: the activation, "quickgelu" or "gelu", of weights that do not record theirs (eta.models.clip).
+    # The service sets it from ETA_CLIP_ACTIVATION.
+    activation: str | None = None
 
     def __post_init__(self) -> None:
         _text("id", self.id)
@@ -223,6 +232,15 @@ class ModelsConfig:
             vlm=ModelSpec(f"{base}/vlm", device=device),
             clip=ModelSpec(f"local-dir:{base}/clip", device=device),
             reward=ModelSpec(f"{base}/reward", device=device),
+        )
+
+    def with_load_options(self, *, allow_unsupported: bool = False, shared_prefix: bool = True,
+                          clip_activation: str | None = None) -> ModelsConfig:
+        """The same models with the switches read at load (see `ModelSpec`)."""
+        return ModelsConfig(
+            vlm=dataclasses.replace(self.vlm, allow_unsupported=allow_unsupported, shared_prefix=shared_prefix),
+            clip=dataclasses.replace(self.clip, activation=clip_activation),
+            reward=self.reward,
         )
 
     def with_device(self, device: Device, dtype: DType = "auto") -> ModelsConfig:

@@ -19,7 +19,10 @@ The fields are grouped by what they configure:
 Each group's docstring-comments name its variables. To build settings in code (tests, benchmarks), pass
 variable names, in any case: `Settings(eta_chunk_size=4, database_url=url)`; `settings.with_values(...)`
 copies with changes. Validation runs in every process that reads settings: production without a real
-secret, or time limits that would let the sweeper re-send running stages, fail at start-up.
+secret fails at start-up. A stage's limits (`StageLimits`: batch size, time limits, sweeper timeouts) are
+declared with the stage in `workers.stage_table`; the environment overrides them by stage name
+(`ETA_STAGE_<NAME>_<LIMIT>`, or the older names in `LEGACY_STAGE_VARIABLES`), and the Celery app factory checks
+every stage's result, so limits that would let the sweeper re-send running stages fail at start-up too.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -146,27 +150,110 @@ class ModelSettings(SettingsGroup):
     # Placement of all three models: "auto" is cuda when available; dtype "auto" is bf16 on GPU, fp32 on CPU.
     device: str = "auto"
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    # Switches read when the models load (passed in as `ModelSpec` fields, eta.models never reads the environment):
+    # a VLM outside the support matrix may load, for an experiment (every fingerprint then says so);
+    vlm_allow_unsupported: bool = False
+    # the activation of CLIP weights that do not record theirs ("quickgelu" for OpenAI's, or "gelu");
+    clip_activation: Literal["quickgelu", "gelu"] | None = None
+    # false keeps the copied prompt-cache layout (N copies of each job's prefix) instead of one shared copy.
+    shared_prefix: bool = True
+
+
+_STAGE_LIMIT_FIELDS = ("batch_size", "soft_time_limit_s", "time_limit_s", "sweep_after_s", "sweep_waiting_after_s")
+# The variables earlier versions read for the three stages' limits: still read, after `ETA_STAGE_<NAME>_<LIMIT>`.
+LEGACY_STAGE_VARIABLES: dict[str, tuple[str, str]] = {
+    "ETA_CLIP_BATCH_SIZE": ("pre", "batch_size"),
+    "ETA_GENERATE_BATCH_SIZE": ("generate", "batch_size"),
+    "ETA_REWARD_BATCH_SIZE": ("post", "batch_size"),
+    **{f"ETA_{stage.upper()}_{field.upper()}": (stage, field)
+       for stage in ("pre", "generate", "post") for field in ("soft_time_limit_s", "time_limit_s")},
+    "ETA_SWEEP_QUEUED_AFTER_S": ("pre", "sweep_waiting_after_s"),
+    "ETA_SWEEP_PRE_EVALUATING_AFTER_S": ("pre", "sweep_after_s"),
+    "ETA_SWEEP_GENERATING_AFTER_S": ("generate", "sweep_after_s"),
+    "ETA_SWEEP_POST_EVALUATING_AFTER_S": ("post", "sweep_after_s"),
+}
+# ETA_STAGE_<NAME>_<LIMIT>; the shortest name that leaves a known limit wins (ETA_STAGE_PRE_SOFT_TIME_LIMIT_S is
+# the soft limit of `pre`). ETA_STAGE_MAX_RETRIES ends in no limit's name and stays a field of its own.
+_STAGE_VARIABLE = re.compile(
+    r"^ETA_STAGE_(?P<stage>[A-Z0-9]+(?:_[A-Z0-9]+)*?)_(?P<field>"
+    + "|".join(f.upper() for f in sorted(_STAGE_LIMIT_FIELDS, key=len, reverse=True)) + ")$")
+
+
+def stage_variable(name: str) -> tuple[str, str] | None:
+    """(stage, limit) set by the variable `name` (any case), or None when it sets no stage limit."""
+    upper = name.upper()
+    if upper in LEGACY_STAGE_VARIABLES:
+        return LEGACY_STAGE_VARIABLES[upper]
+    match = _STAGE_VARIABLE.match(upper)
+    return (match["stage"].lower(), match["field"].lower()) if match else None
+
+
+def stage_variables(stage: str, field: str) -> tuple[str, ...]:
+    """The variables that set limit `field` of stage `stage`: its own first, then any older name."""
+    own = f"ETA_STAGE_{stage.upper()}_{field.upper()}"
+    return (own, *(name for name, route in LEGACY_STAGE_VARIABLES.items() if route == (stage, field)))
+
+
+class StageLimits(BaseModel):
+    """What bounds one stage: declared with the stage (`workers.stage_table`), each overridable by
+    `ETA_STAGE_<NAME>_<LIMIT>` (or the older names of `LEGACY_STAGE_VARIABLES`). Checked whenever built."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Jobs per model call (images per CLIP forward, prompts per `generate` call, answers per reward forward).
+    batch_size: int = Field(gt=0)
+    # Soft time limit of one stage message (the jobs still held fail with `stage_timeout`) and hard limit (the
+    # process is killed; the leases run out and the sweeper sends the jobs again), in seconds.
+    soft_time_limit_s: int = Field(gt=0)
+    time_limit_s: int = Field(gt=0)
+    # How long a job no worker holds may sit in the stage's running status before the sweeper re-enqueues it
+    # (a message lost with no lease to show it); must exceed the hard time limit.
+    sweep_after_s: int = Field(gt=0)
+    # The same for its waiting status, when that is a status of its own (None: as `sweep_after_s`).
+    sweep_waiting_after_s: int | None = Field(default=None, gt=0)
+
+    @model_validator(mode="after")
+    def _check(self) -> StageLimits:
+        problem = self.contradiction(lambda field: field)
+        if problem:
+            raise ValueError(problem)
+        return self
+
+    def contradiction(self, name: Callable[[str], str]) -> str | None:
+        """What is inconsistent about these limits (fields named by `name`), or None."""
+        if self.soft_time_limit_s >= self.time_limit_s:
+            return (f"{name('soft_time_limit_s')} ({self.soft_time_limit_s}) must be below "
+                    f"{name('time_limit_s')} ({self.time_limit_s})")
+        if self.sweep_after_s <= self.time_limit_s:
+            return (f"{name('sweep_after_s')} ({self.sweep_after_s}) must exceed {name('time_limit_s')} "
+                    f"({self.time_limit_s}), or running stages would be swept")
+        return None
+
+
+class StageOverrides(BaseModel):
+    """The limits of one stage that the environment sets (the others keep the stage's declared values)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    batch_size: int | None = Field(default=None, gt=0)
+    soft_time_limit_s: int | None = Field(default=None, gt=0)
+    time_limit_s: int | None = Field(default=None, gt=0)
+    sweep_after_s: int | None = Field(default=None, gt=0)
+    sweep_waiting_after_s: int | None = Field(default=None, gt=0)
 
 
 class WorkerSettings(SettingsGroup):
     """Batching, time limits, retries, the sweeper and batch callbacks (ETA_<NAME>)."""
 
-    env_names = {"callback_allowed_networks": ("ETA_OUTBOUND_ALLOWED_NETWORKS", "ETA_CALLBACK_ALLOWED_NETWORKS")}
+    env_names = {"callback_allowed_networks": ("ETA_OUTBOUND_ALLOWED_NETWORKS", "ETA_CALLBACK_ALLOWED_NETWORKS"),
+                 # Read from ETA_STAGE_<NAME>_<LIMIT> and the older names (`stage_variable`), not one variable.
+                 "stages": ()}
 
     # Jobs per stage message: the three stages of a chunk are chained, so this bounds cross-job batching.
     chunk_size: int = Field(default=32, gt=0)
-    # Images per CLIP forward (pre), texts per reward forward (post), prompts per vanilla `generate` call.
-    clip_batch_size: int = Field(default=32, gt=0)
-    reward_batch_size: int = Field(default=32, gt=0)
-    generate_batch_size: int = Field(default=8, gt=0)
-    # Soft time limit (the jobs still in the stage fail with `stage_timeout`) and hard limit (the process is
-    # killed; the sweeper picks the jobs up) of one stage message, in seconds.
-    pre_soft_time_limit_s: int = Field(default=300, gt=0)
-    pre_time_limit_s: int = Field(default=360, gt=0)
-    generate_soft_time_limit_s: int = Field(default=3600, gt=0)
-    generate_time_limit_s: int = Field(default=3720, gt=0)
-    post_soft_time_limit_s: int = Field(default=300, gt=0)
-    post_time_limit_s: int = Field(default=360, gt=0)
+    # Per-stage limits the environment sets (batch size, time limits, sweeper timeouts), by stage name; a stage's
+    # own defaults are declared with it in `workers.stage_table`. See `StageLimits` and `stage_variables`.
+    stages: dict[str, StageOverrides] = Field(default_factory=dict)
     # Retries of a stage message after a transient error (database or broker unreachable, CUDA out of
     # memory), with exponential backoff capped at retry_backoff_max_s.
     stage_max_retries: int = Field(default=5, ge=0)
@@ -174,14 +261,9 @@ class WorkerSettings(SettingsGroup):
     # The worker running a job's stage holds a lease on it and renews it every lease_s / 3 seconds; the sweeper
     # re-sends a job whose lease ran out (its worker died), whatever the stage's time limit.
     lease_s: int = Field(default=30, ge=3)
-    # Sweeper: how often it runs (beat), and how long a job that no worker holds may sit in each status before
-    # it is re-enqueued (a message lost with no lease to show it). A stage's timeout must exceed its hard time
-    # limit.
+    # Sweeper: how often it runs (beat). How long a job no worker holds may sit in each status before it is
+    # re-enqueued is a stage limit (`StageLimits.sweep_after_s`).
     sweep_interval_s: float = Field(default=10.0, gt=0)
-    sweep_queued_after_s: int = Field(default=600, gt=0)
-    sweep_pre_evaluating_after_s: int = Field(default=420, gt=0)
-    sweep_generating_after_s: int = Field(default=3900, gt=0)
-    sweep_post_evaluating_after_s: int = Field(default=420, gt=0)
     # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
     max_stage_attempts: int = Field(default=3, gt=0)
     # Networks outbound calls (batch callbacks and image fetches) may reach although they are not public
@@ -211,21 +293,6 @@ class WorkerSettings(SettingsGroup):
 
         parse_networks(value)  # a bad entry fails at start-up, naming it
         return value
-
-    @model_validator(mode="after")
-    def _check_time_limits(self) -> WorkerSettings:
-        """A soft limit below its hard limit, and every sweeper timeout above its stage's hard limit."""
-        for stage, swept in (("pre", "pre_evaluating"), ("generate", "generating"), ("post", "post_evaluating")):
-            soft = getattr(self, f"{stage}_soft_time_limit_s")
-            hard = getattr(self, f"{stage}_time_limit_s")
-            sweep = getattr(self, f"sweep_{swept}_after_s")
-            if soft >= hard:
-                raise ValueError(f"ETA_{stage.upper()}_SOFT_TIME_LIMIT_S ({soft}) must be below "
-                                 f"ETA_{stage.upper()}_TIME_LIMIT_S ({hard})")
-            if sweep <= hard:
-                raise ValueError(f"ETA_SWEEP_{swept.upper()}_AFTER_S ({sweep}) must exceed "
-                                 f"ETA_{stage.upper()}_TIME_LIMIT_S ({hard}), or running stages would be swept")
-        return self
 
 
 class RetentionSettings(SettingsGroup):
@@ -324,12 +391,18 @@ class Settings(BaseSettings):
             return data
         routed: dict[str, Any] = {}
         flat: list[tuple[str | None, str, Any]] = []
+        stages: dict[str, dict[str, Any]] = {}
         for key, value in data.items():
             route = None if key in cls.model_fields else _ROUTES.get(key.upper())
-            if route is None:
+            limit = None if key in cls.model_fields or route else stage_variable(key)
+            if limit is not None:
+                stages.setdefault(limit[0], {})[limit[1]] = value
+            elif route is None:
                 routed[key] = value
             else:
                 flat.append((*route, value))
+        if stages:
+            flat.append(("workers", "stages", _merge_stages(routed.get("workers"), stages)))
         # Values given by variable name win over grouped ones (they come from keyword arguments).
         for group, field, value in flat:
             if group is None:
@@ -351,6 +424,23 @@ class Settings(BaseSettings):
                 "`python -c \"import secrets; print(secrets.token_hex(32))\"`) when ETA_ENV=production"
             )
         return self
+
+    def stage_limits(self, stage: str, declared: StageLimits) -> StageLimits:
+        """The limits of stage `stage`: those `declared` with it, with what the environment overrides.
+
+        Raises:
+            SettingsError: the result is inconsistent (a soft limit not below the hard one, a sweeper timeout
+                not above it); the message names the variables.
+        """
+        overrides = self.workers.stages.get(stage)
+        if overrides is None:
+            return declared
+        values = {**declared.model_dump(), **overrides.model_dump(exclude_none=True)}
+        merged = StageLimits.model_construct(**values)
+        problem = merged.contradiction(lambda field: " / ".join(stage_variables(stage, field)))
+        if problem:
+            raise SettingsError(f"stage {stage}: {problem}")
+        return StageLimits.model_validate(values)
 
     @property
     def tiny_models_dir(self) -> Path:
@@ -379,6 +469,17 @@ def _fields() -> Iterator[tuple[str | None, str, FieldInfo, tuple[str, ...]]]:
                 yield name, field, field_info, group.variables(field)
         else:
             yield None, name, info, Settings.env_names[name]
+
+
+def _merge_stages(workers: Any, stages: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The `workers.stages` value with the limits given by variable name laid over any given by group."""
+    current = workers.get("stages") if isinstance(workers, dict) else getattr(workers, "stages", None)
+    merged: dict[str, Any] = {}
+    for name, value in (current or {}).items():
+        merged[name] = value.model_dump(exclude_none=True) if isinstance(value, BaseModel) else dict(value)
+    for name, limits in stages.items():
+        merged[name] = {**merged.get(name, {}), **limits}
+    return merged
 
 
 # Model fields are resolved once the module has defined every class.
@@ -413,6 +514,14 @@ class _EnvironmentSource(PydanticBaseSettingsSource):
                 values[field] = value
             else:
                 values.setdefault(group, {})[field] = value
+        # Stage limits: the own name (ETA_STAGE_<NAME>_<LIMIT>) wins over an older one.
+        stages: dict[str, dict[str, Any]] = {}
+        for name in sorted(environ, key=lambda n: n.startswith("ETA_STAGE_")):
+            limit = stage_variable(name) if environ[name] != "" else None
+            if limit is not None:
+                stages.setdefault(limit[0], {})[limit[1]] = environ[name]
+        if stages:
+            values.setdefault("workers", {})["stages"] = stages
         return values
 
 
@@ -428,6 +537,9 @@ def describe_errors(exc: ValidationError) -> str:
         group, field = (None, loc[0]) if len(loc) == 1 else (loc[0], loc[1]) if len(loc) >= 2 else (None, "")
         names = [name for name, route in _ROUTES.items() if route == (group, field)]
         where = names[0] if names else ".".join(loc) or "settings"
+        if loc[:2] == ("workers", "stages") and len(loc) >= 4:
+            names = list(stage_variables(loc[2], loc[3]))
+            where = " / ".join(names)
         message = str(error["msg"]).removeprefix("Value error, ")
         got = f" (got {error['input']!r})" if names and not isinstance(error.get("input"), dict) else ""
         lines.append(f"{where}: {message}{got}" if names else message)

@@ -1,7 +1,8 @@
-"""The Celery application of the workers, built from the service settings (the same object the API reads).
+"""The Celery application of the workers: the configuration of `workers.celery_config` (the API sends with the same
+configuration, without the tasks: `workers.enqueue.client_app`) plus the tasks of `workers.tasks`.
 
-Routes and time limits come from the stage table (`workers.stage_table`). Queues, one per stage so each
-worker process loads only the models its queues need:
+The stage tasks, their routes and time limits come from the stage table (`workers.stage_table`). Queues, one per
+stage so each worker process loads only the models its queues need:
 
     eta.pre       CLIP pre-evaluation                     (clip)
     eta.generate  vanilla generation, post-evaluation,    (vlm + reward + clip)
@@ -17,70 +18,25 @@ exchange bindings in Redis keys, and a publish to a binding that vanished is sil
 
 from __future__ import annotations
 
-import logging
-from typing import Any
+from collections.abc import Sequence
 
-from celery import Celery
-from kombu import Exchange, Queue
+from eta.settings import Settings
+from workers.celery_config import EtaCelery, configured_app
+from workers.stage_table import STAGES
+from workers.stage_types import Stage
 
-from eta.settings import Settings, get_settings
-from workers.broker import broker_url, embedded_broker_dir, is_embedded, transport_options
-from workers.stage_table import (
-    CALLBACK_TASK,
-    CONTROL_QUEUE,
-    PURGE_TASK,
-    QUEUES,
-    SWEEP_TASK,
-    task_routes,
-    time_limits,
-)
+__all__ = ["EtaCelery", "create_celery_app"]
 
-logger = logging.getLogger(__name__)
 
-def create_celery_app(settings: Settings | None = None) -> Celery:
-    """A Celery app for `settings` (default: this process's), with the stage tasks registered."""
-    settings = settings or get_settings()
-    app = Celery("eta", broker=broker_url(settings), include=["workers.tasks"])
-    nameless = Exchange("")
-    embedded = is_embedded(settings)
-    app.conf.update(
-        broker_transport_options=transport_options(settings),
-        broker_connection_timeout=settings.broker.connect_timeout_s,
-        broker_connection_retry_on_startup=True,
-        # No result backend: chains hand results on in the message, and Postgres holds every outcome.
-        task_ignore_result=True,
-        task_store_errors_even_if_ignored=False,
-        task_serializer="json",
-        accept_content=["json"],
-        task_queues=[Queue(name, nameless, routing_key=name) for name in QUEUES.values()],
-        task_default_queue=CONTROL_QUEUE,
-        task_default_exchange="",
-        task_routes=task_routes(),
-        task_annotations=_time_limits(settings),
-        # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
-        task_acks_late=True,
-        task_reject_on_worker_lost=True,
-        # One message at a time per process: a GPU worker must not hold a second chunk while busy.
-        worker_prefetch_multiplier=1,
-        worker_max_tasks_per_child=None,
-        worker_send_task_events=False,
-        # The embedded broker is one folder: no remote control (its fanout files outlive dead workers).
-        worker_enable_remote_control=not embedded,
-        beat_schedule={
-            "sweep-stalled-jobs": {"task": SWEEP_TASK, "schedule": settings.workers.sweep_interval_s},
-            "purge-expired-jobs": {"task": PURGE_TASK, "schedule": settings.retention.purge_interval_s},
-        },
-        beat_schedule_filename=str(embedded_broker_dir(settings).parent / "celerybeat-schedule"),
-        timezone="UTC",
-        # Read by `workers.enqueue` (the API builds its app from its own settings object).
-        eta_chunk_size=settings.workers.chunk_size,
-    )
+def create_celery_app(settings: Settings, *, stages: Sequence[Stage] = STAGES) -> EtaCelery:
+    """A worker's Celery app for `settings` (`workers.celery_config.configured_app`), with a task for each of
+    `stages` (the table's, unless a test brings its own) and the control tasks registered.
+
+    Raises:
+        eta.settings.SettingsError: the stages' limits contradict each other (`check_stage_limits`).
+    """
+    from workers.tasks import register_tasks
+
+    app = configured_app(settings, stages=stages)
+    register_tasks(app, stages)
     return app
-
-
-def _time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
-    return {
-        **time_limits(settings),
-        CALLBACK_TASK: {"soft_time_limit": 4 * settings.workers.callback_timeout_s + 30,
-                        "time_limit": 4 * settings.workers.callback_timeout_s + 60},
-    }

@@ -1,4 +1,6 @@
-"""The Celery app of this process: `celery -A workers.celery_app worker` (or `eta worker`) starts from here."""
+"""The Celery app of this process: `celery -A workers.celery_app worker` (or `eta worker`) starts from here.
+
+An entry point: the settings are read from the environment here, once, and handed to the app factory."""
 
 from __future__ import annotations
 

@@ -17,12 +17,28 @@ from typing import TYPE_CHECKING
 from celery import chain
 from celery.canvas import Signature
 
+from workers.celery_config import EtaCelery, configured_app
 from workers.stage_table import chain_from
 
 if TYPE_CHECKING:
     from celery import Celery
 
+    from eta.settings import Settings
+
+__all__ = ["BrokerUnavailable", "EtaCelery", "client_app", "enqueue_jobs", "publish_batch_callback", "send_chunks",
+           "stage_chain"]
+
 logger = logging.getLogger(__name__)
+
+def client_app(settings: Settings) -> EtaCelery:
+    """The Celery app a process that only sends messages uses (the API): the workers' configuration for
+    `settings` (broker, queues, routes; the stages' limits checked), no task registered.
+
+    Raises:
+        eta.settings.SettingsError: the stages' limits contradict each other.
+    """
+    return configured_app(settings)
+
 
 class BrokerUnavailable(RuntimeError):
     """The message broker could not be reached; nothing was (reliably) sent."""
@@ -96,10 +112,11 @@ def _is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError)
 
 
-def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chunk_size: int | None = None,
+def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: EtaCelery, chunk_size: int | None = None,
                  ahead: int = 0) -> None:
-    """Send newly committed `queued` jobs to the workers, `chunk_size` jobs per chain (default
-    ETA_CHUNK_SIZE): a chunk's images share CLIP forwards, its prompts share `generate` calls.
+    """Send newly committed `queued` jobs to the workers through `app`, `chunk_size` jobs per chain (default: the
+    ETA_CHUNK_SIZE of the settings the app was built from): a chunk's images share CLIP forwards, its prompts
+    share `generate` calls.
 
     `ahead`: how many other jobs of the same tenant are still in the pipeline; it sets the chunks' place in
     the queues (`fair_priority`), so that tenants take turns.
@@ -109,11 +126,7 @@ def enqueue_jobs(job_ids: Sequence[uuid.UUID], *, app: Celery | None = None, chu
     """
     if not job_ids:
         return
-    if app is None:
-        from workers.celery_app import celery_app
-
-        app = celery_app
-    size = chunk_size or int(app.conf.get("eta_chunk_size") or 32)
+    size = chunk_size or app.settings.workers.chunk_size
     sent = send_chunks(app, job_ids, chunk_size=size, ahead=ahead)
     logger.info("enqueued %d jobs in %d chunks (first %s)", len(job_ids), sent, job_ids[0])
 

@@ -35,7 +35,6 @@ from enum import Enum
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
-from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 from eta.config import ConfigError, ETAConfig
@@ -49,31 +48,26 @@ from eta.store.lifecycle import ACTIVE_JOB_STATUSES, JobStatus
 from eta.store.models import Job
 from eta.store.repository.jobs import attach_fetched_image
 from workers.leases import lease_deadline
+from workers.stage_types import (  # noqa: F401 - STALLED.. re-exported for the tasks and the sweeper
+    IMAGE_MISSING,
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    OUT_OF_MEMORY,
+    STAGE_TIMEOUT,
+    STALLED,
+    ModelCalls,
+    Stage,
+    StageError,
+    StageStep,
+    Work,
+)
 
 if TYPE_CHECKING:
     from eta.models import Models
-    from workers.stage_table import Stage
-    from workers.stages import StageStep
 
 logger = logging.getLogger(__name__)
 
-# Failure codes a job can end with (stable: clients and dashboards match on them). Image decoding adds the
-# codes of `eta.images.ImageError` (image_unreadable, image_too_many_pixels, ...).
-IMAGE_MISSING = "image_missing"
-INVALID_PARAMS = "invalid_params"
-INTERNAL_ERROR = "internal_error"
-STAGE_TIMEOUT = "stage_timeout"
-OUT_OF_MEMORY = "out_of_memory"
-STALLED = "stalled"
 _MAX_MESSAGE = 2000
-
-
-class StageError(Exception):
-    """A job cannot go through this stage; `code` is what the job ends with."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass(frozen=True)
@@ -90,13 +84,6 @@ class StageContext:
     def transaction(self) -> Iterator[Session]:
         with self.sessions() as session, session.begin():
             yield session
-
-
-class ModelCalls(dict[str, int]):
-    """Model calls run, by kind (e.g. {"clip_image": 2}): what the cross-job batching achieved."""
-
-    def add(self, kind: str, n: int = 1) -> None:
-        self[kind] = self.get(kind, 0) + n
 
 
 @dataclass
@@ -122,26 +109,6 @@ class StageProgress:
             self.touched_batches.add(batch_id)
 
 
-@dataclass
-class Work:
-    """One claimed job and what the compute step needs, read during the claim."""
-
-    job_id: uuid.UUID
-    prompt: str
-    seed: int
-    config: ETAConfig
-    # The parameters as canonical JSON: jobs sharing it can share model calls.
-    params_key: str
-    image_bytes: bytes | None = None
-    image: Image.Image | None = None
-    # What the stage's step read of earlier stages' results (`StageStep.stored_inputs`).
-    stored: Any = None
-    # The preset the job's parameters were built on, `{"name", "version"}` (recorded in its fingerprint).
-    preset: dict[str, Any] | None = None
-    # An image by reference not fetched yet (the pre-evaluation stage fetches it: `StageRunner.fetch_images`).
-    image_url: str | None = None
-
-
 class _Claim(Enum):
     HOLD = "hold"  # run the stage on it
     HAND_ON = "hand_on"  # past the stage already: on to the next one
@@ -160,18 +127,6 @@ def parse_ids(raw_ids: Sequence[Any]) -> list[uuid.UUID]:
         if job_id not in ids:
             ids.append(job_id)
     return ids
-
-
-def storable(value: Any) -> Any:
-    """`value` with NUL characters replaced (U+FFFD): a model can emit them, Postgres text and JSONB cannot
-    hold them. The post stage then scores the answer as stored, which is the answer clients receive."""
-    if isinstance(value, str):
-        return value.replace("\x00", "\ufffd")
-    if isinstance(value, list):
-        return [storable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: storable(v) for k, v in value.items()}
-    return value
 
 
 def error_message(exc: BaseException) -> str:

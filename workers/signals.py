@@ -7,9 +7,9 @@ import logging
 import time
 from typing import Any
 
-from celery import signals
+from celery import current_app, signals
 
-from workers import runtime
+from workers.context import WorkerContext
 from workers.stage_table import roles_for_queues
 
 logger = logging.getLogger(__name__)
@@ -22,22 +22,30 @@ def on_worker_init(sender: Any = None, **_: Any) -> None:
 
     queues = sorted(sender.app.amqp.queues.consume_from) if sender is not None else []
     roles = roles_for_queues(queues)
-    runtime.set_roles(roles)
+    context = _context(sender.app if sender is not None else current_app)
+    context.set_roles(roles)
     logger.info("worker consumes %s; models per process: %s", ", ".join(queues) or "(default)",
                 ", ".join(roles) or "none")
-    revision = check_schema_current(runtime.engine())
+    revision = check_schema_current(context.engine())
     logger.info("database schema at %s", revision)
 
 
 @signals.worker_process_init.connect
 def on_worker_process_init(**_: Any) -> None:
     """A freshly forked pool process: its own connections, its own models (loaded once, here)."""
-    runtime.after_fork()
+    context = _context(current_app)
+    context.after_fork()
     start = time.monotonic()
     try:
-        runtime.preload()
+        context.preload()
     except Exception:
         # The first task tries again and fails loudly; the jobs stay in their status for the sweeper.
         logger.exception("could not load the models at process start")
         return
     logger.info("pool process ready: models loaded in %.1fs", time.monotonic() - start)
+
+
+def _context(app: Any) -> WorkerContext:
+    """The context of the worker's app (built by `workers.app.create_celery_app`)."""
+    context: WorkerContext = app.context
+    return context

@@ -1,9 +1,10 @@
 """The stages of the pipeline, declared once.
 
-Everything the rest of the workers know about a stage is read from `STAGES`: Celery's routes and time
-limits (`workers.app`), the chain a chunk of jobs follows (`workers.enqueue`), the models a worker loads
-for its queues (`workers.runtime`), the statuses a stage claims and hands on (`workers.runner`), and which
-queue and stage the sweeper looks at for a job stalled in each status (`workers.sweeper`).
+Everything the rest of the workers know about a stage is read from `STAGES`: the Celery task of each stage, its
+route and time limits (`workers.app`), the chain a chunk of jobs follows (`workers.enqueue`), the models a
+worker loads for its queues (`workers.context`), the statuses a stage claims and hands on (`workers.runner`),
+which queue and stage the sweeper looks at for a job stalled in each status (`workers.sweeper`), and each
+stage's limits (`StageLimits`, overridable by `ETA_STAGE_<NAME>_<LIMIT>`; checked by `check_stage_limits`).
 
 A job goes through the stages in the order of the table. For each stage:
 
@@ -13,20 +14,20 @@ A job goes through the stages in the order of the table. For each stage:
     next     the status the stage's save moves the job to, in the same transaction as its results
 
 Adding a stage is one entry here, its `StageStep` (what it computes and records) and the migration that
-adds its status and result columns.
+adds its status (in `eta.store.lifecycle.JobStatus`, in pipeline order) and its result columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Sequence
 from datetime import timedelta
 from typing import Any
 
 from eta.config import ModelRole
-from eta.settings import Settings
+from eta.settings import Settings, SettingsError, StageLimits, stage_variables
 from eta.store.lifecycle import JobStatus
-from workers.stages import GenerationStep, PostEvaluationStep, PreEvaluationStep, StageStep
+from workers.stage_types import Stage
+from workers.stages import GenerationStep, PostEvaluationStep, PreEvaluationStep
 
 # The queue of the tasks that need no model: batch callbacks, the sweeper, the retention purge.
 CONTROL_QUEUE = "eta.control"
@@ -36,62 +37,25 @@ PURGE_TASK = "eta.purge_expired"
 CONTROL_TASKS = (CALLBACK_TASK, SWEEP_TASK, PURGE_TASK)
 
 
-@dataclass(frozen=True)
-class Stage:
-    """One stage of the pipeline: where its messages go, what a job's status says about it, what it loads."""
-
-    # Short name: `eta worker --queues`, chain starts, log lines, the `timings` key of a result.
-    name: str
-    queue: str
-    task: str
-    waiting: JobStatus
-    running: JobStatus
-    next: JobStatus
-    # Models its compute step uses (a worker loads those of its queues, once per process).
-    roles: tuple[ModelRole, ...]
-    # What it computes and records (a fresh instance per message).
-    step: type[StageStep]
-    # Settings of the stage: jobs per model call, soft and hard time limit of one message (seconds), and how
-    # long a job may sit in `running` before the sweeper sends it again.
-    batch_size: Callable[[Settings], int]
-    soft_time_limit_s: Callable[[Settings], int]
-    time_limit_s: Callable[[Settings], int]
-    sweep_after_s: Callable[[Settings], int]
-    # How long a job may sit in `waiting`, when that is a status of its own (None: the same as running).
-    sweep_waiting_after_s: Callable[[Settings], int] | None = None
-
-    def time_limits(self, settings: Settings) -> dict[str, int]:
-        return {"soft_time_limit": self.soft_time_limit_s(settings), "time_limit": self.time_limit_s(settings)}
-
-
 STAGES: tuple[Stage, ...] = (
     Stage(
         name="pre", queue="eta.pre", task="eta.pre_evaluate",
         waiting=JobStatus.QUEUED, running=JobStatus.PRE_EVALUATING, next=JobStatus.GENERATING,
         roles=(ModelRole.CLIP,), step=PreEvaluationStep,
-        batch_size=lambda s: s.workers.clip_batch_size,
-        soft_time_limit_s=lambda s: s.workers.pre_soft_time_limit_s,
-        time_limit_s=lambda s: s.workers.pre_time_limit_s,
-        sweep_after_s=lambda s: s.workers.sweep_pre_evaluating_after_s,
-        sweep_waiting_after_s=lambda s: s.workers.sweep_queued_after_s,
+        limits=StageLimits(batch_size=32, soft_time_limit_s=300, time_limit_s=360, sweep_after_s=420,
+                           sweep_waiting_after_s=600),
     ),
     Stage(
         name="generate", queue="eta.generate", task="eta.generate_with_alignment",
         waiting=JobStatus.GENERATING, running=JobStatus.GENERATING, next=JobStatus.POST_EVALUATING,
         roles=(ModelRole.VLM, ModelRole.REWARD, ModelRole.CLIP), step=GenerationStep,
-        batch_size=lambda s: s.workers.generate_batch_size,
-        soft_time_limit_s=lambda s: s.workers.generate_soft_time_limit_s,
-        time_limit_s=lambda s: s.workers.generate_time_limit_s,
-        sweep_after_s=lambda s: s.workers.sweep_generating_after_s,
+        limits=StageLimits(batch_size=8, soft_time_limit_s=3600, time_limit_s=3720, sweep_after_s=3900),
     ),
     Stage(
         name="post", queue="eta.post", task="eta.post_evaluate",
         waiting=JobStatus.POST_EVALUATING, running=JobStatus.POST_EVALUATING, next=JobStatus.SUCCEEDED,
         roles=(ModelRole.REWARD,), step=PostEvaluationStep,
-        batch_size=lambda s: s.workers.reward_batch_size,
-        soft_time_limit_s=lambda s: s.workers.post_soft_time_limit_s,
-        time_limit_s=lambda s: s.workers.post_time_limit_s,
-        sweep_after_s=lambda s: s.workers.sweep_post_evaluating_after_s,
+        limits=StageLimits(batch_size=32, soft_time_limit_s=300, time_limit_s=360, sweep_after_s=420),
     ),
 )
 
@@ -118,14 +82,32 @@ def chain_from(name: str) -> tuple[Stage, ...]:
     return STAGES[start:]
 
 
-def task_routes() -> dict[str, dict[str, str]]:
+def task_routes(stages: Sequence[Stage] = STAGES) -> dict[str, dict[str, str]]:
     """Celery routes: each stage task to its queue, the control tasks to the control queue."""
-    return {**{s.task: {"queue": s.queue} for s in STAGES}, **{t: {"queue": CONTROL_QUEUE} for t in CONTROL_TASKS}}
+    return {**{s.task: {"queue": s.queue} for s in stages}, **{t: {"queue": CONTROL_QUEUE} for t in CONTROL_TASKS}}
 
 
-def time_limits(settings: Settings) -> dict[str, dict[str, Any]]:
+def time_limits(settings: Settings, stages: Sequence[Stage] = STAGES) -> dict[str, dict[str, Any]]:
     """Celery task annotations: each stage task's soft and hard time limits."""
-    return {s.task: s.time_limits(settings) for s in STAGES}
+    return {s.task: s.time_limits(settings) for s in stages}
+
+
+def check_stage_limits(settings: Settings, stages: Sequence[Stage] = STAGES) -> dict[str, StageLimits]:
+    """Every stage's limits under `settings`, checked (the Celery app factory calls it, so a worker, the beat
+    and the API refuse to start with limits that contradict each other).
+
+    Raises:
+        SettingsError: a stage's limits contradict each other, or the environment sets limits of a stage that
+            does not exist (a misspelt name); the message names the variables.
+    """
+    names = {s.name for s in stages}
+    unknown = sorted(set(settings.workers.stages) - names)
+    if unknown:
+        variables = ", ".join(f"{stage_variables(name, 'batch_size')[0].removesuffix('BATCH_SIZE')}*"
+                              for name in unknown)
+        raise SettingsError(f"{variables}: no stage {', '.join(map(repr, unknown))}; the stages are "
+                            f"{', '.join(s.name for s in stages)}")
+    return {s.name: s.limits_in(settings) for s in stages}
 
 
 def roles_for_queues(queues: Iterable[str]) -> tuple[ModelRole, ...]:
@@ -139,9 +121,10 @@ def sweep_timeouts(settings: Settings) -> dict[JobStatus, timedelta]:
     """How long a job may sit in each active status before the sweeper sends it again."""
     timeouts: dict[JobStatus, timedelta] = {}
     for s in STAGES:
-        if s.sweep_waiting_after_s is not None and s.waiting != s.running:
-            timeouts[s.waiting] = timedelta(seconds=s.sweep_waiting_after_s(settings))
-        timeouts[s.running] = timedelta(seconds=s.sweep_after_s(settings))
+        limits = s.limits_in(settings)
+        if s.waiting != s.running:
+            timeouts[s.waiting] = timedelta(seconds=limits.sweep_waiting_after_s or limits.sweep_after_s)
+        timeouts[s.running] = timedelta(seconds=limits.sweep_after_s)
     return timeouts
 
 

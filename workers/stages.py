@@ -1,21 +1,21 @@
 """What each stage computes and records: the only part of a stage that is not the same for all three.
 
 `workers.runner.StageRunner` claims the jobs, calls the step's `compute` on groups of them and its `record`
-in the transaction that moves each job on; `workers.stage_table` says which step a stage runs. The
+in the transaction that moves each job on; `workers.stage_table` says which step a stage runs, and
+`workers.stage_types.StageStep` is the base every step extends. The
 arithmetic itself is `eta.safety.pipeline`.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any
 
 from eta.config import ModelRole, fingerprint_with_preset
 from eta.store import repository as repo
 from eta.store.models import Job, JobResult
-from workers.runner import INTERNAL_ERROR, ModelCalls, StageError, Work, storable
+from workers.stage_types import INTERNAL_ERROR, ModelCalls, StageError, StageStep, Work, storable
 
 if TYPE_CHECKING:
     from eta.models import Models
@@ -30,57 +30,6 @@ class Generated:
 
     outcome: GenerationOutcome
     fingerprint: dict[str, Any]
-
-
-class StageStep:
-    """The part of a stage that differs from the others. One instance serves one stage message."""
-
-    # Whether the claim reads each job's image bytes (decoded before `compute`).
-    reads_image: ClassVar[bool] = True
-    # Whether the claim reads the jobs' result rows (what earlier stages recorded) for `stored_inputs`.
-    reads_results: ClassVar[bool] = False
-    # False: jobs sharing a group key go through `compute` together however many (the step batches inside).
-    groups_by_batch_size: ClassVar[bool] = True
-
-    def passes_over(self, job: Job) -> str | None:
-        """Why the stage has nothing to do for a waiting job (it then moves straight to the next status),
-        or None."""
-        return None
-
-    def stored_inputs(self, job: Job, stored: JobResult | None) -> Any:
-        """What `compute` needs of earlier stages' results (put on `Work.stored`).
-
-        Raises:
-            StageError: the job lacks them (it fails with the error's code).
-        """
-        return None
-
-    def group_key(self, work: Work) -> str:
-        """Jobs with the same key can share model calls (by default: the same parameters)."""
-        return work.params_key
-
-    def groups(self, work: Sequence[Work], batch_size: int) -> Iterator[list[Work]]:
-        """Jobs sharing a group key, `batch_size` at a time, in first-seen order."""
-        by_key: dict[str, list[Work]] = {}
-        for item in work:
-            by_key.setdefault(self.group_key(item), []).append(item)
-        for items in by_key.values():
-            size = batch_size if self.groups_by_batch_size else len(items)
-            for start in range(0, len(items), size):
-                yield items[start:start + size]
-
-    def compute(self, models: Models, group: list[Work], *, batch_size: int, calls: ModelCalls) -> list[Any]:
-        """One output per job of the group, in order; model calls are counted into `calls`."""
-        raise NotImplementedError
-
-    def result(self, work: Work, output: Any, *, elapsed_ms: float) -> repo.StageResult:
-        """What the stage writes for the job (the runner records a group's results and moves the jobs on in one
-        transaction, a few statements for the whole group: `repo.record_stage_results`)."""
-        raise NotImplementedError
-
-    def describe(self, output: Any) -> str:
-        """The output in a few words, for the job's log line."""
-        raise NotImplementedError
 
 
 class PreEvaluationStep(StageStep):

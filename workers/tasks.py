@@ -1,4 +1,6 @@
-"""Celery tasks: the three stages over chunks of job ids; batch callbacks, the sweeper and the retention purge.
+"""Celery tasks: one per stage of the table over chunks of job ids; batch callbacks, the sweeper and the retention
+purge. `register_tasks` makes them for an app (`workers.app.create_celery_app` calls it); every task extends
+`WorkerTask`, which reaches the process's settings, sessions and models through cached properties.
 
 A stage task takes a list of job ids (the first in a chain, or what the previous stage handed on) and
 returns the ids of the jobs that completed its stage, which Celery passes to the next task of the chain.
@@ -18,14 +20,18 @@ from __future__ import annotations
 import logging
 import random
 import uuid
-from typing import Any
+from collections.abc import Callable, Sequence
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
-from celery import Task, shared_task
+from celery import Celery, Task
 from celery import signals as celery_signals
 from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.orm import Session, sessionmaker
 
-from eta.settings import Settings, get_settings
-from workers import runtime, signals  # noqa: F401 - signals connects the worker process hooks
+from eta.settings import Settings
+from workers import signals  # noqa: F401 - signals connects the worker process hooks
+from workers.context import WorkerContext
 from workers.enqueue import publish_batch_callback
 from workers.leases import LeaseKeeper, lease_owner, release
 from workers.runner import (
@@ -38,9 +44,33 @@ from workers.runner import (
     fail_pending,
     parse_ids,
 )
-from workers.stage_table import CALLBACK_TASK, PURGE_TASK, SWEEP_TASK, Stage, stage
+from workers.stage_table import CALLBACK_TASK, PURGE_TASK, SWEEP_TASK
+from workers.stage_types import Stage
+
+if TYPE_CHECKING:
+    from workers.celery_config import EtaCelery
 
 logger = logging.getLogger(__name__)
+
+
+class WorkerTask(Task):
+    """The base of every task here (Celery's task-class pattern): the process's context, made once per process
+    and shared by the app's tasks, through cached properties. Its `stage` is the stage a stage task runs."""
+
+    stage: Stage | None = None
+
+    @cached_property
+    def context(self) -> WorkerContext:
+        app: EtaCelery = self.app
+        return app.context
+
+    @property
+    def settings(self) -> Settings:
+        return self.context.settings
+
+    @property
+    def sessions(self) -> sessionmaker[Session]:
+        return self.context.sessions()
 
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
@@ -76,21 +106,23 @@ def backoff_s(retries: int, settings: Settings) -> float:
     return random.uniform(cap / 2, cap)  # noqa: S311 - jitter, not security
 
 
-def run_stage(task: Task, stage: Stage, raw_ids: list[Any], batch_size: int | None) -> list[str]:
-    """Run `stage` over the message's jobs, sorting what goes wrong (see the module docstring).
+def run_stage(task: WorkerTask, stage: Stage, raw_ids: list[Any], batch_size: int | None) -> list[str]:
+    """Run `stage` over the message's jobs, in the task's context, sorting what goes wrong (see the module
+    docstring).
 
     Returns the ids of the jobs that go on to the next stage.
     """
-    settings = get_settings()
+    context = task.context
+    settings = context.settings
     job_ids = parse_ids(raw_ids)
     if not job_ids:
         return []
-    size = batch_size or stage.batch_size(settings)
+    size = batch_size or stage.limits_in(settings).batch_size
     ids_text = ", ".join(map(str, job_ids))
     name = stage.name
     logger.info("stage %s started: jobs %s (batch size %d, retry %d)", name, ids_text, size, task.request.retries)
     owner = lease_owner(getattr(task.request, "id", None))
-    ctx = StageContext(sessions=runtime.sessions(), models=runtime.models_for(stage.roles), settings=settings,
+    ctx = StageContext(sessions=context.sessions(), models=context.models_for(stage.roles), settings=settings,
                        lease_owner=owner)
     progress = StageProgress(stage=stage)
     keeper = LeaseKeeper(ctx.sessions, owner=owner, lease_s=settings.workers.lease_s,
@@ -131,7 +163,7 @@ def _ids(job_ids: Any) -> str:
     return ", ".join(map(str, job_ids)) or "(none)"
 
 
-def _complete(task: Task, ctx: StageContext, progress: StageProgress) -> None:
+def _complete(task: WorkerTask, ctx: StageContext, progress: StageProgress) -> None:
     """Complete the batches whose last job ended here, and send their callbacks."""
     if not progress.touched_batches:
         return
@@ -150,40 +182,41 @@ def _free_accelerator_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _stage_task(stage: Stage) -> Task:
-    """The Celery task of `stage`: its name and queue come from the stage table."""
+def _stage_run(stage: Stage) -> Callable[..., list[str]]:
+    """The body of `stage`'s task: its name and docstring come from the stage table."""
 
-    def run(self: Task, job_ids: list[str], batch_size: int | None = None) -> list[str]:
+    def run(self: WorkerTask, job_ids: list[str], batch_size: int | None = None) -> list[str]:
         return run_stage(self, stage, job_ids, batch_size)
 
     run.__name__ = run.__qualname__ = stage.task.rpartition(".")[2]
     run.__doc__ = f"Stage {stage.name} over a chunk of jobs ({stage.step.__doc__ or ''})".strip()
-    return shared_task(bind=True, name=stage.task)(run)
+    return run
 
 
-pre_evaluate = _stage_task(stage("pre"))
-generate_with_alignment = _stage_task(stage("generate"))
-post_evaluate = _stage_task(stage("post"))
-_STAGE_TASKS = frozenset({pre_evaluate.name, generate_with_alignment.name, post_evaluate.name})
+def register_tasks(app: Celery, stages: Sequence[Stage]) -> None:
+    """Make `app`'s tasks: one per stage of `stages`, named and routed by the table, and the control tasks."""
+    for stage in stages:
+        app.task(bind=True, name=stage.task, base=WorkerTask, shared=False, stage=stage)(_stage_run(stage))
+    for name, body in ((CALLBACK_TASK, send_batch_callback), (SWEEP_TASK, sweep), (PURGE_TASK, purge_expired)):
+        app.task(bind=True, name=name, base=WorkerTask, shared=False)(body)
 
 
 @celery_signals.task_success.connect
 def release_handed_on(sender: Task | None = None, result: Any = None, **_: Any) -> None:
     """The handed-on jobs' leases go once the chain's next message is out (Celery signals success only after
     publishing it; if publishing fails, the leases run out and the sweeper re-sends the jobs)."""
-    if sender is None or sender.name not in _STAGE_TASKS or not result:
+    if not isinstance(sender, WorkerTask) or sender.stage is None or not result:
         return
-    release(runtime.sessions(), owner=lease_owner(sender.request.id), job_ids=parse_ids(result))
+    release(sender.sessions, owner=lease_owner(sender.request.id), job_ids=parse_ids(result))
 
 
-@shared_task(bind=True, name=CALLBACK_TASK)
-def send_batch_callback(self: Task, batch_id: str) -> None:
+def send_batch_callback(self: WorkerTask, batch_id: str) -> None:
     """POST the signed summary of a completed batch to its callback URL, retrying with backoff."""
     from workers.callbacks import CallbackError, batch_summary, post_callback
 
-    settings = get_settings()
+    settings = self.settings
     batch_uuid = uuid.UUID(batch_id)
-    sessions = runtime.sessions()
+    sessions = self.sessions
     try:
         with sessions() as session:
             callback = batch_summary(session, batch_uuid)
@@ -206,27 +239,25 @@ def send_batch_callback(self: Task, batch_id: str) -> None:
     logger.info("batch %s: callback delivered (HTTP %d)", batch_id, status)
 
 
-@shared_task(bind=True, name=SWEEP_TASK)
-def sweep(self: Task) -> dict[str, Any]:
+def sweep(self: WorkerTask) -> dict[str, Any]:
     """One sweeper pass (the beat schedule runs it every ETA_SWEEP_INTERVAL_S)."""
     from workers.enqueue import BrokerUnavailable
     from workers.sweeper import sweep as sweep_once
     from workers.sweeper import with_callbacks
 
     try:
-        report = sweep_once(sessions=runtime.sessions(), app=self.app, settings=get_settings())
+        report = sweep_once(sessions=self.sessions, app=self.app, settings=self.settings)
     except BrokerUnavailable as exc:
         logger.warning("sweep skipped: %s", exc)
         return {}
-    with_callbacks(self.app, runtime.sessions(), report.completed_batches)
+    with_callbacks(self.app, self.sessions, report.completed_batches)
     logger.info("sweep: %s", report.as_dict())
     return report.as_dict()
 
 
-@shared_task(bind=True, name=PURGE_TASK)
-def purge_expired(self: Task) -> dict[str, Any]:
+def purge_expired(self: WorkerTask) -> dict[str, Any]:
     """Apply the retention period (the beat schedule runs it every ETA_PURGE_INTERVAL_S; `eta purge` by hand)."""
     from eta.store.retention import purge_expired as purge
 
-    report = purge(runtime.sessions(), settings=get_settings())
+    report = purge(self.sessions, settings=self.settings)
     return {"jobs": report.jobs, "images": report.images}

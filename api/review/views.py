@@ -184,7 +184,7 @@ def login() -> Any:
 def login_submit() -> Any:
     # Wrong keys typed here count against the address like wrong keys sent to the API: no guessing through
     # the sign-in form once the API refuses the address.
-    limits = state().rate_limits()
+    limits = state().rate_limits
     address = request.remote_addr or "unknown"
     try:
         limits.check_address(address)

@@ -34,7 +34,7 @@ def _check_database() -> str | None:
 
 def _check_broker() -> str | None:
     try:
-        with state().celery().connection_for_write() as connection:
+        with state().celery.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
         return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'unreachable'}"

@@ -21,9 +21,10 @@ _database_url_option = click.option(
 
 
 def _engine(database_url: str | None) -> Engine:
+    from eta.settings import get_settings
     from eta.store.db import make_engine
 
-    return make_engine(database_url or None)
+    return make_engine(database_url) if database_url else make_engine(settings=get_settings())
 
 
 @click.group("db")

@@ -284,12 +284,12 @@ def _children() -> Iterator[list[Child]]:
 def demo(jobs: int | None, max_new_tokens: int, timeout: float, port: int | None) -> None:
     """Run the service end to end on this machine: API, worker, a batch of sample images, results, audit."""
     from eta.client import ETAClient
+    from eta.models.selection import ensure_tiny_models_locked
     from eta.settings import get_settings
     from eta.store import make_engine
     from eta.store.db import default_database_url
     from eta.store.schema import upgrade
     from workers.broker import broker_url, embedded_broker_dir, is_embedded
-    from workers.runtime import ensure_tiny_models_locked
 
     settings = get_settings()
     database = default_database_url(settings)

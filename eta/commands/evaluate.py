@@ -55,9 +55,13 @@ def _load_items(dataset: Path) -> list[Any]:
 
 
 def _models_spec(model_args: dict[str, Any]) -> Any:
-    from eta.models.selection import models_config_from_options
+    from eta.models.selection import load_options, models_config_from_options
+    from eta.settings import get_settings
 
-    return models_config_from_options(**model_args)
+    settings = get_settings()
+    config = models_config_from_options(**{**model_args, "tiny_dir": model_args.get("tiny_dir") or
+                                           settings.tiny_models_dir})
+    return config.with_load_options(**load_options(settings))
 
 
 def _short(model_id: str) -> str:

@@ -14,9 +14,10 @@ ROLES = tuple(role.value for role in ApiKeyRole)
 
 
 def _sessions():  # -> sessionmaker
+    from eta.settings import get_settings
     from eta.store import SchemaNotCurrentError, check_schema_current, make_engine, session_factory
 
-    engine = make_engine()
+    engine = make_engine(settings=get_settings())
     try:
         check_schema_current(engine)
     except SchemaNotCurrentError as exc:

@@ -112,10 +112,13 @@ _register_model_commands()
 def models_config(*, tiny_dir: Path | None, vlm: str | None, clip: str | None, clip_pretrained: str | None,
                   reward: str | None, device: str, dtype: str) -> ModelsConfig:
     """All three named models, or none (the tiny ones, built on first use): see eta.models.selection."""
-    from eta.models.selection import models_config_from_options
+    from eta.models.selection import load_options, models_config_from_options
+    from eta.settings import get_settings
 
-    return models_config_from_options(tiny_dir=tiny_dir, vlm=vlm, clip=clip, clip_pretrained=clip_pretrained,
-                                      reward=reward, device=device, dtype=dtype)
+    settings = get_settings()
+    config = models_config_from_options(tiny_dir=tiny_dir or settings.tiny_models_dir, vlm=vlm, clip=clip,
+                                        clip_pretrained=clip_pretrained, reward=reward, device=device, dtype=dtype)
+    return config.with_load_options(**load_options(settings))
 
 
 # ------------------------------------------------------------------------------------------------ run

@@ -27,10 +27,14 @@ def check(vlm: str | None, clip: str | None, clip_pretrained: str | None, reward
     With no model named, checks the tiny production-shaped test models. Run it once against the real weights
     before serving. Exit status 0 only when every check passes.
     """
+    from dataclasses import replace
+
     from eta.config import ModelsConfig, ModelSpec
     from eta.models.conformance import run_checks
-    from eta.models.selection import Selection, select_models
+    from eta.models.selection import Selection, load_options, select_models
+    from eta.settings import get_settings
 
+    settings = get_settings()
     if clip_pretrained and not clip:
         raise click.UsageError("--clip-pretrained needs --clip")
     named = {"vlm": vlm, "clip": clip, "reward": reward}
@@ -45,8 +49,10 @@ def check(vlm: str | None, clip: str | None, clip_pretrained: str | None, reward
         selection = Selection(config=config)
         roles = [role for role, value in named.items() if value]
     else:
-        selection = select_models(tiny_dir=tiny_dir, device=device, dtype=dtype)
+        selection = select_models(tiny_dir=tiny_dir or settings.tiny_models_dir, device=device, dtype=dtype)
         roles = ["vlm", "clip", "reward"]
+    # The switches read at load (ETA_CLIP_ACTIVATION, ETA_VLM_ALLOW_UNSUPPORTED, ETA_SHARED_PREFIX) apply here too.
+    selection = replace(selection, config=selection.config.with_load_options(**load_options(settings)))
     checks = run_checks(selection, roles)
     ok = all(c.ok for c in checks)
     if as_json:

@@ -31,7 +31,7 @@ def purge(days: int | None, dry_run: bool, database_url: str | None) -> None:
     if cutoff is None:
         click.echo("retention is off (ETA_RETENTION_DAYS=0): nothing to purge")
         return
-    engine = make_engine(database_url or None)
+    engine = make_engine(database_url) if database_url else make_engine(settings=settings)
     try:
         try:
             check_schema_current(engine)

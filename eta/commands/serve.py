@@ -38,8 +38,8 @@ def serve(host: str, port: int, workers: int, threads: int, dev: bool) -> None:
     try:
         from eta.settings import get_settings
 
-        get_settings()  # validates: production refuses to start without a real SECRET_KEY
-        check_schema_current(make_engine())
+        settings = get_settings()  # validates: production refuses to start without a real SECRET_KEY
+        check_schema_current(make_engine(settings=settings))
     except (SchemaNotCurrentError, ValueError) as exc:
         raise click.ClickException(str(exc)) from exc
     gunicorn = shutil.which("gunicorn", path=os.path.dirname(sys.executable)) or shutil.which("gunicorn")

@@ -91,11 +91,12 @@ def sweep(as_json: bool) -> None:
     from workers.sweeper import sweep as sweep_once
     from workers.sweeper import with_callbacks
 
-    engine = make_engine()
+    settings = get_settings()
+    engine = make_engine(settings=settings)
     try:
         sessions = session_factory(engine)
         try:
-            report = sweep_once(sessions=sessions, app=celery_app, settings=get_settings())
+            report = sweep_once(sessions=sessions, app=celery_app, settings=settings)
         except BrokerUnavailable as exc:
             raise click.ClickException(str(exc)) from exc
         with_callbacks(celery_app, sessions, report.completed_batches)

@@ -3,17 +3,16 @@
 Each entry passed the engine's oracles on a tiny build of its architecture (`tests/unit/test_vlm_architectures.py`)
 and `eta models check` runs the same oracles on a deployment's real weights. A model of any other architecture is
 refused at load in one line naming it and the supported ones: its aligned answer, the one the audit trail records
-as the safe answer, could be silently wrong. `ETA_VLM_ALLOW_UNSUPPORTED=1` lets one load for an experiment; every
-result's fingerprint then says so (`describe()["supported"]` is false).
+as the safe answer, could be silently wrong. `ModelSpec.allow_unsupported` (the service's `ETA_VLM_ALLOW_UNSUPPORTED=1`)
+lets one load for an experiment; every result's fingerprint then says so (`describe()["supported"]` is false).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
-# The environment variable that lets a VLM outside the matrix load (experiments only).
+# The setting's variable that lets a VLM outside the matrix load (experiments only), named in messages.
 ALLOW_UNSUPPORTED_ENV = "ETA_VLM_ALLOW_UNSUPPORTED"
 
 
@@ -54,18 +53,18 @@ def supported_names() -> str:
     return ", ".join(f"{a.name} ({a.model_type})" for a in MATRIX)
 
 
-def architecture_of(config: Any) -> dict[str, Any]:
+def architecture_of(config: Any, *, allow_unsupported: bool = False) -> dict[str, Any]:
     """What the fingerprint records: the architecture's matrix name (or its model type) and whether it is in the
     matrix.
 
     Raises:
-        UnsupportedArchitecture: outside the matrix and `ETA_VLM_ALLOW_UNSUPPORTED` is not set.
+        UnsupportedArchitecture: outside the matrix and not `allow_unsupported`.
     """
     model_type = str(getattr(config, "model_type", None) or "unknown")
     entry = BY_MODEL_TYPE.get(model_type)
     if entry is not None:
         return {"name": entry.name, "model_type": model_type, "supported": True}
-    if os.environ.get(ALLOW_UNSUPPORTED_ENV, "").strip().lower() in ("1", "true", "yes"):
+    if allow_unsupported:
         return {"name": model_type, "model_type": model_type, "supported": False,
                 "override": f"{ALLOW_UNSUPPORTED_ENV}=1 (experiment: alignment not proven exact)"}
     raise UnsupportedArchitecture(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,17 +32,19 @@ def uses_quick_gelu(model: Any) -> bool:
     return any(type(module).__name__ == "QuickGELU" for module in model.modules())
 
 
-# The activation a deployer states for CLIP weights that do not record theirs: `quickgelu` or `gelu`.
+# The setting a deployer states the activation of CLIP weights that do not record theirs with (`quickgelu` or
+# `gelu`; it reaches the loader as `ModelSpec.activation`), named in messages.
 ACTIVATION_ENV = "ETA_CLIP_ACTIVATION"
 
 
-def stated_activation() -> bool | None:
-    """The activation stated in `ETA_CLIP_ACTIVATION` (True: QuickGELU), None when not stated.
+def stated_activation(spec: ModelSpec) -> bool | None:
+    """The activation stated for `spec` (`ModelSpec.activation`, from ETA_CLIP_ACTIVATION; True: QuickGELU), None
+    when not stated.
 
     Raises:
         ClipActivationError: a value other than `quickgelu` or `gelu`.
     """
-    value = os.environ.get(ACTIVATION_ENV, "").strip().lower()
+    value = (spec.activation or "").strip().lower()
     if not value:
         return None
     if value not in ("quickgelu", "gelu"):
@@ -70,11 +71,12 @@ def activation_of(spec: ModelSpec) -> tuple[bool | None, bool | None]:
 
     A named architecture with a pretrained tag reads both from open_clip's registries; a `local-dir:` model from
     its `open_clip_config.json` (`model_cfg.quick_gelu`, and `pretrained_cfg.quick_gelu` when the directory
-    records how its weights were trained). What `ETA_CLIP_ACTIVATION` states stands for an unrecorded activation.
+    records how its weights were trained). What `spec.activation` (ETA_CLIP_ACTIVATION) states stands for an
+    unrecorded activation.
     """
     builds, needs = _recorded_activation(spec)
     if needs is None and activation_unknown(spec):
-        needs = stated_activation()
+        needs = stated_activation(spec)
     return builds, needs
 
 

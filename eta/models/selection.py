@@ -123,9 +123,8 @@ def select_models(*, vlm: str | None = None, clip: str | None = None, clip_pretr
     named = {"--vlm": vlm, "--clip": clip, "--reward": reward}
     if not any(named.values()):
         if tiny_dir is None:
-            from eta.settings import get_settings
-
-            tiny_dir = get_settings().tiny_models_dir
+            raise ModelSelectionError("no models named and no folder for the tiny ones given (--tiny-dir, or the "
+                                      "settings' data directory)")
         return tiny_selection(tiny_dir, device=device, dtype=dtype)
     missing = [name for name, value in named.items() if not value]
     if missing:
@@ -146,15 +145,25 @@ def selection_from_settings(settings: Any) -> Selection:
         return select_models(backend=backend)
     named = {"ETA_VLM": settings.models.vlm, "ETA_CLIP": settings.models.clip, "ETA_REWARD": settings.models.reward}
     if not any(named.values()):
-        return tiny_selection(settings.tiny_models_dir, device=settings.models.device, dtype=settings.models.dtype)
+        chosen = tiny_selection(settings.tiny_models_dir, device=settings.models.device, dtype=settings.models.dtype)
+        return replace(chosen, config=chosen.config.with_load_options(**load_options(settings)))
     missing = [name for name, value in named.items() if not value]
     if missing:
         raise ModelSelectionError(_partial_message(missing, option_style=False))
     models = settings.models
-    return select_models(vlm=models.vlm, clip=models.clip, clip_pretrained=models.clip_pretrained,
-                         reward=settings.models.reward, device=settings.models.device, dtype=settings.models.dtype,
-                         vlm_revision=settings.models.vlm_revision,
-                         reward_revision=settings.models.reward_revision)
+    chosen = select_models(vlm=models.vlm, clip=models.clip, clip_pretrained=models.clip_pretrained,
+                           reward=settings.models.reward, device=settings.models.device, dtype=settings.models.dtype,
+                           vlm_revision=settings.models.vlm_revision,
+                           reward_revision=settings.models.reward_revision)
+    return replace(chosen, config=chosen.config.with_load_options(**load_options(settings)))
+
+
+def load_options(settings: Any) -> dict[str, Any]:
+    """The switches the settings give the loaders (ETA_VLM_ALLOW_UNSUPPORTED, ETA_SHARED_PREFIX,
+    ETA_CLIP_ACTIVATION), as `ModelsConfig.with_load_options` takes them."""
+    models = settings.models
+    return {"allow_unsupported": models.vlm_allow_unsupported, "shared_prefix": models.shared_prefix,
+            "clip_activation": models.clip_activation}
 
 
 def _partial_message(missing: list[str], *, option_style: bool) -> str:

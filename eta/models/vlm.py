@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -70,7 +69,7 @@ class VisionLanguageModel:
         # Conversation format and image preparation (the paper's for LLaVA-1.5; see eta.models.profiles).
         self.profile = profile or choose_profile(getattr(model, "config", None), spec.profile)
         # Which matrix entry this is (and whether an experiment override let it in): in every fingerprint.
-        self.architecture = architecture_of(getattr(model, "config", None))
+        self.architecture = architecture_of(getattr(model, "config", None), allow_unsupported=spec.allow_unsupported)
         self.tokenizer = processor.tokenizer
         self.spec = spec
         self.loading_info: dict[str, list[str]] | None = None  # set by load()
@@ -95,9 +94,9 @@ class VisionLanguageModel:
         self.packing = ("equal-cross" if self.cross_layers else
                         "equal-pending" if config is not None and has_sliding_layers(config) else "all")
         # Deep alignment holds each job's prefix once for its N rows (eta.models.shared_prefix) where every decoder
-        # layer is plain self-attention; ETA_SHARED_PREFIX=0 keeps the copied layout (N copies), for comparison.
-        self.shared_prefix = (os.environ.get("ETA_SHARED_PREFIX", "1").strip() != "0"
-                              and shared_prefix_applies(model, self.packing))
+        # layer is plain self-attention; `spec.shared_prefix` False (ETA_SHARED_PREFIX=0) keeps the copied layout
+        # (N copies), for comparison.
+        self.shared_prefix = spec.shared_prefix and shared_prefix_applies(model, self.packing)
         if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
             route_few_row_linears(model)
 
@@ -107,7 +106,8 @@ class VisionLanguageModel:
 
         # Outside the support matrix: refused before any weight is read (UnsupportedArchitecture, one line).
         architecture_of(AutoConfig.from_pretrained(spec.id, revision=spec.revision,
-                                                   trust_remote_code=spec.trust_remote_code))
+                                                   trust_remote_code=spec.trust_remote_code),
+                        allow_unsupported=spec.allow_unsupported)
         device = resolve_device(spec.device)
         dtype = resolve_dtype(spec.dtype, device)
         processor = AutoProcessor.from_pretrained(

@@ -17,7 +17,7 @@ from typing import Protocol
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from eta.settings import Settings, get_settings
+from eta.settings import Settings
 from eta.store.errors import BlobNotFoundError
 from eta.store.models import Blob
 from eta.store.sql import affected_rows, insert_ignoring_duplicates
@@ -142,9 +142,8 @@ class FilesystemBlobStore:
         return True
 
 
-def make_blob_store(*, session: Session, settings: Settings | None = None) -> BlobStore:
+def make_blob_store(*, session: Session, settings: Settings) -> BlobStore:
     """The blob backend chosen by `settings.blobs.backend` (the database one writes through `session`)."""
-    settings = settings or get_settings()
     if settings.blobs.backend == "filesystem":
         return FilesystemBlobStore(settings.blobs_dir)
     return DatabaseBlobStore(session)

@@ -12,7 +12,7 @@ from sqlalchemy import event
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from eta.settings import Settings, get_settings
+from eta.settings import Settings
 
 logger = logging.getLogger(__name__)
 
@@ -23,9 +23,8 @@ SQLITE_BUSY_TIMEOUT_S = 30.0
 PING_AFTER_IDLE_S = 5.0
 
 
-def default_database_url(settings: Settings | None = None) -> str:
+def default_database_url(settings: Settings) -> str:
     """`DATABASE_URL` when set, else a SQLite file under `ETA_DATA_DIR` (the directory is created)."""
-    settings = settings or get_settings()
     if settings.database.url:
         return settings.database.url
     data_dir = Path(settings.data_dir).expanduser()
@@ -41,15 +40,19 @@ def normalize_url(url: str | URL) -> URL:
     return parsed
 
 
-def make_engine(url: str | URL | None = None, **engine_kwargs: Any) -> Engine:
-    """Create the engine for `url` (default: `default_database_url()`).
+def make_engine(url: str | URL | None = None, *, settings: Settings | None = None, **engine_kwargs: Any) -> Engine:
+    """Create the engine for `url`, or when it is None for the database of `settings` (`default_database_url`).
 
     On SQLite every connection runs in WAL mode with foreign keys enforced, and every transaction is
     `BEGIN IMMEDIATE`: it takes the write lock up front, so two writers queue on the busy timeout
     instead of one failing with SQLITE_BUSY when it upgrades a read into a write. Savepoints and
     transactional DDL work as on Postgres.
     """
-    parsed = normalize_url(url if url is not None else default_database_url())
+    if url is None:
+        if settings is None:
+            raise TypeError("make_engine needs a database URL or the settings that name one")
+        url = default_database_url(settings)
+    parsed = normalize_url(url)
     if parsed.get_backend_name() == "sqlite":
         if parsed.database in (None, "", ":memory:"):
             raise ValueError("the store needs a SQLite file (an in-memory database is one per connection)")

@@ -6,7 +6,7 @@ A job only moves forward and never leaves a terminal state:
     any of the four active statuses -> failed | cancelled
 
 A stage may be skipped forwards (a text-only job has nothing to pre-evaluate), but `succeeded` is only
-reached from `post_evaluating`, so a job cannot succeed without its audit score.
+reached from the last active status (`post_evaluating`), so a job cannot succeed without its audit score.
 """
 
 from __future__ import annotations
@@ -15,6 +15,10 @@ from enum import StrEnum
 
 
 class JobStatus(StrEnum):
+    """A job's status. The active ones are declared in pipeline order, then the terminal ones: that order is the
+    one list the lifecycle reads (`ACTIVE_JOB_STATUSES`, `is_allowed_transition`). A new stage's status goes in
+    its place here, with the migration that adds it to the database's enum."""
+
     QUEUED = "queued"
     PRE_EVALUATING = "pre_evaluating"
     GENERATING = "generating"
@@ -41,13 +45,8 @@ class BatchStatus(StrEnum):
 
 
 TERMINAL_JOB_STATUSES: frozenset[JobStatus] = frozenset({JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED})
-# Statuses a job can still leave, in pipeline order.
-ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = (
-    JobStatus.QUEUED,
-    JobStatus.PRE_EVALUATING,
-    JobStatus.GENERATING,
-    JobStatus.POST_EVALUATING,
-)
+# Statuses a job can still leave, in pipeline order (the order of their declaration).
+ACTIVE_JOB_STATUSES: tuple[JobStatus, ...] = tuple(status for status in JobStatus if not status.is_terminal)
 # The statuses in which a worker is running a stage.
 STAGE_STATUSES: tuple[JobStatus, ...] = ACTIVE_JOB_STATUSES[1:]
 TERMINAL_BATCH_STATUSES: frozenset[BatchStatus] = frozenset(
@@ -62,5 +61,5 @@ def is_allowed_transition(current: JobStatus, target: JobStatus) -> bool:
     if target in (JobStatus.FAILED, JobStatus.CANCELLED):
         return True
     if target == JobStatus.SUCCEEDED:
-        return current == JobStatus.POST_EVALUATING
+        return current == ACTIVE_JOB_STATUSES[-1]
     return ACTIVE_JOB_STATUSES.index(target) > ACTIVE_JOB_STATUSES.index(current)

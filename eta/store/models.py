@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from eta.store.lifecycle import BatchStatus, JobStatus
+from eta.store.lifecycle import ACTIVE_JOB_STATUSES, BatchStatus, JobStatus
 from eta.vocabulary import ApiKeyRole, ReviewVerdict
 
 __all__ = ["ApiKeyRole", "ReviewVerdict"]  # declared in eta.vocabulary, used here as column types
@@ -174,7 +174,8 @@ class Blob(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-_ACTIVE_SQL = "status IN ('queued', 'pre_evaluating', 'generating', 'post_evaluating')"
+# The partial indexes' predicate, from the lifecycle's one list of active statuses.
+_ACTIVE_SQL = f"status IN ({', '.join(repr(str(status)) for status in ACTIVE_JOB_STATUSES)})"
 
 
 class Job(Base):

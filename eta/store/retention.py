@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from eta.settings import Settings, get_settings
+from eta.settings import Settings
 from eta.store.blobs import make_blob_store
 from eta.store.models import utcnow
 from eta.store.repository.retention import count_expired_jobs, purge_expired_jobs
@@ -49,12 +49,11 @@ def count_expired(sessions: sessionmaker[Session], *, cutoff: datetime) -> int:
 def purge_expired(
     sessions: sessionmaker[Session],
     *,
-    settings: Settings | None = None,
+    settings: Settings,
     days: int | None = None,
     now: datetime | None = None,
 ) -> PurgeReport:
     """Purge every finished job older than the retention period (`settings.retention.retention_days`, or `days`)."""
-    settings = settings or get_settings()
     now = now or utcnow()
     cutoff = retention_cutoff(settings, days=days, now=now)
     if cutoff is None:

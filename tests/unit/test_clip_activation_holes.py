@@ -6,13 +6,15 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 
 from eta.config import ModelsConfig, ModelSpec
 from eta.models import conformance as conf
 from eta.models.clip import ACTIVATION_ENV, ClipActivationError, check_activation
-from eta.models.selection import ModelLoadError, Selection, load_selection
+from eta.models.selection import ModelLoadError, Selection, load_options, load_selection
+from eta.settings import Settings
 
 pytestmark = pytest.mark.models
 
@@ -27,8 +29,7 @@ def unrecorded_local_dir(tiny_models_dir, tmp_path):
     return ModelSpec(f"local-dir:{clip}", device="cpu")
 
 
-def test_a_local_dir_without_an_activation_record_is_refused_unless_stated(unrecorded_local_dir, monkeypatch):
-    monkeypatch.delenv(ACTIVATION_ENV, raising=False)
+def test_a_local_dir_without_an_activation_record_is_refused_unless_stated(unrecorded_local_dir):
     with pytest.raises(ModelLoadError) as info:
         load_selection(Selection(config=ModelsConfig(clip=unrecorded_local_dir)), ["clip"])
     message = str(info.value)
@@ -36,30 +37,31 @@ def test_a_local_dir_without_an_activation_record_is_refused_unless_stated(unrec
     assert "activation these weights were trained with is unknown" in message and ACTIVATION_ENV in message
     assert not conf.check_clip_activation(unrecorded_local_dir).ok
 
-    monkeypatch.setenv(ACTIVATION_ENV, "quickgelu")  # true for these weights: loads
-    assert load_selection(Selection(config=ModelsConfig(clip=unrecorded_local_dir)), ["clip"]).clip is not None
-    assert conf.check_clip_activation(unrecorded_local_dir).ok
-    monkeypatch.setenv(ACTIVATION_ENV, "gelu")  # stated GELU, the architecture builds QuickGELU: refused
+    stated = replace(unrecorded_local_dir, activation="quickgelu")  # true for these weights: loads
+    assert load_selection(Selection(config=ModelsConfig(clip=stated)), ["clip"]).clip is not None
+    assert conf.check_clip_activation(stated).ok
+    # The settings' ETA_CLIP_ACTIVATION reaches the spec the same way.
+    from_settings = ModelsConfig(clip=unrecorded_local_dir).with_load_options(
+        **load_options(Settings(eta_clip_activation="quickgelu")))
+    assert from_settings.clip == stated
+    # Stated GELU, the architecture builds QuickGELU: refused.
     with pytest.raises(ClipActivationError, match="trained with GELU but the architecture builds QuickGELU"):
-        check_activation(unrecorded_local_dir)
-    monkeypatch.setenv(ACTIVATION_ENV, "relu")
+        check_activation(replace(unrecorded_local_dir, activation="gelu"))
     with pytest.raises(ClipActivationError, match="not an activation"):
-        check_activation(unrecorded_local_dir)
+        check_activation(replace(unrecorded_local_dir, activation="relu"))
+    with pytest.raises(ValueError, match="'quickgelu' or 'gelu'"):
+        Settings(eta_clip_activation="relu")
 
 
-def test_a_checkpoint_file_is_refused_unless_its_activation_is_stated(tmp_path, monkeypatch):
+def test_a_checkpoint_file_is_refused_unless_its_activation_is_stated(tmp_path):
     checkpoint = tmp_path / "open_clip_pytorch_model.bin"
     checkpoint.write_bytes(b"")  # only its being a file matters here: the check runs before any weight is read
     spec = ModelSpec("ViT-B-32", pretrained=str(checkpoint))  # builds GELU
-    monkeypatch.delenv(ACTIVATION_ENV, raising=False)
     with pytest.raises(ClipActivationError, match=f"the checkpoint file .* does not record it.*{ACTIVATION_ENV}"):
         check_activation(spec)
-    monkeypatch.setenv(ACTIVATION_ENV, "quickgelu")
     with pytest.raises(ClipActivationError, match="use ViT-B-32-quickgelu"):
-        check_activation(spec)
-    check_activation(ModelSpec("ViT-B-32-quickgelu", pretrained=str(checkpoint)))
-    monkeypatch.setenv(ACTIVATION_ENV, "gelu")
-    check_activation(spec)
+        check_activation(replace(spec, activation="quickgelu"))
+    check_activation(ModelSpec("ViT-B-32-quickgelu", pretrained=str(checkpoint), activation="quickgelu"))
+    check_activation(replace(spec, activation="gelu"))
     # A tag from open_clip's registry records its activation: nothing to state.
-    monkeypatch.delenv(ACTIVATION_ENV)
     check_activation(ModelSpec("ViT-B-32-quickgelu", pretrained="openai"))

@@ -72,16 +72,11 @@ def test_unknown_role_is_refused() -> None:
         load_instant_models(("vlm", "judge"))
 
 
-def test_workers_load_them_when_configured(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_workers_load_them_when_configured(tmp_path) -> None:
     from eta.models.instant import InstantClip
-    from eta.settings import get_settings
-    from workers import runtime
+    from eta.settings import Settings
+    from workers.context import WorkerContext
 
-    monkeypatch.setenv("ETA_MODELS", "instant")
-    get_settings.cache_clear()
-    try:
-        assert isinstance(runtime.load(("clip",)).clip, InstantClip)
-    finally:
-        monkeypatch.delenv("ETA_MODELS")
-        get_settings.cache_clear()
-    assert get_settings().models.backend == "configured"
+    context = WorkerContext(Settings(eta_models="instant", eta_data_dir=tmp_path))
+    assert isinstance(context.models_for(("clip",)).clip, InstantClip)
+    assert context.models_for(("clip",)) is context.models_for(())  # loaded once per context

@@ -6,8 +6,8 @@ import uuid
 
 import pytest
 
-from api import auth
-from api.auth import KeyCache, Principal
+from api import principal as principal_module
+from api.principal import KeyCache, Principal
 
 
 def _principal() -> Principal:
@@ -17,7 +17,7 @@ def _principal() -> Principal:
 @pytest.fixture
 def clock(monkeypatch):
     now = [1000.0]
-    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    monkeypatch.setattr(principal_module.time, "monotonic", lambda: now[0])
     return now
 
 

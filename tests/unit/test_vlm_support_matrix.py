@@ -11,10 +11,12 @@ import pytest
 from click.testing import CliRunner
 
 from eta.commands.main import main
-from eta.config import ETAConfig, ModelSpec
+from eta.config import ETAConfig, ModelsConfig, ModelSpec
 from eta.models import architectures
 from eta.models.architectures import ALLOW_UNSUPPORTED_ENV
+from eta.models.selection import load_options
 from eta.models.tiny_vlms import ARCHITECTURES, build_tiny_set
+from eta.settings import Settings, get_settings
 
 pytestmark = pytest.mark.models
 
@@ -33,6 +35,7 @@ def outside_matrix(tiny_models_dir, tmp_path_factory) -> Path:
 
 def test_an_architecture_outside_the_matrix_is_refused_in_one_line_exit_2(outside_matrix, monkeypatch):
     monkeypatch.delenv(ALLOW_UNSUPPORTED_ENV, raising=False)
+    get_settings.cache_clear()
     result = CliRunner().invoke(main, ["run", "--tiny-dir", str(outside_matrix), "--prompt", "Hi"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
@@ -50,11 +53,13 @@ def test_the_experiment_override_marks_every_fingerprint(tiny_models, monkeypatc
     # Take LLaVA out of the matrix: now the tiny VLM is an architecture the engine was never proven on.
     monkeypatch.setattr(architectures, "BY_MODEL_TYPE",
                         {k: v for k, v in architectures.BY_MODEL_TYPE.items() if k != "llava"})
-    monkeypatch.delenv(ALLOW_UNSUPPORTED_ENV, raising=False)
     with pytest.raises(architectures.UnsupportedArchitecture, match="'llava' is outside"):
         VisionLanguageModel.load(spec)
+    # ETA_VLM_ALLOW_UNSUPPORTED=1 reaches the loader as the spec's switch.
     monkeypatch.setenv(ALLOW_UNSUPPORTED_ENV, "1")
-    vlm = VisionLanguageModel.load(spec)
+    allowed = ModelsConfig(vlm=spec).with_load_options(**load_options(Settings())).vlm
+    assert allowed.allow_unsupported
+    vlm = VisionLanguageModel.load(allowed)
     printed = fingerprint(Models(vlm=vlm, clip=tiny_models.clip, reward=tiny_models.reward), ETAConfig())
     marked = printed["models"]["vlm"]["architecture"]
     assert marked["supported"] is False and ALLOW_UNSUPPORTED_ENV in marked["override"]

@@ -11,7 +11,8 @@ from PIL import Image
 
 from eta.config import ETAConfig
 from eta.images import ImageLimits, header_pixels, split_by_pixels
-from workers.runner import StageRunner, Work
+from workers.runner import StageRunner
+from workers.stage_types import Work
 
 
 def _png(side: int, shade: int) -> bytes:

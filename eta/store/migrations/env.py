@@ -24,7 +24,11 @@ target_metadata = Base.metadata
 
 
 def _url() -> str:
-    return config.get_main_option("sqlalchemy.url") or default_database_url()
+    # Only when the `alembic` command runs this file by hand, with no URL: an entry point of its own, so it reads
+    # the environment's settings itself (`eta db` hands over its engine instead).
+    from eta.settings import Settings
+
+    return config.get_main_option("sqlalchemy.url") or default_database_url(Settings())
 
 
 def _render_item(type_: str, obj: Any, _autogen_context: AutogenContext) -> str | Literal[False]:

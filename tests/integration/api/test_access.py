@@ -179,3 +179,22 @@ def test_a_revoked_key_can_never_write_again_and_stops_reading_within_the_key_ca
     while client.get(f"/v1/jobs/{job['id']}", headers=tenant.auth()).status_code != 401:
         assert time.monotonic() < deadline, "a revoked key kept reading past the key cache time"
     assert time.monotonic() - revoked_at < 0.5 + 2.0
+
+
+def test_the_app_factory_builds_the_shared_state_whole_and_refuses_contradictory_stage_limits(settings,
+                                                                                              postgres_engine):
+    from api import create_app
+    from api.principal import KeyCache
+    from api.ratelimit import RateLimits
+    from api.state import ApiState
+    from eta.settings import SettingsError
+    from workers.enqueue import EtaCelery
+
+    app = create_app(settings, engine=postgres_engine)
+    state = app.extensions["eta"]
+    assert isinstance(state, ApiState)
+    assert isinstance(state.rate_limits, RateLimits) and isinstance(state.key_cache, KeyCache)
+    assert isinstance(state.celery, EtaCelery) and state.celery.settings is settings
+    assert not [name for name in state.celery.tasks if name.startswith("eta.")]  # the API sends, it runs nothing
+    with pytest.raises(SettingsError, match="ETA_STAGE_POST_SWEEP_AFTER_S"):
+        create_app(settings.with_values(eta_stage_post_sweep_after_s=100), engine=postgres_engine)

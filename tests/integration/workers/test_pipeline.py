@@ -20,8 +20,8 @@ from eta.store import repository as repo
 from eta.store.models import Batch, Job, JobResult, Tenant
 from workers.callbacks import verify_signature
 from workers.enqueue import enqueue_jobs, stage_chain
-from workers.runner import storable
 from workers.stage_table import STAGES
+from workers.stage_types import storable
 
 from .conftest import Item, snapshot, stage_records, wait_for_batch, wait_until_terminal
 

@@ -19,7 +19,9 @@ from celery.exceptions import SoftTimeLimitExceeded
 from eta.models import Models
 from eta.store import repository as repo
 from eta.store.models import Job, JobResult
+from workers.context import WorkerContext
 from workers.stage_table import stage
+from workers.tasks import run_stage
 
 from .conftest import Item
 
@@ -33,9 +35,10 @@ class Retried(Exception):
 
 
 class StandInTask:
-    """What `run_stage` uses of a bound Celery task."""
+    """What `run_stage` uses of a bound Celery task: its request, its app, and the context its base class holds."""
 
-    def __init__(self, retries: int = 0) -> None:
+    def __init__(self, context: WorkerContext, retries: int = 0) -> None:
+        self.context = context
         self.request = SimpleNamespace(retries=retries)
         self.sent: list[tuple[str, list[Any]]] = []
         self.app = SimpleNamespace(send_task=lambda name, args: self.sent.append((name, args)))
@@ -63,18 +66,14 @@ class StandInClip:
 
 
 @pytest.fixture
-def run_pre(monkeypatch, sessions, worker_env):
-    """`run_pre(clip, ids, batch_size, retries)` runs the pre-evaluation task body with `clip` as the model."""
-    import workers.runtime
-    import workers.tasks
-
-    monkeypatch.setattr(workers.runtime, "sessions", lambda: sessions)
-    monkeypatch.setattr(workers.tasks, "get_settings", lambda: worker_env.settings)
+def run_pre(sessions, worker_env):
+    """`run_pre(clip, ids, batch_size, retries)` runs the pre-evaluation task body with `clip` as the model, in a
+    worker context of the test's settings and sessions."""
 
     def run(clip: StandInClip, ids: list[uuid.UUID], batch_size: int, retries: int = 0) -> list[str]:
-        monkeypatch.setattr(workers.runtime, "models_for", lambda roles: Models(clip=clip))  # type: ignore[arg-type]
-        return workers.tasks.run_stage(StandInTask(retries), stage("pre"), [str(i) for i in ids],  # type: ignore[arg-type]
-                                       batch_size)
+        context = WorkerContext(worker_env.settings, sessions=sessions, models=Models(clip=clip))  # type: ignore[arg-type]
+        return run_stage(StandInTask(context, retries), stage("pre"), [str(i) for i in ids],  # type: ignore[arg-type]
+                         batch_size)
 
     return run
 

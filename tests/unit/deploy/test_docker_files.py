@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eta.settings import LimitSettings, Settings
+from eta.settings import LimitSettings, Settings, stage_variables
+from workers.stage_table import STAGES, check_stage_limits
 
 DOCKER = Path(__file__).resolve().parents[3] / "docker"
 ENV_LINE = re.compile(r"^#?\s?([A-Z][A-Z0-9_]*)=(.*)$")
@@ -45,14 +46,23 @@ def _compose() -> dict:
     return yaml.safe_load((DOCKER / "compose.yaml").read_text())
 
 
+def _stage_limit_names() -> dict[str, tuple[str, str]]:
+    """The own variable of each limit of each stage of the table -> (stage, limit)."""
+    return {stage_variables(stage.name, field)[0]: (stage.name, field) for stage in STAGES
+            for field, value in stage.limits.model_dump().items() if value is not None}
+
+
 def _setting_names() -> set[str]:
     """Each setting's own variable (ETA_...), not the fallbacks read when it is unset."""
     routes = Settings.variables()
     return {min((name for name, route in routes.items() if route == target), key=lambda n: not n.startswith("ETA_"))
-            for target in set(routes.values())}
+            for target in set(routes.values())} | set(_stage_limit_names())
 
 
 def _value(settings: Settings, name: str) -> object:
+    if name in _stage_limit_names():
+        stage, field = _stage_limit_names()[name]
+        return getattr(check_stage_limits(settings)[stage], field)
     group, field = Settings.variables()[name]
     return getattr(getattr(settings, group) if group else settings, field)
 

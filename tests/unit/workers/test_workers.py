@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import uuid
 from pathlib import Path
 
@@ -10,13 +11,14 @@ import pytest
 from kombu import Connection
 
 from eta.commands.demo import demo_items
-from eta.settings import Settings
+from eta.settings import Settings, SettingsError, StageLimits, get_settings, stage_variable, stage_variables
 from workers.app import create_celery_app
 from workers.broker import broker_url, is_embedded, transport_options
 from workers.callbacks import sign, signature_header, verify_signature
 from workers.enqueue import chunks, stage_chain
-from workers.runner import parse_ids, storable
-from workers.stage_table import STAGES, roles_for_queues
+from workers.runner import parse_ids
+from workers.stage_table import STAGES, check_stage_limits, roles_for_queues
+from workers.stage_types import storable
 from workers.tasks import backoff_s
 
 
@@ -61,10 +63,41 @@ def test_a_callback_signature_needs_the_secret_the_event_and_a_recent_timestamp(
 
 
 def test_time_limits_must_leave_the_sweeper_room():
-    with pytest.raises(ValueError, match="ETA_PRE_SOFT_TIME_LIMIT_S"):
-        Settings(eta_pre_soft_time_limit_s=400, eta_pre_time_limit_s=360)
-    with pytest.raises(ValueError, match="ETA_SWEEP_GENERATING_AFTER_S"):
-        Settings(eta_sweep_generating_after_s=60)
+    with pytest.raises(SettingsError, match="ETA_PRE_SOFT_TIME_LIMIT_S"):
+        check_stage_limits(Settings(eta_pre_soft_time_limit_s=400, eta_pre_time_limit_s=360))
+    with pytest.raises(SettingsError, match="ETA_SWEEP_GENERATING_AFTER_S"):
+        check_stage_limits(Settings(eta_sweep_generating_after_s=60))
+    with pytest.raises(SettingsError, match="stage generate"):
+        create_celery_app(Settings(eta_stage_generate_time_limit_s=5000))  # the app factory checks them
+    with pytest.raises(SettingsError, match="no stage 'pree'"):
+        check_stage_limits(Settings(eta_stage_pree_batch_size=4))  # a misspelt stage is not ignored
+    with pytest.raises(ValueError, match="must be below"):
+        StageLimits(batch_size=1, soft_time_limit_s=10, time_limit_s=10, sweep_after_s=20)  # checked as declared
+
+
+def test_stage_limits_come_from_the_table_and_the_old_and_new_variables(monkeypatch):
+    for name in list(os.environ):
+        if stage_variable(name):
+            monkeypatch.delenv(name)
+    assert check_stage_limits(Settings()) == {s.name: s.limits for s in STAGES}
+    monkeypatch.setenv("ETA_CLIP_BATCH_SIZE", "7")
+    monkeypatch.setenv("ETA_SWEEP_QUEUED_AFTER_S", "900")
+    monkeypatch.setenv("ETA_GENERATE_BATCH_SIZE", "3")
+    monkeypatch.setenv("ETA_STAGE_GENERATE_BATCH_SIZE", "5")  # the own name wins over the older one
+    monkeypatch.setenv("ETA_STAGE_POST_SOFT_TIME_LIMIT_S", "100")
+    limits = check_stage_limits(Settings())
+    assert (limits["pre"].batch_size, limits["pre"].sweep_waiting_after_s) == (7, 900)
+    assert limits["generate"].batch_size == 5
+    assert (limits["post"].soft_time_limit_s, limits["post"].time_limit_s) == (100, 360)
+    assert stage_variables("pre", "sweep_waiting_after_s") == ("ETA_STAGE_PRE_SWEEP_WAITING_AFTER_S",
+                                                               "ETA_SWEEP_QUEUED_AFTER_S")
+    assert stage_variable("ETA_STAGE_MAX_RETRIES") is None  # a field of its own, not a stage's limit
+    monkeypatch.setenv("ETA_REWARD_BATCH_SIZE", "0")
+    with pytest.raises(SettingsError, match="ETA_STAGE_POST_BATCH_SIZE / ETA_REWARD_BATCH_SIZE"):
+        get_settings.__wrapped__()
+    monkeypatch.delenv("ETA_REWARD_BATCH_SIZE")
+    app = create_celery_app(Settings(eta_stage_pre_time_limit_s=400, eta_data_dir="/tmp/eta-unused"))  # noqa: S108
+    assert app.conf.task_annotations["eta.pre_evaluate"] == {"soft_time_limit": 300, "time_limit": 400}
 
 
 def test_a_worker_loads_only_what_its_queues_need():
