@@ -21,7 +21,7 @@ from PIL import Image
 from eta.config import ModelSpec
 from eta.models.architectures import architecture_of
 from eta.models.common import describe, resolve_device, resolve_dtype
-from eta.models.cpu_linear import route_few_row_linears
+from eta.models.cpu_linear import route_cpu_linears
 from eta.models.kv_cache import (
     PackedRows,
     RowPrefix,
@@ -97,8 +97,8 @@ class VisionLanguageModel:
         # layer is plain self-attention; `spec.shared_prefix` False (ETA_SHARED_PREFIX=0) keeps the copied layout
         # (N copies), for comparison.
         self.shared_prefix = spec.shared_prefix and shared_prefix_applies(model, self.packing)
-        if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
-            route_few_row_linears(model)
+        if device.type == "cpu":  # oneDNN with packed weights: see eta.models.cpu_linear
+            route_cpu_linears(model)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> VisionLanguageModel:
