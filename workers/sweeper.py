@@ -13,7 +13,10 @@ finds the jobs nobody is moving forward and sends them again from the stage they
   not the job's), and so is the callback of every completed batch not yet delivered.
 - A job **no worker holds** that has sat in one status longer than its timeout (its message lost some other
   way). A waiting status (`queued`, `generating`, `post_evaluating`) is skipped while that queue still holds
-  messages: a backlog is not a loss.
+  messages: a backlog is not a loss. While that queue is empty, a job waiting there unheld for
+  `sweep_unheld_after_s` (60 s) is sent again: its message is in no queue and no worker runs it (a worker that
+  runs a job holds its lease), so a worker took it and died, or lost its broker connection, before starting it;
+  Redis gives such a message back only after its visibility timeout (hours).
 - A completed batch whose callback was not delivered `callback_resend_after_s` after it completed gets its
   callback task again (receivers deduplicate on `ETA-Event-Id`).
 
@@ -75,6 +78,13 @@ def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
         with app.connection_for_write() as connection:
             channel = connection.default_channel
             for name in queues:
+                size = getattr(channel, "_size", None)
+                if size is not None:
+                    # kombu's virtual transports (Redis, the embedded folder) count a queue's messages with
+                    # `_size`; a passive declare first asks whether the queue exists, which under a Redis key
+                    # prefix looks for the unprefixed key and answers "no such queue" for a full queue.
+                    depths[name] = int(size(name))
+                    continue
                 try:
                     depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
                 except ChannelError:
@@ -107,7 +117,9 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
         if queue is not None and depths.get(queue, 0) > 0:
             report.skipped_backlog.append(str(status))
             continue
-        timeouts[status] = timeout
+        # Its queue is empty: a job waiting there that no worker holds has no message a worker will take.
+        timeouts[status] = (min(timeout, timedelta(seconds=settings.workers.sweep_unheld_after_s))
+                            if queue is not None else timeout)
     if report.skipped_backlog:
         logger.info("sweep: not sweeping %s, their queues hold messages (%s)",
                     ", ".join(report.skipped_backlog), depths)
