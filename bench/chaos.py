@@ -16,6 +16,11 @@ undisturbed run of the same jobs with the same seeds (the same pipeline code, in
 It prints one JSON document and exits 1 when a job is lost, duplicated, failed or mismatched, or a batch or
 a callback is missing.
 
+`--poison N` plants N poison jobs: their prompts carry a marker on which the instant VLM SIGKILLs its own
+process, every time (`ETA_INSTANT_FAULT=kill:MARKER` in the workers' environment only). They must fail (as
+`stalled`, once the sweeper has tried each alone) and nothing else may: a job that fails beside them counts
+against the verdict (`failed_innocent`), and so does a poison job that did not fail.
+
     .venv/bin/python bench/chaos.py                        # 10,000 jobs, 4 tenants, 4 workers
     .venv/bin/python bench/chaos.py --jobs 1000 --kills 3 --redis-restarts 1 --redis-flushes 0 \
         --postgres-restarts 0                                # the reduced schedule CI runs
@@ -59,6 +64,7 @@ ETA = str(Path(sys.executable).with_name("eta"))
 SECRET = "chaos-secret-key-0123456789abcdef"  # noqa: S105 - a private throwaway service
 PARAMS = {"max_new_tokens": 32}
 TERMINAL = ("succeeded", "failed", "cancelled")
+POISON_MARKER = "[chaos-poison]"
 STAGE_RUNNING = ("pre_evaluating", "generating", "post_evaluating")
 
 # Every status change of a job, written by the database itself (this private database only).
@@ -214,6 +220,8 @@ class Submitted:
     batches: dict[str, int] = field(default_factory=dict)  # batch id -> jobs
     job_ids: list[uuid.UUID] = field(default_factory=list)
     tenants: int = 0
+    # The planted poison jobs (--poison).
+    poison: set[uuid.UUID] = field(default_factory=set)
 
 
 def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
@@ -229,6 +237,8 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
     images = [_png(i) for i in range(args.distinct_images)]
     out = Submitted(tenants=args.tenants)
     per_batch = args.batch_size
+    # Poison jobs spread evenly over the run.
+    poisoned = {int((k + 0.5) * args.jobs / args.poison) for k in range(args.poison)} if args.poison else set()
     try:
         with sessions() as session, session.begin():
             tenants = [repo.create_tenant(session=session, name=f"tenant-{t}").id for t in range(args.tenants)]
@@ -240,7 +250,8 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
         while index < args.jobs:
             tenant = tenants[batch_no % len(tenants)]
             count = min(per_batch, args.jobs - index)
-            jobs = [NewJob(prompt=f"chaos question {index + i}: what is in the picture?",
+            jobs = [NewJob(prompt=f"chaos question {index + i}: what is in the picture?"
+                           + (f" {POISON_MARKER}" if index + i in poisoned else ""),
                            image_sha256=digests[(index + i) % len(digests)] if (index + i) % 4 else None,
                            custom_id=f"job-{index + i}", params=PARAMS, seed=index + i) for i in range(count)]
             with sessions() as session, session.begin():
@@ -248,6 +259,7 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
                                                    callback_url=callback_url)
             out.batches[str(made.batch.id)] = count
             out.job_ids.extend(made.job_ids)
+            out.poison.update(job_id for i, job_id in enumerate(made.job_ids) if index + i in poisoned)
             index += count
             batch_no += 1
     finally:
@@ -319,16 +331,23 @@ def check(url: str, submitted: Submitted, receiver: CallbackReceiver) -> dict[st
                 "SELECT b.id, b.status, b.callback_sent_at, count(j.id) AS jobs, "
                 "count(j.id) FILTER (WHERE j.status IN ('succeeded','failed','cancelled')) AS ended "
                 "FROM batches b LEFT JOIN jobs j ON j.batch_id = b.id GROUP BY b.id"))}
+            failed_ids = {job_id for (job_id,) in c.execute(sa.text("SELECT id FROM jobs WHERE status = 'failed'"))}
+            # Where the jobs that did not end stand, for whoever reads a failed run (with their last transitions).
+            stuck = [{**{k: str(v) for k, v in r._mapping.items()}} for r in c.execute(sa.text(
+                "SELECT j.id, j.status, j.attempts, j.lease_owner, j.lease_expires_at, j.status_changed_at, "
+                "(SELECT string_agg(t.old_status || '>' || t.new_status || '@' || to_char(t.at, 'HH24:MI:SS.MS'), ' ' "
+                "ORDER BY t.at) FROM chaos_transitions t WHERE t.job_id = j.id) AS moves "
+                "FROM jobs j WHERE j.status NOT IN ('succeeded','failed','cancelled') "
+                "ORDER BY j.status_changed_at LIMIT 5"))]
             stored = {r.job_id: {**dict(r._mapping)} for r in c.execute(sa.text(
                 "SELECT r.job_id, r.s_pre, r.pre_unsafe, r.s_post, r.post_unsafe, r.aligned, r.vanilla_response, "
                 "r.response, r.trace, r.s_post_final, r.flag_reasons, j.flagged FROM job_results r "
                 "JOIN jobs j ON j.id = r.job_id WHERE j.status = 'succeeded'"))}
     finally:
         engine.dispose()
-    expected = reference_results(url, submitted.job_ids)
+    expected = reference_results(url, [j for j in submitted.job_ids if j not in submitted.poison])
     mismatched = [str(job_id) for job_id, values in expected.items()
                   if job_id in stored and _comparable(stored[job_id]) != values]
-    missing_results = [str(job_id) for job_id in expected if job_id not in stored]
     duplicated = sum(1 for n in terminal_entries.values() if n > 1) + int(left_terminal or 0) + int(result_rows or 0)
     total = sum(statuses.values())
     lost = (len(submitted.job_ids) - total) + sum(n for s, n in statuses.items() if s not in TERMINAL)
@@ -344,7 +363,13 @@ def check(url: str, submitted: Submitted, receiver: CallbackReceiver) -> dict[st
         "mismatched": len(mismatched),
         "mismatched_examples": mismatched[:5],
         "failed": dict(failed_codes),
-        "succeeded_without_result": len(missing_results) - sum(failed_codes.values()),
+        "unfinished_examples": stuck,
+        "jobs_failed": len(failed_ids),
+        # Failed jobs that were not planted poison: jobs that paid for another's crash, or for a fault.
+        "failed_innocent": len(failed_ids - submitted.poison),
+        "poison_jobs": len(submitted.poison),
+        "poison_failed": len(failed_ids & submitted.poison),
+        "succeeded_without_result": len([j for j in expected if j not in stored and j not in failed_ids]),
         "batches": len(submitted.batches),
         "batches_wrong": len(bad_batches),
         "callbacks_missing": len(undelivered),
@@ -445,7 +470,8 @@ class Chaos:
             engine.dispose()
             submitted = submit(url, a, receiver.url)
             overrides = dict(s.split("=", 1) for s in a.setting)
-            env = {**_clean_environ(), "DATABASE_URL": url, "REDIS_URL": rd.url, "ETA_MODELS": "instant",
+            poison = {"ETA_INSTANT_FAULT": f"kill:{POISON_MARKER}"} if a.poison else {}
+            env = {**_clean_environ(), "DATABASE_URL": url, "REDIS_URL": rd.url, "ETA_MODELS": "instant", **poison,
                    "SECRET_KEY": SECRET, "ETA_DATA_DIR": str(pg.root.parent / f"{pg.root.name}-data"),
                    "ETA_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8", **overrides}
             Path(env["ETA_DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # the beat schedule file goes there
@@ -572,6 +598,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--postgres-restarts", type=int, default=1)
     parser.add_argument("--restart-after-s", type=float, default=1.0, help="pause before a killed worker restarts")
     parser.add_argument("--distinct-images", type=int, default=64)
+    parser.add_argument("--poison", type=int, default=0, help="plant this many poison jobs (each kills its worker "
+                                                              "process every time); they must fail alone")
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault schedule")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the jobs to end after enqueueing")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
@@ -591,8 +619,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
     result = {"benchmark": "chaos", **Chaos(args).run()}
-    ok = not (result["lost"] or result["duplicated"] or result["mismatched"] or result["failed"]
-              or result["batches_wrong"] or result["callbacks_missing"])
+    ok = not (result["lost"] or result["duplicated"] or result["mismatched"] or result["failed_innocent"]
+              or result["poison_failed"] != result["poison_jobs"] or result["batches_wrong"]
+              or result["callbacks_missing"])
     result["ok"] = ok
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

@@ -84,6 +84,10 @@ def configured_app(settings: Settings, *, stages: Sequence[Stage] = STAGES) -> E
         # One message at a time per process: a GPU worker must not hold a second chunk while busy.
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=None,
+        # How long the pool waits for a new process to say it is up (Celery's default, 4 s, is shorter than a model
+        # load: every replacement of a process that died would be killed while loading, for ever). The process
+        # itself gives up first, with its stacks in the log (workers.signals), so this is only the backstop.
+        worker_proc_alive_timeout=settings.workers.worker_ready_timeout_s + 30,
         worker_send_task_events=False,
         # The embedded broker is one folder: no remote control (its fanout files outlive dead workers).
         worker_enable_remote_control=not embedded,
