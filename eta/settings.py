@@ -269,7 +269,8 @@ class WorkerSettings(SettingsGroup):
     # lost its broker connection, while holding it unstarted leaves it in the broker's unacknowledged set until
     # the visibility timeout). Sooner than the stage's own sweep timeout, which waits for a message to be lost.
     sweep_unheld_after_s: int = Field(default=60, gt=0)
-    # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
+    # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`; the sweeper
+    # re-sends in chunks half as large each time and fails a job only after a try alone (may take more tries).
     max_stage_attempts: int = Field(default=3, gt=0)
     # Seconds a freshly started pool process may take to load its models; one that is not ready by then writes
     # its stacks to the worker log and exits, and the pool starts another.

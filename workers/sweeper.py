@@ -22,8 +22,13 @@ finds the jobs nobody is moving forward and sends them again from the stage they
 
 Each re-enqueue is a compare-and-set on (status, status_changed_at, no live lease) that counts one more
 attempt; the transaction commits only after the messages are published, so a broker that is still down
-changes nothing. A job out of attempts ends `failed` with code `stalled`. Re-sending is harmless when the
-original message was only slow: every stage is idempotent.
+changes nothing. Re-sending is harmless when the original message was only slow: every stage is idempotent.
+
+A killed worker and a job that kills its worker (an input that crashes a model) look the same from here, so a
+re-sent job goes in a smaller chunk each time (`resend_chunk_size`: half the chunk size per attempt, down to
+one job): a poison job ends up alone, and the jobs that shared its chunk go through in chunks without it. A job
+fails as `stalled` only once it is out of attempts (`ETA_MAX_STAGE_ATTEMPTS`) *and* its last attempt ran it
+alone, so it failed for what it is, not for the company it kept.
 """
 
 from __future__ import annotations
@@ -63,6 +68,18 @@ class SweepReport:
         return {"requeued": self.requeued, "failed_stalled": self.failed, "skipped_backlog": self.skipped_backlog,
                 "completed_batches": [str(b) for b in self.completed_batches],
                 "broker_data_lost": self.broker_data_lost, "callbacks_resent": self.callbacks_resent}
+
+
+def resend_chunk_size(attempt: int, settings: Settings) -> int:
+    """Jobs per message when a job is sent for its `attempt`-th try of a stage (the first try is the API's chunk):
+    the chunk size halved per try after the first, at least one."""
+    return max(1, settings.workers.chunk_size >> max(attempt - 1, 0))
+
+
+def out_of_attempts(attempts: int, settings: Settings) -> bool:
+    """Whether a stalled job that has had `attempts` tries of its stage fails rather than being sent again: it has
+    used ETA_MAX_STAGE_ATTEMPTS, and the last of them ran it alone (see the module docstring)."""
+    return attempts >= settings.workers.max_stage_attempts and resend_chunk_size(attempts, settings) == 1
 
 
 def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
@@ -126,10 +143,10 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
 
     with sessions() as session, session.begin():
         stalled = repo.find_stalled_jobs(session=session, timeouts=timeouts, now=now, limit=limit)
-        to_send: dict[str, list[uuid.UUID]] = {}
         touched: set[uuid.UUID] = set()
+        to_send: dict[tuple[str, int], list[uuid.UUID]] = {}
         for job in stalled:
-            if job.attempts >= settings.workers.max_stage_attempts:
+            if out_of_attempts(job.attempts, settings):
                 if repo.transition_job(session=session, job_id=job.job_id, expected=job.status, to=JobStatus.FAILED,
                                        error_code=STALLED, now=now,
                                        error_message=f"no progress in status {job.status} after "
@@ -144,11 +161,11 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
                                         status_changed_at=job.status_changed_at, now=now):
                 logger.info("job %s: stalled in %s since %s, re-enqueued (attempt %d)", job.job_id, job.status,
                             job.status_changed_at.isoformat(), job.attempts + 1)
-                to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
+                to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts + 1), []).append(job.job_id)
         # Publish before committing: if the broker is down the exception rolls the claims back.
-        for stage, job_ids in to_send.items():
-            send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
-            report.requeued[stage] = len(job_ids)
+        for (stage, attempt), job_ids in to_send.items():
+            send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
+            report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
     report.completed_batches = complete_finished_batches(sessions, touched)
     # Batches that completed one sweep interval's worth of time `callback_resend_after_s` ago: each comes up in
     # about one pass (a callback the receiver refused for good is not sent forever).
@@ -203,13 +220,13 @@ def _resend_everything(*, sessions: sessionmaker[Session], app: Celery, settings
     while True:
         with sessions() as session, session.begin():
             lost = repo.find_stalled_jobs(session=session, timeouts=everything, now=now, limit=limit)
-            to_send: dict[str, list[uuid.UUID]] = {}
+            to_send: dict[tuple[str, int], list[uuid.UUID]] = {}
             for job in lost:
                 if repo.requeue_stalled_job(session=session, job_id=job.job_id, status=job.status,
                                             status_changed_at=job.status_changed_at, now=now, count_attempt=False):
-                    to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
-            for stage, job_ids in to_send.items():
-                send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
+                    to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts), []).append(job.job_id)
+            for (stage, attempt), job_ids in to_send.items():
+                send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
                 report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
         if len(lost) < limit:
             break

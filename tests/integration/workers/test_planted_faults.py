@@ -1,5 +1,7 @@
 """Planted faults through a real prefork worker on Postgres + Redis, with the instant models:
 
+- a poison job (its prompt makes the instant VLM SIGKILL its pool process, every time) fails alone: the
+  sweeper re-sends the crashed chunk in smaller and smaller chunks, so the jobs that shared its chunk finish;
 - a stage stuck in native code (the soft time limit's signal masked) while its lease keeper thread goes on
   renewing the jobs' leases is still ended by the stage's hard time limit;
 - a pool process stuck while loading its models is reported (its stacks in the log) and replaced.
@@ -86,6 +88,11 @@ def _faulty_worker(tmp_path: Path, fault: str, *, start: bool = True, **override
 
 
 @pytest.fixture
+def poison_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
+    yield from _faulty_worker(tmp_path, "kill")
+
+
+@pytest.fixture
 def hanging_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
     yield from _faulty_worker(tmp_path, "hang", ETA_GENERATE_SOFT_TIME_LIMIT_S="2", ETA_GENERATE_TIME_LIMIT_S="4")
 
@@ -94,6 +101,21 @@ def hanging_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
 def unready_worker(tmp_path: Path) -> Iterator[FaultyWorker]:
     # Long enough for a pool process to import torch on a loaded machine (it takes seconds) and hang where planted.
     yield from _faulty_worker(tmp_path, "hang_load", ETA_WORKER_READY_TIMEOUT_S="12")
+
+
+def test_a_poison_job_fails_alone_and_its_chunk_mates_succeed(poison_worker: FaultyWorker):
+    # Eight jobs in chunks of four (ETA_CHUNK_SIZE): the poison sits in the first chunk, with three innocent jobs.
+    prompts = [f"Describe picture {i}." for i in range(8)]
+    prompts[1] = f"Describe picture 1. {MARKER}"
+    ids = poison_worker.submit(prompts)
+    wait_until_terminal(poison_worker.sessions, ids, worker=poison_worker.worker, timeout=150)
+    outcomes = poison_worker.outcomes(ids)
+    log = poison_worker.worker.log()
+    assert outcomes[ids[1]] == ("failed", "stalled"), log[-3000:]
+    assert {outcomes[i] for i in ids if i != ids[1]} == {("succeeded", None)}, (outcomes, log[-3000:])
+    # It did kill its pool process, more than once (the first chunk of four, then a pair, then alone), and the
+    # pool replaced it each time.
+    assert log.count("exited with 'signal 9 (SIGKILL)'") >= 3, log[-3000:]
 
 
 @pytest.fixture
@@ -128,13 +150,13 @@ def test_a_stuck_stage_whose_lease_is_renewed_is_ended_by_its_time_limit(hanging
         time.sleep(0.2)
     assert len(set(leases)) >= 2 and leases[-1] > leases[0], hanging_worker.worker.log()[-3000:]
     # The soft limit cannot reach it (its signal is masked); the hard limit (4 s) kills the process, the lease
-    # lapses with its thread, and the sweeper fails it (ETA_MAX_STAGE_ATTEMPTS 1).
+    # lapses with its thread, and the sweeper's last try (alone: ETA_CHUNK_SIZE 4 -> 2 -> 1) fails it.
     wait_until_terminal(hanging_worker.sessions, ids, worker=hanging_worker.worker, timeout=150)
     log = hanging_worker.worker.log()
     assert hanging_worker.outcomes(ids)[ids[0]] == ("failed", "stalled"), log[-3000:]
-    # The try ran until the hard limit, and no longer.
+    # Each of the three tries ran until the hard limit, and no longer.
     tries = _stage_durations(log, "generate")
-    assert len(tries) == 1 and all(4 <= t < 4 + 2 for t in tries), (tries, log[-3000:])
+    assert len(tries) == 3 and all(4 <= t < 4 + 2 for t in tries), (tries, log[-3000:])
 
 
 def _stage_durations(log: str, stage: str) -> list[float]:

@@ -1,5 +1,5 @@
-"""The worker's main process refuses to fork a pool after importing torch; the planted faults of the instant
-models are off unless asked for."""
+"""The worker's main process refuses to fork a pool after importing torch; re-sent chunks shrink to one job
+before a job fails as stalled; the planted faults of the instant models are off unless asked for."""
 
 from __future__ import annotations
 
@@ -8,7 +8,32 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from eta.models.instant import planted_fault
+from eta.settings import Settings
+from workers.sweeper import out_of_attempts, resend_chunk_size
+
+
+def _settings(chunk_size: int, max_attempts: int) -> Settings:
+    return Settings(eta_chunk_size=chunk_size, eta_max_stage_attempts=max_attempts)
+
+
+def test_a_resent_chunk_halves_per_try_down_to_one_job():
+    settings = _settings(32, 3)
+    assert [resend_chunk_size(attempt, settings) for attempt in range(1, 8)] == [32, 16, 8, 4, 2, 1, 1]
+
+
+@pytest.mark.parametrize(("chunk_size", "max_attempts", "fails_after"), [
+    (32, 3, 6),   # 32, 16, 8, 4, 2, 1: six tries, the last one alone
+    (4, 3, 3),    # 4, 2, 1
+    (4, 5, 5),    # alone from the third try; the attempts set the limit
+    (1, 3, 3),    # always alone
+])
+def test_a_job_fails_as_stalled_only_after_a_try_alone(chunk_size, max_attempts, fails_after):
+    settings = _settings(chunk_size, max_attempts)
+    assert [out_of_attempts(n, settings) for n in range(1, fails_after + 1)] == [False] * (fails_after - 1) + [True]
+    assert resend_chunk_size(fails_after, settings) == 1
 
 
 def _import_in_child(code: str) -> subprocess.CompletedProcess[str]:
