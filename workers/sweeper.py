@@ -177,17 +177,17 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
 
 # Marker key of the broker's data: gone means the broker lost every message (see the module docstring).
 _EPOCH_KEY = "eta.broker-epoch"
-# The marker value this process set or saw last; None until it has looked once.
-_seen_epoch: str | None = None
+# The marker value this process set or saw last, by broker (its URL and key prefix): a broker this process has not
+# looked at yet is not in it. One process may sweep several brokers (a test session does).
+_seen_epochs: dict[str, str] = {}
 
 
 def broker_lost_data(app: Celery, settings: Settings) -> bool:
     """Whether the Redis broker lost its data since this process last looked (its marker key is gone).
 
-    The first look of a process only sets the marker: a broker emptied before this process started is
+    The first look of a process at a broker only sets the marker: a broker emptied before this process started is
     recovered by the timeouts instead. Always False for the embedded broker (its messages are files).
     """
-    global _seen_epoch
     from workers.broker import broker_url, is_embedded
 
     if is_embedded(settings):
@@ -195,17 +195,19 @@ def broker_lost_data(app: Celery, settings: Settings) -> bool:
     import redis
 
     key = f"{settings.broker.key_prefix}{_EPOCH_KEY}"
+    url = broker_url(settings)
+    broker = f"{url}|{key}"
     try:
-        client = redis.Redis.from_url(broker_url(settings), socket_connect_timeout=settings.broker.connect_timeout_s,
-                                      socket_timeout=10)
+        client = redis.Redis.from_url(url, socket_connect_timeout=settings.broker.connect_timeout_s, socket_timeout=10)
         try:
             current = client.get(key)
             if current is None:
                 token = uuid.uuid4().hex
                 client.set(key, token)
-                lost, _seen_epoch = _seen_epoch is not None, token
+                lost = broker in _seen_epochs
+                _seen_epochs[broker] = token
                 return lost
-            _seen_epoch = current.decode() if isinstance(current, bytes) else str(current)
+            _seen_epochs[broker] = current.decode() if isinstance(current, bytes) else str(current)
             return False
         finally:
             client.close()

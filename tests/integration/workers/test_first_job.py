@@ -4,8 +4,9 @@ completes its first job: `eta db upgrade`, `eta keys create`, `eta serve`, `eta 
 
 The other worker tests start the worker with tiny models that are already built; a worker on a fresh data
 directory builds them itself before it forks its pool, and that is what hung (the pool process waited for ever
-in its first torch operation). Here one worker starts on a fresh data directory (embedded database and broker),
-and one on Postgres + Redis with the models built beforehand (`eta models build-tiny`).
+in its first torch operation). Here the worker starts on the embedded default (database and broker in the data
+directory) and on Postgres + Redis, each with a fresh data directory and with the models built beforehand
+(`eta models build-tiny`).
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from pathlib import Path
 
 import pytest
 
+from bench._workers import ETA, clean_environ
 from tests.integration.conftest import fresh_postgres_database
 
-from .conftest import ETA, REDIS_URL, _clean_environ, flush_prefix
+from .conftest import REDIS_URL, flush_prefix
 
 pytestmark = [pytest.mark.models]
 
@@ -91,7 +93,7 @@ def user(tmp_path: Path) -> Iterator[Service]:
     (tmp_path / "logs").mkdir()
     # Torch's own thread count, as on a user's machine (at least two threads: one thread starts no pool to break),
     # whatever this test session was told to use.
-    env = {**{k: v for k, v in _clean_environ().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
+    env = {**{k: v for k, v in clean_environ().items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")},
            "OMP_NUM_THREADS": "2", "ETA_DATA_DIR": str(data), "ETA_DEVICE": "cpu"}
     service = Service(env, tmp_path / "logs")
     try:
@@ -127,19 +129,30 @@ def photos(tmp_path: Path, samples_dir: Path) -> Path:
     return folder
 
 
-def test_the_default_worker_completes_its_first_job_on_a_fresh_data_directory(user: Service, photos: Path):
-    # Nothing built: the worker builds the tiny models itself before its pool starts.
+def _build_models(user: Service) -> None:
+    user.run("models", "build-tiny", str(Path(user.env["ETA_DATA_DIR"]) / "tiny-models"))
+
+
+@pytest.mark.parametrize("models_built", [False, True], ids=["fresh-data-directory", "models-built-beforehand"])
+def test_the_default_worker_completes_its_first_job_on_the_embedded_default(user: Service, photos: Path,
+                                                                            models_built: bool):
+    # Fresh: nothing built, the worker builds the tiny models itself (in its preflight child) before its pool starts.
+    if models_built:
+        _build_models(user)
     _first_job(user, photos)
 
 
 @pytest.mark.postgres
 @pytest.mark.redis
-def test_the_default_worker_completes_its_first_job_on_postgres_and_redis(user: Service, photos: Path):
+@pytest.mark.parametrize("models_built", [False, True], ids=["fresh-data-directory", "models-built-beforehand"])
+def test_the_default_worker_completes_its_first_job_on_postgres_and_redis(user: Service, photos: Path,
+                                                                         models_built: bool):
     prefix = f"eta-test-{secrets.token_hex(4)}:"
     with fresh_postgres_database("eta_first_job") as url:
         user.env.update(DATABASE_URL=url, REDIS_URL=REDIS_URL, ETA_BROKER_KEY_PREFIX=prefix)
         try:
-            user.run("models", "build-tiny", str(Path(user.env["ETA_DATA_DIR"]) / "tiny-models"))
+            if models_built:
+                _build_models(user)
             _first_job(user, photos)
         finally:
             user.stop()

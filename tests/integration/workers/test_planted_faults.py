@@ -25,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench._workers import WorkerProcess, clean_environ
 from eta.settings import Settings
 from eta.store import repository as repo
 from eta.store import session_factory
@@ -34,7 +35,7 @@ from tests.integration.conftest import fresh_postgres_database, migrated_engine
 from workers.app import create_celery_app
 from workers.enqueue import enqueue_jobs
 
-from .conftest import REDIS_URL, WORKER_ENV, WorkerProcess, _clean_environ, flush_prefix, wait_until_terminal
+from .conftest import REDIS_URL, WORKER_ENV, flush_prefix, wait_until_terminal
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis]
 
@@ -69,7 +70,7 @@ def _faulty_worker(tmp_path: Path, fault: str, *, start: bool = True, **override
     # The data directory does not exist yet, as on a first start: `eta worker --beat` must make the folder of
     # beat's schedule file itself.
     with fresh_postgres_database("eta_faults") as url, migrated_engine(url) as engine:
-        env = {**_clean_environ(), **WORKER_ENV, "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
+        env = {**clean_environ(), **WORKER_ENV, "DATABASE_URL": url, "REDIS_URL": REDIS_URL,
                "ETA_BROKER_KEY_PREFIX": prefix, "ETA_DATA_DIR": str(tmp_path / "data"), "ETA_MODELS": "instant",
                "ETA_INSTANT_FAULT": fault if fault == "hang_load" or ":" in fault else f"{fault}:{MARKER}",
                "ETA_LEASE_S": "3", "ETA_SWEEP_INTERVAL_S": "1",
