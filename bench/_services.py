@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import redis
+from _workers import process_tree  # noqa: F401 - the bench scripts import it from here
 
 
 def free_port() -> int:
@@ -42,25 +43,6 @@ def wait_api(port: int, proc: subprocess.Popen[bytes], timeout_s: float = 90) ->
         if time.time() > deadline or proc.poll() is not None:
             raise RuntimeError("the API did not start")
         time.sleep(0.2)
-
-
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as handle:
-                    ppid = int(handle.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    found, stack = [], [pid]
-    while stack:
-        current = stack.pop()
-        found.append(current)
-        stack.extend(children.get(current, []))
-    return found
 
 
 def _postgres_bin(name: str) -> str:

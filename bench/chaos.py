@@ -16,6 +16,11 @@ undisturbed run of the same jobs with the same seeds (the same pipeline code, in
 It prints one JSON document and exits 1 when a job is lost, duplicated, failed or mismatched, or a batch or
 a callback is missing.
 
+`--poison N` plants N poison jobs: their prompts carry a marker on which the instant VLM SIGKILLs its own
+process, every time (`ETA_INSTANT_FAULT=kill:MARKER` in the workers' environment only). They must fail (as
+`stalled`, once the sweeper has tried each alone) and nothing else may: a job that fails beside them counts
+against the verdict (`failed_innocent`), and so does a poison job that did not fail.
+
     .venv/bin/python bench/chaos.py                        # 10,000 jobs, 4 tenants, 4 workers
     .venv/bin/python bench/chaos.py --jobs 1000 --kills 3 --redis-restarts 1 --redis-flushes 0 \
         --postgres-restarts 0                                # the reduced schedule CI runs
@@ -29,11 +34,8 @@ import argparse
 import io
 import json
 import logging
-import os
 import random
-import re
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -50,16 +52,23 @@ from PIL import Image
 from sqlalchemy.pool import NullPool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _services import PrivatePostgres, PrivateRedis, free_port, process_tree  # noqa: E402
+from _services import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
+from _workers import WorkerProcess, clean_environ  # noqa: E402
+
+from eta.store.lifecycle import TERMINAL_JOB_STATUSES  # noqa: E402
+from workers.stage_table import STAGES  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
 REPO = Path(__file__).resolve().parents[1]
-ETA = str(Path(sys.executable).with_name("eta"))
 SECRET = "chaos-secret-key-0123456789abcdef"  # noqa: S105 - a private throwaway service
 PARAMS = {"max_new_tokens": 32}
-TERMINAL = ("succeeded", "failed", "cancelled")
-STAGE_RUNNING = ("pre_evaluating", "generating", "post_evaluating")
+POISON_MARKER = "[chaos-poison]"
+TERMINAL = tuple(str(status) for status in TERMINAL_JOB_STATUSES)
+# The same list as a parameter of the checks' SQL.
+TERMINAL_PARAM = {"terminal": list(TERMINAL)}
+# The status a job has while each stage runs it.
+_RUNNING_STATUS = {stage.name: str(stage.running) for stage in STAGES}
 
 # Every status change of a job, written by the database itself (this private database only).
 _TRANSITIONS_DDL = """
@@ -74,7 +83,6 @@ END $$ LANGUAGE plpgsql;
 CREATE TRIGGER chaos_transitions AFTER UPDATE OF status ON jobs
     FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status) EXECUTE FUNCTION chaos_record_transition();
 """
-_STARTED = re.compile(r"\] stage (\w+) started: jobs ([0-9a-f, -]+?) \(")
 
 
 # --------------------------------------------------------------------------------------- callbacks
@@ -120,87 +128,6 @@ class CallbackReceiver:
 
 
 # ----------------------------------------------------------------------------------------- workers
-class Worker:
-    """One `eta worker` process group, its log in a file of its own."""
-
-    def __init__(self, name: str, queues: str, env: dict[str, str], log_dir: Path, *, beat: bool = False) -> None:
-        self.name = name
-        self.queues = queues
-        self.env = env
-        self.log_path = log_dir / f"{name}.log"
-        self.beat = beat
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.offset = 0
-
-    def start(self) -> None:
-        self.offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        argv = [ETA, "worker", "--queues", self.queues, "--concurrency", "1", "-l", "info", "-n", f"{self.name}@chaos"]
-        if self.beat:
-            argv.append("--beat")
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(argv, env=self.env, stdout=log, stderr=subprocess.STDOUT,  # noqa: S603
-                                         start_new_session=True)
-
-    def log(self) -> str:
-        with open(self.log_path, "rb") as handle:
-            handle.seek(self.offset)
-            return handle.read().decode(errors="replace")
-
-    def wait_ready(self, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while " ready." not in self.log():
-            if self.proc is None or self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"worker {self.name} did not start:\n{self.log()[-3000:]}")
-            time.sleep(0.1)
-
-    def running_stage(self) -> tuple[str, list[str]] | None:
-        """The stage and job ids this worker is running now (its last stage line says 'started'), if any."""
-        lines = [line for line in self.log().splitlines() if "] stage " in line]
-        if not lines:
-            return None
-        match = _STARTED.search(lines[-1])
-        if match is None:
-            return None
-        return match.group(1), [j.strip() for j in match.group(2).split(",") if j.strip()]
-
-    def holds_jobs(self, engine: sa.Engine) -> bool:
-        """Whether a process of this worker holds leases on jobs in a stage (the lease owner names its pid)."""
-        if self.proc is None:
-            return False
-        patterns = [f"%:{pid}:%" for pid in process_tree(self.proc.pid)]
-        try:
-            with engine.connect() as c:
-                return bool(c.execute(sa.text(
-                    "SELECT count(*) FROM jobs WHERE lease_owner LIKE ANY(CAST(:p AS text[])) "
-                    "AND status IN ('pre_evaluating', 'generating', 'post_evaluating')"), {"p": patterns}).scalar())
-        except sa.exc.OperationalError:
-            return False
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-            self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-
-
-
-def _clean_environ() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items()
-            if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "BLOB_BACKEND"))}
-
-
 # -------------------------------------------------------------------------------------------- jobs
 def _png(i: int) -> bytes:
     buf = io.BytesIO()
@@ -214,6 +141,8 @@ class Submitted:
     batches: dict[str, int] = field(default_factory=dict)  # batch id -> jobs
     job_ids: list[uuid.UUID] = field(default_factory=list)
     tenants: int = 0
+    # The planted poison jobs (--poison).
+    poison: set[uuid.UUID] = field(default_factory=set)
 
 
 def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
@@ -229,6 +158,8 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
     images = [_png(i) for i in range(args.distinct_images)]
     out = Submitted(tenants=args.tenants)
     per_batch = args.batch_size
+    # Poison jobs spread evenly over the run.
+    poisoned = {int((k + 0.5) * args.jobs / args.poison) for k in range(args.poison)} if args.poison else set()
     try:
         with sessions() as session, session.begin():
             tenants = [repo.create_tenant(session=session, name=f"tenant-{t}").id for t in range(args.tenants)]
@@ -240,7 +171,8 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
         while index < args.jobs:
             tenant = tenants[batch_no % len(tenants)]
             count = min(per_batch, args.jobs - index)
-            jobs = [NewJob(prompt=f"chaos question {index + i}: what is in the picture?",
+            jobs = [NewJob(prompt=f"chaos question {index + i}: what is in the picture?"
+                           + (f" {POISON_MARKER}" if index + i in poisoned else ""),
                            image_sha256=digests[(index + i) % len(digests)] if (index + i) % 4 else None,
                            custom_id=f"job-{index + i}", params=PARAMS, seed=index + i) for i in range(count)]
             with sessions() as session, session.begin():
@@ -248,6 +180,7 @@ def submit(url: str, args: argparse.Namespace, callback_url: str) -> Submitted:
                                                    callback_url=callback_url)
             out.batches[str(made.batch.id)] = count
             out.job_ids.extend(made.job_ids)
+            out.poison.update(job_id for i, job_id in enumerate(made.job_ids) if index + i in poisoned)
             index += count
             batch_no += 1
     finally:
@@ -309,26 +242,34 @@ def check(url: str, submitted: Submitted, receiver: CallbackReceiver) -> dict[st
             failed_codes = Counter(dict(c.execute(sa.text(
                 "SELECT error_code, count(*) FROM jobs WHERE status = 'failed' GROUP BY error_code")).all()))
             terminal_entries = dict(c.execute(sa.text(
-                "SELECT job_id, count(*) FROM chaos_transitions WHERE new_status IN ('succeeded','failed','cancelled') "
-                "GROUP BY job_id")).all())
+                "SELECT job_id, count(*) FROM chaos_transitions WHERE new_status = ANY(CAST(:terminal AS text[])) "
+                "GROUP BY job_id"), TERMINAL_PARAM).all())
             left_terminal = c.execute(sa.text("SELECT count(*) FROM chaos_transitions "
-                                              "WHERE old_status IN ('succeeded','failed','cancelled')")).scalar()
+                                              "WHERE old_status = ANY(CAST(:terminal AS text[]))"),
+                                      TERMINAL_PARAM).scalar()
             result_rows = c.execute(sa.text(
                 "SELECT count(*) FROM (SELECT job_id FROM job_results GROUP BY job_id HAVING count(*) > 1) d")).scalar()
             batches = {str(r.id): r for r in c.execute(sa.text(
                 "SELECT b.id, b.status, b.callback_sent_at, count(j.id) AS jobs, "
-                "count(j.id) FILTER (WHERE j.status IN ('succeeded','failed','cancelled')) AS ended "
-                "FROM batches b LEFT JOIN jobs j ON j.batch_id = b.id GROUP BY b.id"))}
+                "count(j.id) FILTER (WHERE j.status = ANY(CAST(:terminal AS text[]))) AS ended "
+                "FROM batches b LEFT JOIN jobs j ON j.batch_id = b.id GROUP BY b.id"), TERMINAL_PARAM)}
+            failed_ids = {job_id for (job_id,) in c.execute(sa.text("SELECT id FROM jobs WHERE status = 'failed'"))}
+            # Where the jobs that did not end stand, for whoever reads a failed run (with their last transitions).
+            stuck = [{**{k: str(v) for k, v in r._mapping.items()}} for r in c.execute(sa.text(
+                "SELECT j.id, j.status, j.attempts, j.lease_owner, j.lease_expires_at, j.status_changed_at, "
+                "(SELECT string_agg(t.old_status || '>' || t.new_status || '@' || to_char(t.at, 'HH24:MI:SS.MS'), ' ' "
+                "ORDER BY t.at) FROM chaos_transitions t WHERE t.job_id = j.id) AS moves "
+                "FROM jobs j WHERE NOT j.status = ANY(CAST(:terminal AS text[])) "
+                "ORDER BY j.status_changed_at LIMIT 5"), TERMINAL_PARAM)]
             stored = {r.job_id: {**dict(r._mapping)} for r in c.execute(sa.text(
                 "SELECT r.job_id, r.s_pre, r.pre_unsafe, r.s_post, r.post_unsafe, r.aligned, r.vanilla_response, "
                 "r.response, r.trace, r.s_post_final, r.flag_reasons, j.flagged FROM job_results r "
                 "JOIN jobs j ON j.id = r.job_id WHERE j.status = 'succeeded'"))}
     finally:
         engine.dispose()
-    expected = reference_results(url, submitted.job_ids)
+    expected = reference_results(url, [j for j in submitted.job_ids if j not in submitted.poison])
     mismatched = [str(job_id) for job_id, values in expected.items()
                   if job_id in stored and _comparable(stored[job_id]) != values]
-    missing_results = [str(job_id) for job_id in expected if job_id not in stored]
     duplicated = sum(1 for n in terminal_entries.values() if n > 1) + int(left_terminal or 0) + int(result_rows or 0)
     total = sum(statuses.values())
     lost = (len(submitted.job_ids) - total) + sum(n for s, n in statuses.items() if s not in TERMINAL)
@@ -344,7 +285,13 @@ def check(url: str, submitted: Submitted, receiver: CallbackReceiver) -> dict[st
         "mismatched": len(mismatched),
         "mismatched_examples": mismatched[:5],
         "failed": dict(failed_codes),
-        "succeeded_without_result": len(missing_results) - sum(failed_codes.values()),
+        "unfinished_examples": stuck,
+        "jobs_failed": len(failed_ids),
+        # Failed jobs that were not planted poison: jobs that paid for another's crash, or for a fault.
+        "failed_innocent": len(failed_ids - submitted.poison),
+        "poison_jobs": len(submitted.poison),
+        "poison_failed": len(failed_ids & submitted.poison),
+        "succeeded_without_result": len([j for j in expected if j not in stored and j not in failed_ids]),
         "batches": len(submitted.batches),
         "batches_wrong": len(bad_batches),
         "callbacks_missing": len(undelivered),
@@ -358,7 +305,8 @@ def _terminal_times(url: str) -> dict[str, float]:
     try:
         with engine.connect() as c:
             rows = c.execute(sa.text("SELECT job_id, max(at) FROM chaos_transitions "
-                                     "WHERE new_status IN ('succeeded','failed','cancelled') GROUP BY job_id")).all()
+                                     "WHERE new_status = ANY(CAST(:terminal AS text[])) GROUP BY job_id"),
+                             TERMINAL_PARAM).all()
     finally:
         engine.dispose()
     return {str(job_id): at.timestamp() for job_id, at in rows}
@@ -394,8 +342,8 @@ class Chaos:
         """(jobs ended, jobs)."""
         try:
             with engine.connect() as c:
-                row = c.execute(sa.text("SELECT count(*) FILTER (WHERE status IN ('succeeded','failed','cancelled')), "
-                                        "count(*) FROM jobs")).one()
+                row = c.execute(sa.text("SELECT count(*) FILTER (WHERE status = ANY(CAST(:terminal AS text[]))), "
+                                        "count(*) FROM jobs"), TERMINAL_PARAM).one()
             return int(row[0]), int(row[1])
         except sa.exc.OperationalError:
             return -1, -1
@@ -407,7 +355,7 @@ class Chaos:
         self.rng.shuffle(kinds)
         return kinds
 
-    def kill_one(self, workers: list[Worker], engine: sa.Engine) -> Fault:
+    def kill_one(self, workers: list[WorkerProcess], engine: sa.Engine) -> Fault:
         """SIGKILL a worker in the middle of a stage: its log says the stage started and the database shows it
         holding jobs. Waits up to 90 s for one to be: after earlier kills every worker may sit idle until the
         killed workers' leases run out and the sweeper sends their jobs again (tens of seconds)."""
@@ -416,16 +364,14 @@ class Chaos:
         while True:
             self.rng.shuffle(candidates)
             for worker in candidates:
-                running = worker.running_stage()
-                if running is not None and not worker.holds_jobs(engine):
-                    running = None
+                running = worker.held_jobs(engine)
                 if running is not None or time.monotonic() > deadline:
                     worker.kill()
                     fault = Fault("kill", time.time(), {"worker": worker.name, "mid_stage": running is not None,
                                                         "stage": running[0] if running else None,
                                                         "job_ids": running[1] if running else []})
                     time.sleep(self.args.restart_after_s)
-                    worker.start()
+                    worker.start(wait=False)
                     return fault
             time.sleep(0.01)
 
@@ -445,20 +391,22 @@ class Chaos:
             engine.dispose()
             submitted = submit(url, a, receiver.url)
             overrides = dict(s.split("=", 1) for s in a.setting)
-            env = {**_clean_environ(), "DATABASE_URL": url, "REDIS_URL": rd.url, "ETA_MODELS": "instant",
+            poison = {"ETA_INSTANT_FAULT": f"kill:{POISON_MARKER}"} if a.poison else {}
+            env = {**clean_environ(), "DATABASE_URL": url, "REDIS_URL": rd.url, "ETA_MODELS": "instant", **poison,
                    "SECRET_KEY": SECRET, "ETA_DATA_DIR": str(pg.root.parent / f"{pg.root.name}-data"),
                    "ETA_CALLBACK_ALLOWED_NETWORKS": "127.0.0.0/8", **overrides}
             Path(env["ETA_DATA_DIR"]).mkdir(parents=True, exist_ok=True)  # the beat schedule file goes there
             log_dir = Path(a.log_dir) if a.log_dir else pg.root.parent / f"{pg.root.name}-logs"
             log_dir.mkdir(parents=True, exist_ok=True)
-            workers = [Worker(f"stage-{i}", "pre,generate,post", env, log_dir) for i in range(a.workers)]
-            control = Worker("control", "control", env, log_dir, beat=True)
+            workers = [WorkerProcess(env, log_dir / f"stage-{i}.log", "pre,generate,post", beat=False,
+                                     hostname=f"stage-{i}@chaos") for i in range(a.workers)]
+            control = WorkerProcess(env, log_dir / "control.log", "control", hostname="control@chaos")
             everyone = [*workers, control]
             try:
                 for worker in everyone:
-                    worker.start()
+                    worker.start(wait=False)
                 for worker in everyone:
-                    worker.wait_ready()
+                    worker.wait_for_log(" ready.", timeout=120)
                 settings = Settings(database_url=url, redis_url=rd.url,
                                     **{k.lower(): v for k, v in overrides.items() if k.startswith("ETA_")})
                 t0 = time.time()
@@ -475,7 +423,7 @@ class Chaos:
         result["logs"] = str(log_dir)
         return result
 
-    def inject(self, url: str, everyone: list[Worker], workers: list[Worker], pg: PrivatePostgres,
+    def inject(self, url: str, everyone: list[WorkerProcess], workers: list[WorkerProcess], pg: PrivatePostgres,
                rd: PrivateRedis, submitted: Submitted, receiver: CallbackReceiver, t0: float) -> dict[str, Any]:
         a = self.args
         engine = sa.create_engine(url, poolclass=NullPool)
@@ -514,7 +462,7 @@ class Chaos:
             "timed_out": done != total,
         }
 
-    def inject_one(self, kind: str, workers: list[Worker], pg: PrivatePostgres, rd: PrivateRedis,
+    def inject_one(self, kind: str, workers: list[WorkerProcess], pg: PrivatePostgres, rd: PrivateRedis,
                    engine: sa.Engine) -> Fault:
         if kind == "kill":
             return self.kill_one(workers, engine)
@@ -535,8 +483,7 @@ class Chaos:
             if fault.kind != "kill" or not fault.detail["job_ids"]:
                 continue
             ids = fault.detail["job_ids"]
-            stage_status = {"pre": "pre_evaluating", "generate": "generating", "post": "post_evaluating"}.get(
-                fault.detail["stage"], "")
+            stage_status = _RUNNING_STATUS.get(fault.detail["stage"], "")
             left = _left_stage_times(url, stage_status, ids)
             times = [ended.get(j) for j in ids]
             recovered = max(left.get(j, ended.get(j, float("inf"))) for j in ids) - fault.at
@@ -572,6 +519,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--postgres-restarts", type=int, default=1)
     parser.add_argument("--restart-after-s", type=float, default=1.0, help="pause before a killed worker restarts")
     parser.add_argument("--distinct-images", type=int, default=64)
+    parser.add_argument("--poison", type=int, default=0, help="plant this many poison jobs (each kills its worker "
+                                                              "process every time); they must fail alone")
     parser.add_argument("--seed", type=int, default=0, help="seeds the fault schedule")
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the jobs to end after enqueueing")
     parser.add_argument("--setting", action="append", default=[], metavar="NAME=VALUE",
@@ -591,8 +540,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s: %(message)s")
     result = {"benchmark": "chaos", **Chaos(args).run()}
-    ok = not (result["lost"] or result["duplicated"] or result["mismatched"] or result["failed"]
-              or result["batches_wrong"] or result["callbacks_missing"])
+    ok = not (result["lost"] or result["duplicated"] or result["mismatched"] or result["failed_innocent"]
+              or result["poison_failed"] != result["poison_jobs"] or result["batches_wrong"]
+              or result["callbacks_missing"])
     result["ok"] = ok
     json.dump(result, sys.stdout, indent=2, default=str)
     sys.stdout.write("\n")

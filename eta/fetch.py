@@ -119,7 +119,9 @@ def _get(target: Target, *, deadline: float, max_bytes: int) -> tuple[int, str |
             raise FetchFailed("no complete answer within the time limit", transient=True)
         return response.status, None, b"".join(chunks)
     except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set():
+        # The socket's own timeout is the same deadline as the cutter's: whichever fires first, the attempt ran
+        # out of its time (on a loaded machine the socket's often wins).
+        if expired.is_set() or isinstance(exc, TimeoutError):
             raise FetchFailed("no complete answer within the time limit", transient=True) from exc
         raise FetchFailed(f"the server could not be read: {type(exc).__name__}: {exc}", transient=True) from exc
     finally:

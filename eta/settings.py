@@ -264,8 +264,17 @@ class WorkerSettings(SettingsGroup):
     # Sweeper: how often it runs (beat). How long a job no worker holds may sit in each status before it is
     # re-enqueued is a stage limit (`StageLimits.sweep_after_s`).
     sweep_interval_s: float = Field(default=10.0, gt=0)
-    # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`.
+    # How long a job may wait in a stage's waiting status, no worker holding it, while that stage's queue is empty,
+    # before the sweeper sends it again: its message is then nowhere a worker will find it (a worker that died, or
+    # lost its broker connection, while holding it unstarted leaves it in the broker's unacknowledged set until
+    # the visibility timeout). Sooner than the stage's own sweep timeout, which waits for a message to be lost.
+    sweep_unheld_after_s: int = Field(default=60, gt=0)
+    # Times a job's stage may be started (first run + sweeper re-enqueues) before it fails as `stalled`; the sweeper
+    # re-sends in chunks half as large each time and fails a job only after a try alone (may take more tries).
     max_stage_attempts: int = Field(default=3, gt=0)
+    # Seconds a freshly started pool process may take to load its models; one that is not ready by then writes
+    # its stacks to the worker log and exits, and the pool starts another.
+    worker_ready_timeout_s: int = Field(default=900, gt=0)
     # Networks outbound calls (batch callbacks and image fetches) may reach although they are not public
     # (loopback, private, link-local...), comma separated CIDRs, e.g. "10.20.0.0/16"; image URLs on them may
     # also be plain http. Empty: public addresses only. ETA_OUTBOUND_ALLOWED_NETWORKS (the older

@@ -35,8 +35,11 @@ def create_celery_app(settings: Settings, *, stages: Sequence[Stage] = STAGES) -
     Raises:
         eta.settings.SettingsError: the stages' limits contradict each other (`check_stage_limits`).
     """
+    from workers.signals import ConsumeWhenPoolReady
     from workers.tasks import register_tasks
 
     app = configured_app(settings, stages=stages)
     register_tasks(app, stages)
+    # The worker takes messages only once its pool processes have loaded their models (workers.signals).
+    app.steps["consumer"].add(ConsumeWhenPoolReady)
     return app

@@ -78,12 +78,21 @@ def configured_app(settings: Settings, *, stages: Sequence[Stage] = STAGES) -> E
         task_default_exchange="",
         task_routes=task_routes(stages),
         task_annotations=_time_limits(settings, stages),
-        # A message is acknowledged only after its task returns, and a worker that dies mid-task gives it back.
+        # A message is acknowledged only after its task returns: a worker killed whole (its main process too)
+        # never acknowledges it, and the broker delivers it again.
         task_acks_late=True,
-        task_reject_on_worker_lost=True,
+        # A pool process that dies mid-task (killed, or crashed by an input: a segfault in a model) does not put
+        # its message back at once: requeued, a poison job would crash one process after another for ever,
+        # uncounted. Its jobs' leases lapse instead, and the sweeper sends them again, counting the attempt and in
+        # smaller chunks each time, so a poison job ends up alone and fails alone (workers.sweeper).
+        task_reject_on_worker_lost=False,
         # One message at a time per process: a GPU worker must not hold a second chunk while busy.
         worker_prefetch_multiplier=1,
         worker_max_tasks_per_child=None,
+        # How long the pool waits for a new process to say it is up (Celery's default, 4 s, is shorter than a model
+        # load: every replacement of a process that died would be killed while loading, for ever). The process
+        # itself gives up first, with its stacks in the log (workers.signals), so this is only the backstop.
+        worker_proc_alive_timeout=settings.workers.worker_ready_timeout_s + 30,
         worker_send_task_events=False,
         # The embedded broker is one folder: no remote control (its fanout files outlive dead workers).
         worker_enable_remote_control=not embedded,

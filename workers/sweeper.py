@@ -13,14 +13,22 @@ finds the jobs nobody is moving forward and sends them again from the stage they
   not the job's), and so is the callback of every completed batch not yet delivered.
 - A job **no worker holds** that has sat in one status longer than its timeout (its message lost some other
   way). A waiting status (`queued`, `generating`, `post_evaluating`) is skipped while that queue still holds
-  messages: a backlog is not a loss.
+  messages: a backlog is not a loss. While that queue is empty, a job waiting there unheld for
+  `sweep_unheld_after_s` (60 s) is sent again: its message is in no queue and no worker runs it (a worker that
+  runs a job holds its lease), so a worker took it and died, or lost its broker connection, before starting it;
+  Redis gives such a message back only after its visibility timeout (hours).
 - A completed batch whose callback was not delivered `callback_resend_after_s` after it completed gets its
   callback task again (receivers deduplicate on `ETA-Event-Id`).
 
 Each re-enqueue is a compare-and-set on (status, status_changed_at, no live lease) that counts one more
 attempt; the transaction commits only after the messages are published, so a broker that is still down
-changes nothing. A job out of attempts ends `failed` with code `stalled`. Re-sending is harmless when the
-original message was only slow: every stage is idempotent.
+changes nothing. Re-sending is harmless when the original message was only slow: every stage is idempotent.
+
+A killed worker and a job that kills its worker (an input that crashes a model) look the same from here, so a
+re-sent job goes in a smaller chunk each time (`resend_chunk_size`: half the chunk size per attempt, down to
+one job): a poison job ends up alone, and the jobs that shared its chunk go through in chunks without it. A job
+fails as `stalled` only once it is out of attempts (`ETA_MAX_STAGE_ATTEMPTS`) *and* its last attempt ran it
+alone, so it failed for what it is, not for the company it kept.
 """
 
 from __future__ import annotations
@@ -62,6 +70,18 @@ class SweepReport:
                 "broker_data_lost": self.broker_data_lost, "callbacks_resent": self.callbacks_resent}
 
 
+def resend_chunk_size(attempt: int, settings: Settings) -> int:
+    """Jobs per message when a job is sent for its `attempt`-th try of a stage (the first try is the API's chunk):
+    the chunk size halved per try after the first, at least one."""
+    return max(1, settings.workers.chunk_size >> max(attempt - 1, 0))
+
+
+def out_of_attempts(attempts: int, settings: Settings) -> bool:
+    """Whether a stalled job that has had `attempts` tries of its stage fails rather than being sent again: it has
+    used ETA_MAX_STAGE_ATTEMPTS, and the last of them ran it alone (see the module docstring)."""
+    return attempts >= settings.workers.max_stage_attempts and resend_chunk_size(attempts, settings) == 1
+
+
 def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
     """Messages waiting in each queue (not counting those a worker holds).
 
@@ -75,6 +95,13 @@ def queue_depths(app: Celery, queues: list[str]) -> dict[str, int]:
         with app.connection_for_write() as connection:
             channel = connection.default_channel
             for name in queues:
+                size = getattr(channel, "_size", None)
+                if size is not None:
+                    # kombu's virtual transports (Redis, the embedded folder) count a queue's messages with
+                    # `_size`; a passive declare first asks whether the queue exists, which under a Redis key
+                    # prefix looks for the unprefixed key and answers "no such queue" for a full queue.
+                    depths[name] = int(size(name))
+                    continue
                 try:
                     depths[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
                 except ChannelError:
@@ -107,17 +134,19 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
         if queue is not None and depths.get(queue, 0) > 0:
             report.skipped_backlog.append(str(status))
             continue
-        timeouts[status] = timeout
+        # Its queue is empty: a job waiting there that no worker holds has no message a worker will take.
+        timeouts[status] = (min(timeout, timedelta(seconds=settings.workers.sweep_unheld_after_s))
+                            if queue is not None else timeout)
     if report.skipped_backlog:
         logger.info("sweep: not sweeping %s, their queues hold messages (%s)",
                     ", ".join(report.skipped_backlog), depths)
 
     with sessions() as session, session.begin():
         stalled = repo.find_stalled_jobs(session=session, timeouts=timeouts, now=now, limit=limit)
-        to_send: dict[str, list[uuid.UUID]] = {}
         touched: set[uuid.UUID] = set()
+        to_send: dict[tuple[str, int], list[uuid.UUID]] = {}
         for job in stalled:
-            if job.attempts >= settings.workers.max_stage_attempts:
+            if out_of_attempts(job.attempts, settings):
                 if repo.transition_job(session=session, job_id=job.job_id, expected=job.status, to=JobStatus.FAILED,
                                        error_code=STALLED, now=now,
                                        error_message=f"no progress in status {job.status} after "
@@ -132,11 +161,11 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
                                         status_changed_at=job.status_changed_at, now=now):
                 logger.info("job %s: stalled in %s since %s, re-enqueued (attempt %d)", job.job_id, job.status,
                             job.status_changed_at.isoformat(), job.attempts + 1)
-                to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
+                to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts + 1), []).append(job.job_id)
         # Publish before committing: if the broker is down the exception rolls the claims back.
-        for stage, job_ids in to_send.items():
-            send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
-            report.requeued[stage] = len(job_ids)
+        for (stage, attempt), job_ids in to_send.items():
+            send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
+            report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
     report.completed_batches = complete_finished_batches(sessions, touched)
     # Batches that completed one sweep interval's worth of time `callback_resend_after_s` ago: each comes up in
     # about one pass (a callback the receiver refused for good is not sent forever).
@@ -148,17 +177,17 @@ def sweep(*, sessions: sessionmaker[Session], app: Celery, settings: Settings, n
 
 # Marker key of the broker's data: gone means the broker lost every message (see the module docstring).
 _EPOCH_KEY = "eta.broker-epoch"
-# The marker value this process set or saw last; None until it has looked once.
-_seen_epoch: str | None = None
+# The marker value this process set or saw last, by broker (its URL and key prefix): a broker this process has not
+# looked at yet is not in it. One process may sweep several brokers (a test session does).
+_seen_epochs: dict[str, str] = {}
 
 
 def broker_lost_data(app: Celery, settings: Settings) -> bool:
     """Whether the Redis broker lost its data since this process last looked (its marker key is gone).
 
-    The first look of a process only sets the marker: a broker emptied before this process started is
+    The first look of a process at a broker only sets the marker: a broker emptied before this process started is
     recovered by the timeouts instead. Always False for the embedded broker (its messages are files).
     """
-    global _seen_epoch
     from workers.broker import broker_url, is_embedded
 
     if is_embedded(settings):
@@ -166,17 +195,19 @@ def broker_lost_data(app: Celery, settings: Settings) -> bool:
     import redis
 
     key = f"{settings.broker.key_prefix}{_EPOCH_KEY}"
+    url = broker_url(settings)
+    broker = f"{url}|{key}"
     try:
-        client = redis.Redis.from_url(broker_url(settings), socket_connect_timeout=settings.broker.connect_timeout_s,
-                                      socket_timeout=10)
+        client = redis.Redis.from_url(url, socket_connect_timeout=settings.broker.connect_timeout_s, socket_timeout=10)
         try:
             current = client.get(key)
             if current is None:
                 token = uuid.uuid4().hex
                 client.set(key, token)
-                lost, _seen_epoch = _seen_epoch is not None, token
+                lost = broker in _seen_epochs
+                _seen_epochs[broker] = token
                 return lost
-            _seen_epoch = current.decode() if isinstance(current, bytes) else str(current)
+            _seen_epochs[broker] = current.decode() if isinstance(current, bytes) else str(current)
             return False
         finally:
             client.close()
@@ -191,13 +222,13 @@ def _resend_everything(*, sessions: sessionmaker[Session], app: Celery, settings
     while True:
         with sessions() as session, session.begin():
             lost = repo.find_stalled_jobs(session=session, timeouts=everything, now=now, limit=limit)
-            to_send: dict[str, list[uuid.UUID]] = {}
+            to_send: dict[tuple[str, int], list[uuid.UUID]] = {}
             for job in lost:
                 if repo.requeue_stalled_job(session=session, job_id=job.job_id, status=job.status,
                                             status_changed_at=job.status_changed_at, now=now, count_attempt=False):
-                    to_send.setdefault(RESTART_STAGE[job.status].name, []).append(job.job_id)
-            for stage, job_ids in to_send.items():
-                send_chunks(app, job_ids, start=stage, chunk_size=settings.workers.chunk_size)
+                    to_send.setdefault((RESTART_STAGE[job.status].name, job.attempts), []).append(job.job_id)
+            for (stage, attempt), job_ids in to_send.items():
+                send_chunks(app, job_ids, start=stage, chunk_size=resend_chunk_size(attempt, settings))
                 report.requeued[stage] = report.requeued.get(stage, 0) + len(job_ids)
         if len(lost) < limit:
             break

@@ -1,7 +1,8 @@
 """`eta eval --benchmark NAME --data DIR`: reproduce the paper's tables on one of its benchmarks.
 
-A general-ability benchmark (`mmbench`, `textvqa`, `mme`, `scienceqa-img`) is answered the same way and then
-scored against its ground truth by its official metric (`eta.benchmarks.ability_table`), with no judge.
+A general-ability benchmark (`mmbench`, `textvqa`, `mme`, `scienceqa-img`, `vqav2`, `mmmu-pro`) is answered the same
+way and then scored against its ground truth by its official metric (`eta.benchmarks.ability_table`), with no
+judge; `mossbench` (over-sensitivity on benign images) reports refusal, flag and aligned rates.
 
 Steps, each resumable (see `eta.benchmarks.run`): read and validate the benchmark; answer every item with ETA
 (the local models, or `--via URL`: a running service, as one batch); free the ETA models; load the judge on its
@@ -336,7 +337,9 @@ def benchmark_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path),
                      help="The benchmark's directory, in its published layout (see docs/evaluation.md)."),
         click.option("--subset", help="The benchmark's variant: MM-SafetyBench SD_TYPO (default), SD or TYPO; the "
-                                      "cross-modal attack's image file name; MMBench's TSV file name."),
+                                      "cross-modal attack's image file name; MMBench's TSV file name; MMMU-Pro's "
+                                      "setting ('standard (10 options)' by default, 'standard (4 options)', "
+                                      "'vision'); MOSSBench 'contrast' for its harmful counterparts."),
         click.option("--limit", type=click.IntRange(min=1), help="Only the first N items of the benchmark."),
         click.option("--out-dir", type=click.Path(file_okay=False, path_type=Path),
                      help="Where results.jsonl, verdicts.jsonl, table.json/.md go; a rerun resumes there "

@@ -6,6 +6,7 @@ import json
 import logging
 import socket
 import uuid
+from pathlib import Path
 
 import click
 
@@ -54,23 +55,29 @@ def worker(queues: str, concurrency: int, beat: bool, loglevel: str, pool: str, 
             "--without-gossip", "--without-mingle"]
     if beat:
         argv.append("--beat")
+        beat_schedule_folder(celery_app.conf.beat_schedule_filename).mkdir(parents=True, exist_ok=True)
     celery_app.worker_main(argv)
+
+
+def beat_schedule_folder(schedule_filename: str) -> Path:
+    """The folder of beat's schedule file: it lies in the data directory, which a first start may not have made
+    yet (with Redis as broker nothing else creates it), and beat cannot create a file in a missing folder."""
+    return Path(schedule_filename).expanduser().parent
 
 
 def _check_models(queues: list[str]) -> None:
     """Refuse to start, with the one-line error of eta.models.selection, when the models these queues need are not
     a usable set (a partial one, a wrong id, missing files, no network and no cache): without this, each pool
-    process would fail on its own and the jobs would wait for the sweeper."""
-    from eta.models.selection import ModelLoadError, ModelSelectionError, preflight, selection_from_settings
-    from eta.settings import get_settings
+    process would fail on its own and the jobs would wait for the sweeper.
+
+    The check (and the build of the tiny models) runs torch, so it runs in a child process: this process forks the
+    pool, and a fork of a process that ran torch hangs in its first torch operation (workers.preflight)."""
+    from workers.preflight import PreflightError, run_preflight
     from workers.stage_table import roles_for_queues
 
-    roles = roles_for_queues(queues)
-    if not roles:
-        return
     try:
-        preflight(selection_from_settings(get_settings()), roles)
-    except (ModelLoadError, ModelSelectionError) as exc:
+        run_preflight(roles_for_queues(queues))
+    except PreflightError as exc:
         raise _RefusedStart(str(exc)) from exc
 
 

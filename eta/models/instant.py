@@ -21,7 +21,11 @@ The vocabulary is a few dozen words; token 0 is end-of-sequence and token 1 is t
 from __future__ import annotations
 
 import hashlib
+import os
+import signal
 import struct
+import threading
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -171,6 +175,7 @@ class InstantVLM:
 
     def __init__(self) -> None:
         self._table = _logit_table()
+        self._fault = planted_fault()
 
     def describe(self) -> dict[str, Any]:
         return _describe("vlm")
@@ -193,6 +198,7 @@ class InstantVLM:
                         max_new_tokens: int) -> list[Generated]:
         if len(prompts) != len(images):
             raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
+        _trip_planted_fault(self._fault, prompts)
         answers = []
         for prompt, image in zip(prompts, images, strict=True):
             digest = _digest(b"answer", prompt, image_digest(image) if image is not None else b"")
@@ -244,6 +250,40 @@ class InstantVLM:
         return logits
 
 
+# --------------------------------------------------------------------------------- planted faults
+# Test and benchmark hook, off unless this variable is set: "kill:MARKER" makes the instant VLM SIGKILL its own
+# process whenever a prompt contains MARKER (a poison job: an input that crashes its worker every time, like a
+# segfault in a model); "hang:MARKER" makes it block for ever with the soft time limit's signal and SIGTERM masked
+# (a stage stuck in native code, where no Python signal handler runs: only the hard time limit's SIGKILL ends it);
+# "hang_load" makes loading the models block the same way (a pool process that never becomes ready);
+# "slow_load:SECONDS" makes loading take that long (a real model's load, for the worker's start-up order).
+FAULT_VARIABLE = "ETA_INSTANT_FAULT"
+
+
+def planted_fault() -> tuple[str, str] | None:
+    """The (kind, marker) of the planted fault, or None (the default)."""
+    value = os.environ.get(FAULT_VARIABLE, "")
+    if value == "hang_load":
+        return "hang_load", ""
+    kind, _, marker = value.partition(":")
+    if not marker or kind not in ("kill", "hang", "slow_load"):
+        return None
+    return kind, marker
+
+
+def _trip_planted_fault(fault: tuple[str, str] | None, prompts: Sequence[str]) -> None:
+    if fault is None or fault[0] in ("hang_load", "slow_load") or not any(fault[1] in prompt for prompt in prompts):
+        return
+    if fault[0] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    _hang()
+
+
+def _hang() -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1, signal.SIGTERM})
+    threading.Event().wait()
+
+
 # ----------------------------------------------------------------------------------------------- load
 def load_instant_models(roles: Iterable[str]) -> Any:
     """A `Models` holding the instant stand-in of each requested role.
@@ -260,6 +300,11 @@ def load_instant_models(roles: Iterable[str]) -> Any:
     # Instant models compute on tensors of a few dozen numbers: on a busy machine a second intra-op thread only
     # adds waiting (a 5x50 softmax took milliseconds with two threads, microseconds with one).
     torch.set_num_threads(1)
+    fault = planted_fault()
+    if fault == ("hang_load", ""):
+        _hang()
+    if fault is not None and fault[0] == "slow_load":
+        time.sleep(float(fault[1]))
     models = Models()
     if "clip" in wanted:
         models.clip = InstantClip()  # type: ignore[assignment]

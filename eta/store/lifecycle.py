@@ -14,10 +14,12 @@ from __future__ import annotations
 from enum import StrEnum
 
 
+# The active statuses are declared in pipeline order, then the terminal ones: that order is the one list the
+# lifecycle reads (`ACTIVE_JOB_STATUSES`, `is_allowed_transition`). A new stage's status goes in its place here, with
+# the migration that adds it to the database's enum. (A comment, not the docstring: the API's OpenAPI document
+# shows the docstring to clients.)
 class JobStatus(StrEnum):
-    """A job's status. The active ones are declared in pipeline order, then the terminal ones: that order is the
-    one list the lifecycle reads (`ACTIVE_JOB_STATUSES`, `is_allowed_transition`). A new stage's status goes in
-    its place here, with the migration that adds it to the database's enum."""
+    """A job's status: the active ones in pipeline order, then the terminal ones."""
 
     QUEUED = "queued"
     PRE_EVALUATING = "pre_evaluating"

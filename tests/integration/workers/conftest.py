@@ -1,4 +1,5 @@
-"""Real Celery workers (subprocesses of `eta worker`) against real Redis and a Postgres database of their own.
+"""Real Celery workers (subprocesses of `eta worker`, driven by bench/_workers.py, the harness the chaos bench
+uses too) against real Redis and a Postgres database of their own.
 
 One worker process serves every test where it can (it starts in a few seconds and loads the tiny
 models once). Redis is the server on 127.0.0.1:6379; every key this session writes carries its own prefix,
@@ -10,9 +11,6 @@ from __future__ import annotations
 
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,6 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from bench._workers import WorkerProcess, clean_environ
 from eta.images import decode_image
 from eta.settings import Settings
 from eta.store import make_blob_store, session_factory
@@ -39,7 +38,6 @@ from tests.integration.conftest import fresh_postgres_database, migrated_engine
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.models]
 
 REDIS_URL = os.environ.get("ETA_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-ETA = str(Path(sys.executable).with_name("eta"))
 
 # Worker settings for tests: small chunks (several chains per batch) and short limits.
 WORKER_ENV = {
@@ -87,12 +85,6 @@ class WorkerEnv:
         return self.data_dir / "tiny-models"
 
 
-def _clean_environ() -> dict[str, str]:
-    """This process's environment without anything that would point a worker elsewhere."""
-    return {k: v for k, v in os.environ.items()
-            if not (k.startswith("ETA_") or k in ("DATABASE_URL", "REDIS_URL", "SECRET_KEY", "BLOB_BACKEND"))}
-
-
 @pytest.fixture(scope="session")
 def worker_database() -> Iterator[str]:
     """A Postgres database for the worker tests only (the sweeper looks at every job of its database)."""
@@ -107,7 +99,7 @@ def worker_env(worker_database: str, tiny_models_dir: Path,
     # The worker builds its tiny models into the data directory on first use; the session's are the same.
     (data_dir / "tiny-models").symlink_to(tiny_models_dir, target_is_directory=True)
     prefix = f"eta-test-{secrets.token_hex(4)}:"
-    env = {**_clean_environ(), **WORKER_ENV, "DATABASE_URL": worker_database, "REDIS_URL": REDIS_URL,
+    env = {**clean_environ(), **WORKER_ENV, "DATABASE_URL": worker_database, "REDIS_URL": REDIS_URL,
            "ETA_BROKER_KEY_PREFIX": prefix, "ETA_DATA_DIR": str(data_dir)}
     settings = Settings(database_url=worker_database, redis_url=REDIS_URL,
                         **{k.lower(): v for k, v in env.items() if k.startswith("ETA_")})
@@ -144,83 +136,6 @@ def engine(worker_database: str) -> Iterator[Engine]:
 @pytest.fixture(scope="session")
 def sessions(engine: Engine) -> sessionmaker[Session]:
     return session_factory(engine)
-
-
-class WorkerProcess:
-    """`eta worker` in its own process group; stopped politely, or SIGKILLed with all its pool processes."""
-
-    def __init__(self, env: dict[str, str], log_path: Path, queues: str = "pre,generate,post,control") -> None:
-        self.env = env
-        self.log_path = log_path
-        self.queues = queues
-        self.proc: subprocess.Popen[bytes] | None = None
-        self._log_offset = 0
-
-    def start(self, timeout: float = 90) -> WorkerProcess:
-        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([ETA, "worker", "--queues", self.queues, "--concurrency", "1", "-l", "info",
-                                      "--beat"],
-                                     env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.wait_for_log(" ready.", timeout=timeout)
-        return self
-
-    def log(self) -> str:
-        return self.log_path.read_bytes()[self._log_offset:].decode(errors="replace")
-
-    def wait_for_log(self, text: str, *, timeout: float = 60, also: str = "", since: int = 0) -> None:
-        """Wait for a log line (after character `since`) that contains `text` and `also`."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(text in line and also in line for line in self.log()[since:].splitlines()):
-                return
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.proc.returncode}:\n{self.log()[-4000:]}")
-            time.sleep(0.02)
-        raise TimeoutError(f"{text!r} not in the worker log after {timeout}s:\n{self.log()[-4000:]}")
-
-    def kill(self) -> None:
-        """SIGKILL the worker and its pool processes at once (no chance to hand anything back)."""
-        if self.proc is None:
-            return
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc = None
-
-    def stop(self) -> None:
-        if self.proc is None:
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self.proc = None
-
-    def idle(self, for_s: float = 1.5) -> bool:
-        """No stage task running, and none started or finished for `for_s` seconds (read from the log)."""
-        stage_lines = [line for line in self.log().splitlines() if "] stage " in line]
-        started = sum(" started: jobs" in line for line in stage_lines)
-        ended = sum(" done: jobs" in line or "unexpected error" in line for line in stage_lines)
-        if started != ended:
-            return False
-        if not stage_lines:
-            return True
-        last = datetime.strptime(stage_lines[-1][1:24], "%Y-%m-%d %H:%M:%S,%f")
-        return (datetime.now() - last).total_seconds() >= for_s
-
-    def wait_idle(self, *, timeout: float = 120) -> None:
-        deadline = time.monotonic() + timeout
-        while not self.idle():
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"the worker was still busy after {timeout}s:\n{self.log()[-3000:]}")
-            time.sleep(0.2)
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
 
 @pytest.fixture(scope="session")

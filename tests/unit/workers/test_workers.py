@@ -120,7 +120,7 @@ def test_a_chunk_is_one_chain_of_the_three_stages_carrying_ids_only(tmp_path: Pa
     assert [t.task for t in stage_chain(app, ids, start="generate").tasks] == stage_tasks[1:]
     routes = app.conf.task_routes
     assert [routes[t]["queue"] for t in stage_tasks] == ["eta.pre", "eta.generate", "eta.post"]
-    assert app.conf.task_acks_late and app.conf.task_reject_on_worker_lost
+    assert app.conf.task_acks_late and not app.conf.task_reject_on_worker_lost
     assert app.conf.worker_prefetch_multiplier == 1
     limits = app.conf.task_annotations
     assert all(0 < limits[t]["soft_time_limit"] < limits[t]["time_limit"] for t in stage_tasks)
