@@ -123,7 +123,7 @@ def route_cpu_linears(model: torch.nn.Module, *, budget_bytes: int | None = None
     count = 0
     for module in model.modules():
         if type(module) is torch.nn.Linear and module.weight.numel() >= MIN_WEIGHT_ELEMENTS:
-            module.forward = _routed_forward(module, budget)  # type: ignore[method-assign]
+            module.forward = _routed_forward(module, budget)  # type: ignore[method-assign,assignment]
             count += 1
     if count:
         logger.info("%d CPU linear layers through %s", count, "oneDNN (packed weights)" if budget else "MKL")
