@@ -13,6 +13,7 @@ import torch
 from eta.config import ModelSpec
 from eta.models.armorm import GATE_MARKER, find_gate_position, is_armorm
 from eta.models.common import describe, resolve_device, resolve_dtype
+from eta.models.cpu_linear import route_cpu_linears
 from eta.models.kv_cache import crop_cache
 
 logger = logging.getLogger(__name__)
@@ -85,6 +86,8 @@ class RewardModel:
             and type(model).__name__.endswith("ForSequenceClassification")
             and getattr(getattr(model, "config", None), "pad_token_id", None) is not None
         )
+        if device.type == "cpu":  # oneDNN with packed weights: see eta.models.cpu_linear
+            route_cpu_linears(model)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> RewardModel:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -69,6 +69,8 @@ class SharedPrefix:
 class _Active:
     prefix: SharedPrefix
     suffix_mask: torch.Tensor  # (rows, suffix columns) bool, the new columns included
+    # The masks of the fused kernel (`_bias`), built by the first layer of a forward and reused by the others.
+    biases: dict[Any, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 _ACTIVE: contextvars.ContextVar[_Active | None] = contextvars.ContextVar("eta_shared_prefix", default=None)
@@ -84,6 +86,26 @@ def _attend(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, allowed
     # A query with no allowed key (a padded suffix column alone) gets weight 0 here, not NaN.
     weights = torch.exp(scores - lse.masked_fill(torch.isinf(lse), 0.0))
     return torch.matmul(weights, value.float()), lse
+
+
+# PyTorch's fused CPU attention (one pass over the keys, online softmax), which also returns the log-sum-exp.
+_fused_cpu = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default
+
+
+def _attend_fused(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, bias: tuple[torch.Tensor, torch.Tensor],
+                  scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """`_attend` through the fused CPU kernel. `bias` is `_bias(allowed)`: the additive float32 mask and where a
+    query has no allowed key (output 0, as `_attend`'s, and log-sum-exp -inf)."""
+    additive, empty = bias
+    out, lse = _fused_cpu(query.float(), key.float(), value.float(), attn_mask=additive, scale=scaling)
+    return out, lse.unsqueeze(-1).masked_fill(empty, float("-inf"))
+
+
+def _bias(allowed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fused kernel's form of an `allowed` mask: 0 where allowed, -inf elsewhere (float32), and which queries
+    have no allowed key at all."""
+    additive = torch.zeros(allowed.shape, dtype=torch.float32, device=allowed.device)
+    return additive.masked_fill_(~allowed, float("-inf")), ~allowed.any(dim=-1, keepdim=True)
 
 
 def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -107,22 +129,37 @@ def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: t
         raise RuntimeError(f"{rows} rows for {jobs} jobs of {n} rows")
     scale = scaling if scaling is not None else d ** -0.5
 
+    fused = query.device.type == "cpu"
     # Prefix: the N rows of a job (and the query heads sharing a kv head) stacked as one query matrix per kv head.
     q = query.reshape(jobs, n, kv_heads, groups, t, d).permute(0, 2, 1, 3, 4, 5).reshape(jobs, kv_heads, -1, d)
     allowed_p = state.prefix.mask[:, None, None, :]
-    out_p, lse_p = _attend(q, prefix_keys, prefix_values, allowed_p, scale)
+    if fused:
+        bias_p = state.biases.get("prefix")
+        if bias_p is None:
+            bias_p = state.biases["prefix"] = _bias(allowed_p)
+        out_p, lse_p = _attend_fused(q, prefix_keys, prefix_values, bias_p, scale)
+    else:
+        out_p, lse_p = _attend(q, prefix_keys, prefix_values, allowed_p, scale)
     out_p = out_p.reshape(jobs, kv_heads, n, groups, t, d).permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, t, d)
     lse_p = lse_p.reshape(jobs, kv_heads, n, groups, t, 1).permute(0, 2, 1, 3, 4, 5).reshape(rows, heads, t, 1)
 
     # Suffix: each row its own keys, causal over the new columns, right-padding of the first feed masked.
     s = key.shape[2]
-    columns = torch.arange(s, device=query.device)
-    causal = columns[None, :] <= (s - t + torch.arange(t, device=query.device))[:, None]  # (t, s)
-    allowed_s = (state.suffix_mask[:, None, None, :] & causal[None, None, :, :])  # (rows, 1, t, s)
     qs = query.reshape(rows, kv_heads, groups * t, d)
-    if groups > 1:  # the query heads of a kv head are stacked: (rows, kv heads, groups * t, d)
-        allowed_s = allowed_s[:, :, None].expand(rows, 1, groups, t, s).reshape(rows, 1, groups * t, s)
-    out_s, lse_s = _attend(qs, key, value, allowed_s, scale)
+    suffix_key = ("suffix", s, t, groups)
+    bias_s = state.biases.get(suffix_key) if fused else None
+    if bias_s is None:
+        columns = torch.arange(s, device=query.device)
+        causal = columns[None, :] <= (s - t + torch.arange(t, device=query.device))[:, None]  # (t, s)
+        allowed_s = (state.suffix_mask[:, None, None, :] & causal[None, None, :, :])  # (rows, 1, t, s)
+        if groups > 1:  # the query heads of a kv head are stacked: (rows, kv heads, groups * t, d)
+            allowed_s = allowed_s[:, :, None].expand(rows, 1, groups, t, s).reshape(rows, 1, groups * t, s)
+        if fused:
+            bias_s = state.biases[suffix_key] = _bias(allowed_s)
+    if bias_s is not None:
+        out_s, lse_s = _attend_fused(qs, key, value, bias_s, scale)
+    else:
+        out_s, lse_s = _attend(qs, key, value, allowed_s, scale)
     out_s = out_s.reshape(rows, heads, t, d)
     lse_s = lse_s.reshape(rows, heads, t, 1)
 

@@ -21,7 +21,7 @@ from PIL import Image
 from eta.config import ModelSpec
 from eta.models.architectures import architecture_of
 from eta.models.common import describe, resolve_device, resolve_dtype
-from eta.models.cpu_linear import route_few_row_linears
+from eta.models.cpu_linear import route_cpu_linears
 from eta.models.kv_cache import (
     PackedRows,
     RowPrefix,
@@ -88,6 +88,9 @@ class VisionLanguageModel:
         # transformers 5.x renamed the forward's `past_key_values` argument to `cache`; accept either.
         params = inspect.signature(model.forward).parameters
         self._cache_arg = "cache" if "cache" in params else "past_key_values"
+        # Whether the forward can skip the vocabulary projection of positions nobody reads (`logits_to_keep`): a
+        # prompt's logits are never read, and only each row's last fed token's are in a packed forward.
+        self._keeps_logits = "logits_to_keep" in params
         config = getattr(model, "config", None)
         self.cross_layers: frozenset[int] = cross_attention_layers(config) if config is not None else frozenset()
         # Which sequences may share one packed forward (see `packing`).
@@ -97,8 +100,8 @@ class VisionLanguageModel:
         # layer is plain self-attention; `spec.shared_prefix` False (ETA_SHARED_PREFIX=0) keeps the copied layout
         # (N copies), for comparison.
         self.shared_prefix = spec.shared_prefix and shared_prefix_applies(model, self.packing)
-        if device.type == "cpu":  # N candidate rows per decoding step: see eta.models.cpu_linear
-            route_few_row_linears(model)
+        if device.type == "cpu":  # oneDNN with packed weights: see eta.models.cpu_linear
+            route_cpu_linears(model)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> VisionLanguageModel:
@@ -317,7 +320,10 @@ class VisionLanguageModel:
             width = batch["input_ids"].shape[1]
             mask = batch.get("attention_mask")
             positions, offsets = self._position_offsets(batch)
-            out = self.model(**batch, position_ids=positions, use_cache=True,
+            # Only the cache is kept: the logits of one position instead of the whole prompt's (on a 32k
+            # vocabulary the projection of a 600-token prompt costs as much as a tenth of the prompt's layers).
+            keep = {"logits_to_keep": 1} if self._keeps_logits else {}
+            out = self.model(**batch, position_ids=positions, use_cache=True, **keep,
                              **{self._cache_arg: growing_cache(self.model.config)})
             cache = getattr(out, "cache", None)
             if cache is None:
@@ -331,17 +337,29 @@ class VisionLanguageModel:
         return [r for r in results if r is not None]
 
     @torch.inference_mode()
-    def forward_rows(self, token_ids: torch.Tensor, rows: PackedRows, real: torch.Tensor) -> torch.Tensor:
-        """Feed (R, T) tokens to packed rows (`real` marks the non-padding ones). Returns logits (R, T, V)."""
+    def forward_rows(self, token_ids: torch.Tensor, rows: PackedRows, real: torch.Tensor,
+                     last: torch.Tensor | None = None) -> torch.Tensor:
+        """Feed (R, T) tokens to packed rows (`real` marks the non-padding ones). Returns logits (R, T, V), or
+        (R, V) at each row's column `last` ((R,) indices) when given: then only those columns are projected onto
+        the vocabulary."""
         mask, positions = rows.feed(real)
+        keep: dict[str, Any] = {}
+        if last is not None and self._keeps_logits:
+            keep = {"logits_to_keep": last.view(-1, 1).to(self.device)}
         if rows.shared is not None:  # the mask covers the rows' own columns; the prefixes' masks travel with them
             with shared_prefix_active(self.model, rows.shared, mask):
                 out = self.model(input_ids=token_ids.to(self.device), position_ids=positions, use_cache=True,
-                                 **rows.inputs_for(token_ids.shape[1]), **{self._cache_arg: rows.cache})
-            return out.logits.float()
-        out = self.model(input_ids=token_ids.to(self.device), attention_mask=mask, position_ids=positions,
-                         use_cache=True, **rows.inputs_for(token_ids.shape[1]), **{self._cache_arg: rows.cache})
-        return out.logits.float()
+                                 **rows.inputs_for(token_ids.shape[1]), **keep, **{self._cache_arg: rows.cache})
+        else:
+            out = self.model(input_ids=token_ids.to(self.device), attention_mask=mask, position_ids=positions,
+                             use_cache=True, **rows.inputs_for(token_ids.shape[1]), **keep,
+                             **{self._cache_arg: rows.cache})
+        logits = out.logits
+        if last is None:
+            return logits.float()
+        if keep:
+            return logits[:, 0].float()
+        return logits[torch.arange(logits.shape[0], device=logits.device), last.to(logits.device)].float()
 
     def decode_continuations(self, contexts: Sequence[Sequence[int]], new_ids: Sequence[Sequence[int]]
                              ) -> list[str]:

@@ -307,10 +307,9 @@ def _align_round(vlm: VisionLanguageModel, clip: ClipScorer | None, scorer: Rewa
     for k, s in enumerate(active):
         ids[k * n:(k + 1) * n, : len(s.pending)] = torch.tensor(s.pending, dtype=torch.long)
         real[k * n:(k + 1) * n, : len(s.pending)] = True
-    logits = vlm.forward_rows(ids, packed, real)
-    _count(calls, "align_vlm_forward")
     last = torch.tensor([len(active[r // n].pending) - 1 for r in range(rows)])
-    row_logits = logits[torch.arange(rows), last.to(logits.device)]
+    row_logits = vlm.forward_rows(ids, packed, real, last=last)
+    _count(calls, "align_vlm_forward")
 
     tokens: list[list[list[int]]] = [[[] for _ in range(n)] for _ in active]
     ends: list[list[str | None]] = [[None] * n for _ in active]
