@@ -56,7 +56,7 @@ from _services import PrivatePostgres, PrivateRedis, free_port  # noqa: E402
 from _workers import WorkerProcess, clean_environ  # noqa: E402
 
 from eta.store.lifecycle import TERMINAL_JOB_STATUSES  # noqa: E402
-from workers.stage_table import STAGES  # noqa: E402
+from workers.stage_table import stage  # noqa: E402
 
 logger = logging.getLogger("chaos")
 
@@ -67,8 +67,6 @@ POISON_MARKER = "[chaos-poison]"
 TERMINAL = tuple(str(status) for status in TERMINAL_JOB_STATUSES)
 # The same list as a parameter of the checks' SQL.
 TERMINAL_PARAM = {"terminal": list(TERMINAL)}
-# The status a job has while each stage runs it.
-_RUNNING_STATUS = {stage.name: str(stage.running) for stage in STAGES}
 
 # Every status change of a job, written by the database itself (this private database only).
 _TRANSITIONS_DDL = """
@@ -356,9 +354,10 @@ class Chaos:
         return kinds
 
     def kill_one(self, workers: list[WorkerProcess], engine: sa.Engine) -> Fault:
-        """SIGKILL a worker in the middle of a stage: its log says the stage started and the database shows it
-        holding jobs. Waits up to 90 s for one to be: after earlier kills every worker may sit idle until the
-        killed workers' leases run out and the sweeper sends their jobs again (tens of seconds)."""
+        """SIGKILL a worker in the middle of a stage: the database shows one of its processes holding the leases of
+        jobs in a stage (`WorkerProcess.held_jobs`). Waits up to 90 s for one to be: after earlier kills every worker
+        may sit idle until the killed workers' leases run out and the sweeper sends their jobs again (tens of
+        seconds)."""
         deadline = time.monotonic() + 90
         candidates = list(workers)
         while True:
@@ -483,7 +482,7 @@ class Chaos:
             if fault.kind != "kill" or not fault.detail["job_ids"]:
                 continue
             ids = fault.detail["job_ids"]
-            stage_status = _RUNNING_STATUS.get(fault.detail["stage"], "")
+            stage_status = str(stage(fault.detail["stage"]).running)
             left = _left_stage_times(url, stage_status, ids)
             times = [ended.get(j) for j in ids]
             recovered = max(left.get(j, ended.get(j, float("inf"))) for j in ids) - fault.at
