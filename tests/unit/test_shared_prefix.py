@@ -124,3 +124,57 @@ def test_shared_layout_gives_the_copied_layouts_answers(tiny_models, samples_dir
     # The copied layout holds N copies of every prefix; the shared one holds one.
     assert copied_layout["kv_peak_bytes"] > 2 * shared_layout["kv_peak_bytes"]
     assert shared_layout["kv_peak_bytes"] <= 1.5 * shared_layout["kv_floor_bytes"]
+
+
+# Mutation checks: the oracles above must catch a row that reads another job's prefix.
+
+
+def _read_next_jobs_prefix(prefix: SharedPrefix) -> SharedPrefix:
+    """The mutation: job k's rows read job k+1's prefix (keys, values and padding mask), the last job's the first's."""
+    layers = [(k.roll(1, dims=0), v.roll(1, dims=0)) for k, v in prefix.layers]
+    return SharedPrefix(layers, prefix.mask.roll(1, dims=0), prefix.rows_per_job)
+
+
+def test_attention_oracle_catches_a_row_reading_another_jobs_prefix():
+    gen = torch.Generator().manual_seed(5)
+    jobs, n, width, s, d, heads = 3, 2, 6, 3, 8, 2
+    prefix_len = [6, 6, 6]  # no padding: only the keys and values tell the jobs apart
+    mask = torch.ones(jobs, width, dtype=torch.bool)
+    prefix_k, prefix_v = torch.randn(jobs, heads, width, d, generator=gen), torch.randn(jobs, heads, width, d,
+                                                                                         generator=gen)
+    suffix_k, suffix_v = torch.randn(jobs * n, heads, s, d, generator=gen), torch.randn(jobs * n, heads, s, d,
+                                                                                         generator=gen)
+    query = torch.randn(jobs * n, heads, 1, d, generator=gen)
+    suffix_real = torch.ones(jobs * n, s, dtype=torch.bool)
+    mutated = _read_next_jobs_prefix(SharedPrefix([(prefix_k, prefix_v)], mask, n))
+    token = shared_prefix._ACTIVE.set(shared_prefix._Active(mutated, suffix_real))
+    try:
+        got, _ = shared_prefix_attention(_Module(0, 1), query, suffix_k, suffix_v, None, scaling=d ** -0.5)
+    finally:
+        shared_prefix._ACTIVE.reset(token)
+    expected = _reference(query, prefix_k, prefix_v, prefix_len, suffix_k, suffix_v, suffix_real, n, d ** -0.5)
+    assert not torch.allclose(got, expected, atol=1e-3)
+
+
+@pytest.fixture
+def rows_read_next_jobs_prefix(monkeypatch):
+    shared = shared_prefix.PrefixStore.shared
+    monkeypatch.setattr(shared_prefix.PrefixStore, "shared",
+                        lambda self, rows_per_job: _read_next_jobs_prefix(shared(self, rows_per_job)))
+
+
+@pytest.mark.models
+def test_answer_oracles_catch_a_row_reading_another_jobs_prefix(tiny_models, samples_dir, monkeypatch,
+                                                                 ragged_sentences, rows_read_next_jobs_prefix):
+    vlm = tiny_models.vlm
+    mutated = align_jobs(vlm, tiny_models.reward, tiny_models.clip, _jobs(samples_dir), config=CONFIG)
+    # Aligned alone, a job's only prefix is its own: the mutation cannot show, so the together == alone oracle
+    # sees it.
+    alone = [align_jobs(vlm, tiny_models.reward, tiny_models.clip, [job], config=CONFIG)[0]
+             for job in _jobs(samples_dir)]
+    assert [a.token_ids for a in mutated] != [a.token_ids for a in alone]
+    # And the copied layout (no shared prefix, so no mutation) disagrees with it too.
+    monkeypatch.setattr(vlm, "shared_prefix", False)
+    copied = align_jobs(vlm, tiny_models.reward, tiny_models.clip, _jobs(samples_dir), config=CONFIG)
+    assert [a.token_ids for a in mutated] != [a.token_ids for a in copied]
+    assert [a.token_ids for a in alone] == [a.token_ids for a in copied]
