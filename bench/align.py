@@ -190,6 +190,10 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
                       folder: Path | None) -> list[dict[str, Any]]:
     """Aligned jobs per second: J jobs in one batch against the same jobs one after another."""
     device = models.vlm.device
+    # A row's float32 arithmetic on the CPU does not depend on the rows beside it (oneDNN, checked by the tests):
+    # there together == alone is exact and a difference is a bug. Elsewhere (bf16, GPU kernels chosen by batch
+    # size) rounding moves with the batch and may flip a sampled token: the agreement is reported instead.
+    exact = device.type == "cpu" and models.vlm.dtype == torch.float32
     results = []
     for count in jobs_counts:
         together_s: list[float] = []
@@ -200,6 +204,7 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
         alone_mb: list[float | None] = []
         calls_seen: dict[str, int] = {}
         layout: dict[str, int] = {}
+        identical: list[int] = []  # per repeat, jobs whose answer together equals their answer alone
         for repeat in range(repeats):
             layout.clear()  # the last repeat's figures (the KV peak is a maximum, not a sum)
             jobs = cross_job_jobs(folder, count, seed + 1000 * repeat)
@@ -227,7 +232,9 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
                 cpu_seconds.append(cpu)
                 memory.append(harness.peak_memory_mb(device))
                 answers[fn.__name__] = [a.token_ids for a in out]
-            if answers["together"] != answers["alone"]:
+            same = sum(a == b for a, b in zip(answers["together"], answers["alone"], strict=True))
+            identical.append(same)
+            if same != count and exact:
                 raise RuntimeError(f"J={count}: jobs aligned together differ from the same jobs aligned alone")
             logger.info("J=%d repeat %d: together %.2fs, one after another %.2fs", count, repeat, together_s[-1],
                         alone_s[-1])
@@ -257,6 +264,9 @@ def measure_cross_job(models: Any, jobs_counts: list[int], config: ETAConfig, *,
                                    if layout.get("kv_floor_bytes") else None),
             "kv_layout": "shared prefix" if getattr(models.vlm, "shared_prefix", False) else "copied per row",
             "model_calls_last_together_run": dict(calls_seen),
+            # Jobs (of J) whose tokens aligned together equal their tokens aligned alone, per repeat.
+            "answers_identical_to_alone": identical,
+            "identity_required": exact,
         })
     return results
 
@@ -375,7 +385,8 @@ def cross_job_main(args: argparse.Namespace, models: Any, model_info: dict[str, 
         "definition": "aligned jobs per second: J jobs aligned by one align_jobs call (J x N rows per decoding "
                       "step, one reward and one CLIP forward per sentence round) against the same J jobs aligned "
                       "one after another; throughput_ratio = one-after-another seconds / together seconds, per "
-                      "repeat; min/median/max over repeats; every repeat checks that both give the same answers",
+                      "repeat; min/median/max over repeats; every repeat compares both sides' answers (they "
+                      "must be identical in float32 on the CPU; elsewhere the agreement is reported)",
         "models": model_info,
         "environment": {**env, "load_average_at_end": [round(x, 2) for x in os.getloadavg()]},
         "config": {"num_candidates": n, "max_new_tokens": args.max_new_tokens,

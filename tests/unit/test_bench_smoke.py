@@ -74,3 +74,21 @@ def test_cross_job_benchmark_report(tiny_models_dir, samples_dir, tmp_path):
     for result in report["results"]:  # one prompt cache per job: the peak stays near the floor
         assert 0 < result["kv_floor_bytes"] <= result["kv_peak_bytes"]
         assert result["kv_peak_over_floor"] == round(result["kv_peak_bytes"] / result["kv_floor_bytes"], 3)
+        # float32 on the CPU: together == alone is required, and it held for every job.
+        assert result["identity_required"] is True
+        assert result["answers_identical_to_alone"] == [result["jobs"]]
+
+
+def test_cross_job_benchmark_in_bfloat16_reports_agreement(tiny_models_dir, samples_dir, tmp_path):
+    # The GPU run's precision, built in memory as the 7B shape is. bf16 rounding moves with the batch (at the
+    # default 128-token budget two tiny jobs already differ), so the report says how many answers agree where
+    # the run used to abort and print nothing.
+    report = _bench("align.py", "--jobs", "1,4", "--candidates", "3", "--max-new-tokens", "12",
+                    "--max-sentence-tokens", "4", "--in-memory", "--dtype", "bfloat16", models_dir=tiny_models_dir,
+                    samples_dir=samples_dir, tmp_path=tmp_path)
+    assert report["models"]["dtype"] == "bfloat16"
+    for result in report["results"]:
+        assert result["identity_required"] is False
+        assert len(result["answers_identical_to_alone"]) == 1
+        assert 0 <= result["answers_identical_to_alone"][0] <= result["jobs"]
+        assert result["kv_peak_over_floor"] is not None
