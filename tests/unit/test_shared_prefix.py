@@ -47,6 +47,16 @@ def _reference(query, prefix_k, prefix_v, prefix_len, suffix_k, suffix_v, suffix
     return out.transpose(1, 2)
 
 
+def _shared_attention(prefix: SharedPrefix, suffix_real, query, suffix_k, suffix_v, groups, scale):
+    """`shared_prefix_attention` of layer 0 inside a pack over `prefix`."""
+    token = shared_prefix._ACTIVE.set(shared_prefix._Active(prefix, suffix_real))
+    try:
+        got, _ = shared_prefix_attention(_Module(0, groups), query, suffix_k, suffix_v, None, scaling=scale)
+    finally:
+        shared_prefix._ACTIVE.reset(token)
+    return got
+
+
 @pytest.mark.parametrize(("t", "heads", "kv_heads"), [(1, 4, 2), (3, 4, 4), (1, 6, 1)])
 def test_shared_prefix_attention_is_attention_over_the_whole_row(t, heads, kv_heads):
     gen = torch.Generator().manual_seed(t * 10 + heads)
@@ -65,13 +75,8 @@ def test_shared_prefix_attention_is_attention_over_the_whole_row(t, heads, kv_he
     suffix_real[1, 0] = False  # a right-padded column of a first feed
     query = torch.randn(rows, heads, t, d, generator=gen)
     scale = d ** -0.5
-    state = shared_prefix._Active(SharedPrefix([(prefix_k, prefix_v)], mask, n), suffix_real)
-    token = shared_prefix._ACTIVE.set(state)
-    try:
-        got, _ = shared_prefix_attention(_Module(0, heads // kv_heads), query, suffix_k, suffix_v, None,
-                                         scaling=scale)
-    finally:
-        shared_prefix._ACTIVE.reset(token)
+    got = _shared_attention(SharedPrefix([(prefix_k, prefix_v)], mask, n), suffix_real, query, suffix_k, suffix_v,
+                            heads // kv_heads, scale)
     expected = _reference(query, prefix_k, prefix_v, prefix_len, suffix_k, suffix_v, suffix_real, n, scale)
     assert got.shape == expected.shape
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
@@ -147,11 +152,7 @@ def test_attention_oracle_catches_a_row_reading_another_jobs_prefix():
     query = torch.randn(jobs * n, heads, 1, d, generator=gen)
     suffix_real = torch.ones(jobs * n, s, dtype=torch.bool)
     mutated = _read_next_jobs_prefix(SharedPrefix([(prefix_k, prefix_v)], mask, n))
-    token = shared_prefix._ACTIVE.set(shared_prefix._Active(mutated, suffix_real))
-    try:
-        got, _ = shared_prefix_attention(_Module(0, 1), query, suffix_k, suffix_v, None, scaling=d ** -0.5)
-    finally:
-        shared_prefix._ACTIVE.reset(token)
+    got = _shared_attention(mutated, suffix_real, query, suffix_k, suffix_v, 1, d ** -0.5)
     expected = _reference(query, prefix_k, prefix_v, prefix_len, suffix_k, suffix_v, suffix_real, n, d ** -0.5)
     assert not torch.allclose(got, expected, atol=1e-3)
 
